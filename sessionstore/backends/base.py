@@ -1,0 +1,133 @@
+"""The interface every backend implements.
+
+A backend stores :class:`Record` envelopes: timestamps and a version beside an
+opaque, signed payload it never unpickles.  It offers the Linesman-style
+management methods (``setup``, ``add``, ``get``, ``get_all``, ``delete``,
+``delete_many``, ``delete_all``) plus ``delete_expired``, ``close`` and one
+concurrency primitive, :meth:`Backend.compare_and_swap`, on which sessions
+build their commits.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored session.  Times are epoch seconds; ``version`` starts at 1."""
+
+    session_id: str
+    version: int
+    created_at: float
+    accessed_at: float
+    expires_at: float
+    payload: bytes
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at <= now
+
+
+class Backend(abc.ABC):
+    """Base class of the storage backends.
+
+    Subclasses list their constructor options in ``options`` (name to a
+    converter that also accepts the ini string), so a configuration error is
+    caught at start-up and names the key.
+    """
+
+    #: Option name -> ``converter(key, value)`` returning the typed value.
+    options: ClassVar[Mapping[str, Callable[[str, object], Any]]] = {}
+
+    def __init__(self, *, busy_timeout: float = 5.0) -> None:
+        self.busy_timeout = busy_timeout
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, object], *, busy_timeout: float) -> Backend:
+        """Instantiate from configuration, converting and checking every option."""
+        kwargs = {}
+        for key, value in options.items():
+            convert = cls.options.get(key)
+            if convert is None:
+                raise ConfigurationError(
+                    f"backend.{key}", value, f"unknown option for {cls.__name__}"
+                )
+            kwargs[key] = convert(f"backend.{key}", value)
+        return cls(busy_timeout=busy_timeout, **kwargs)
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Create what the storage needs (tables, files); safe to call twice."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and file handles."""
+
+    # -- the concurrency primitive ------------------------------------------
+
+    @abc.abstractmethod
+    def compare_and_swap(
+        self, session_id: str, expected_version: int | None, record: Record | None
+    ) -> bool:
+        """Atomically replace what is stored under ``session_id``.
+
+        ``expected_version`` is the version the caller read (``None``: the id
+        must be absent).  ``record`` is the new envelope (``None``: delete).
+        Succeeds, returning True, only when the stored version equals
+        ``expected_version`` exactly; otherwise changes nothing and returns
+        False.  The caller sets ``record.version`` (read version + 1).
+        """
+
+    # -- management ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, session_id: str) -> Record | None:
+        """The stored record, expired or not, or ``None``."""
+
+    @abc.abstractmethod
+    def add(self, record: Record) -> None:
+        """Store ``record`` unconditionally, replacing any record of its id."""
+
+    @abc.abstractmethod
+    def iter_records(self) -> Iterator[Record]:
+        """Every stored record, streamed (order undefined)."""
+
+    def get_all(self) -> dict[str, Record]:
+        """A mapping of every session id to its record."""
+        return {record.session_id: record for record in self.iter_records()}
+
+    @abc.abstractmethod
+    def delete(self, session_id: str) -> int:
+        """Delete one session; 1 if it existed, else 0."""
+
+    def delete_many(self, session_ids: Iterable[str]) -> int:
+        """Delete several sessions; the number that existed."""
+        return sum(self.delete(session_id) for session_id in session_ids)
+
+    @abc.abstractmethod
+    def delete_all(self) -> int:
+        """Delete every session; the number deleted."""
+
+    def delete_expired(self, now: float | None = None) -> int:
+        """Delete the sessions expired at ``now``; the number deleted.
+
+        Each deletion is conditional on the version seen expired, so a
+        session refreshed in the meantime survives.
+        """
+        now = time.time() if now is None else now
+        expired = [r for r in self.iter_records() if r.is_expired(now)]
+        return sum(self.compare_and_swap(r.session_id, r.version, None) for r in expired)
+
+    def count(self) -> int:
+        """How many sessions are stored, expired ones included."""
+        return sum(1 for _ in self.iter_records())
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,215 @@
+"""Settings: parsed and checked once, at start-up.
+
+Every setting goes through one strict converter that accepts the native value
+(from Python) or its ini spelling (from PasteDeploy).  A bad value raises
+:class:`~sessionstore.errors.ConfigurationError` naming the key and the value;
+nothing is parsed per request.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigurationError
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+# RFC 6265 cookie-name token: no separators, controls or whitespace.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Cookie attribute values (Path, Domain): printable ASCII without ';'.
+_ATTRIBUTE_RE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")
+_ENVIRON_KEY_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def as_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigurationError(key, value, "expected true or false")
+
+
+def as_number(key: str, value: object, *, integer: bool, minimum: float = 0) -> Any:
+    """A finite number >= ``minimum``; an int when ``integer``."""
+    number: float
+    if isinstance(value, bool):
+        raise ConfigurationError(key, value, "expected a number")
+    if isinstance(value, (int, float)):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip()) if integer else float(value.strip())
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise ConfigurationError(key, value, f"expected {kind}") from None
+    else:
+        raise ConfigurationError(key, value, "expected a number")
+    if integer and isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigurationError(key, value, "expected a whole number")
+        number = int(number)
+    if not math.isfinite(number) or number < minimum:
+        raise ConfigurationError(key, value, f"expected a number >= {minimum:g}")
+    return number
+
+
+def as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str):
+        for choice in choices:
+            if value.strip().lower() == choice.lower():
+                return choice
+    raise ConfigurationError(key, value, "expected one of " + ", ".join(choices))
+
+
+def _as_secrets(key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        secrets = tuple(value.split())
+    elif isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
+        secrets = tuple(s for s in value if s.strip())
+    else:
+        raise ConfigurationError(key, "<hidden>", "expected a string or a list of strings")
+    if not secrets:
+        raise ConfigurationError(key, "", "a secret is required")
+    return secrets
+
+
+def _as_optional_seconds(key: str, value: object) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
+        return None
+    result: int = as_number(key, value, integer=True)
+    return result
+
+
+def _as_secure(key: str, value: object) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return as_bool(key, value)
+
+
+def _as_attribute(key: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _ATTRIBUTE_RE.fullmatch(value):
+        raise ConfigurationError(
+            key, value, "must be printable ASCII without spaces, ';', CR or LF"
+        )
+    return value
+
+
+def _as_cookie_name(key: str, value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise ConfigurationError(key, value, "not a valid cookie name")
+    return value
+
+
+def _as_environ_key(key: str, value: object) -> str:
+    if not isinstance(value, str) or not _ENVIRON_KEY_RE.fullmatch(value):
+        raise ConfigurationError(key, value, "expected letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _as_cache_control(key: str, value: object) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[\x20-\x7e]+", value):
+        raise ConfigurationError(key, value, "must be printable ASCII without CR or LF")
+    return value.strip()
+
+
+_CONVERTERS: dict[str, Callable[[str, object], Any]] = {
+    "secret": _as_secrets,
+    "cookie_name": _as_cookie_name,
+    "cookie_path": _as_attribute,
+    "cookie_domain": _as_attribute,
+    "cookie_max_age": _as_optional_seconds,
+    "secure": _as_secure,
+    "httponly": as_bool,
+    "samesite": lambda k, v: as_choice(k, v, ("Lax", "Strict", "None")),
+    "timeout": lambda k, v: as_number(k, v, integer=True, minimum=1),
+    "max_lifetime": lambda k, v: as_number(k, v, integer=True),
+    "touch_interval": lambda k, v: as_number(k, v, integer=True),
+    "cleanup_probability": lambda k, v: as_number(k, v, integer=False),
+    "on_conflict": lambda k, v: as_choice(k, v, ("merge", "error")),
+    "busy_timeout": lambda k, v: as_number(k, v, integer=False),
+    "environ_key": _as_environ_key,
+    "cache_control": _as_cache_control,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The middleware's settings, converted and cross-checked.
+
+    Times are in seconds.  ``secret`` holds one or more secrets, newest first.
+    """
+
+    secret: tuple[str, ...]
+    cookie_name: str = "session"
+    cookie_path: str | None = "/"
+    cookie_domain: str | None = None
+    cookie_max_age: int | None = None
+    secure: bool | str = "auto"
+    httponly: bool = True
+    samesite: str = "Lax"
+    timeout: int = 86400
+    max_lifetime: int = 0
+    touch_interval: int = 60
+    cleanup_probability: float = 0.001
+    on_conflict: str = "merge"
+    busy_timeout: float = 5.0
+    environ_key: str = "session"
+    cache_control: str | None = "no-store"
+    #: How long a cookie signature stays valid; derived, not configurable.
+    signature_max_age: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, convert in _CONVERTERS.items():
+            object.__setattr__(self, name, convert(name, getattr(self, name)))
+        if self.cookie_path is None:
+            object.__setattr__(self, "cookie_path", "/")
+        self._check_prefixes()
+        if self.cleanup_probability > 1:
+            raise ConfigurationError(
+                "cleanup_probability", self.cleanup_probability, "expected 0 to 1"
+            )
+        if self.touch_interval >= self.timeout:
+            raise ConfigurationError(
+                "touch_interval", self.touch_interval, "must be shorter than timeout"
+            )
+        if self.samesite == "None" and self.secure is False:
+            raise ConfigurationError("samesite", "None", "SameSite=None needs secure")
+        # A cookie is re-signed whenever the idle clock is refreshed, so its
+        # signature never gets older than the longest span a session may live.
+        longest = max(self.timeout, self.max_lifetime, self.cookie_max_age or 0)
+        object.__setattr__(self, "signature_max_age", longest + self.touch_interval)
+
+    def _check_prefixes(self) -> None:
+        name = self.cookie_name
+        if name.startswith("__Host-"):
+            if self.cookie_domain is not None:
+                raise ConfigurationError(
+                    "cookie_domain", self.cookie_domain, "a __Host- cookie takes no domain"
+                )
+            if self.cookie_path != "/":
+                raise ConfigurationError(
+                    "cookie_path", self.cookie_path, "a __Host- cookie needs path /"
+                )
+        if name.startswith(("__Host-", "__Secure-")):
+            if self.secure is False:
+                raise ConfigurationError("secure", False, f"{name} cookies must be secure")
+            object.__setattr__(self, "secure", True)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> Settings:
+        """Build from a mapping, rejecting keys that are not settings."""
+        known = {f.name for f in fields(cls) if f.init}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigurationError(key, value, "unknown setting")
+        if "secret" not in values:
+            raise ConfigurationError("secret", None, "a secret is required")
+        return cls(**values)  # type: ignore[arg-type]

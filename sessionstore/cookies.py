@@ -1,0 +1,128 @@
+"""The session cookie: reading candidate ids, signing them, building headers.
+
+The cookie carries nothing but the session id, signed with itsdangerous.
+Cookies are parsed and serialised by WebOb; no header is formatted by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+from itsdangerous import BadData, TimestampSigner
+from webob.cookies import make_cookie, parse_cookie
+
+from .config import Settings
+from .ids import is_valid_id
+
+SALT = "sessionstore.cookie"
+#: A signed id is 43 + 1 + 6 + 1 + 43 characters; anything much longer is junk.
+MAX_COOKIE_VALUE = 256
+#: At most this many cookies with our name are tried (duplicates, cookie tossing).
+MAX_CANDIDATES = 4
+
+
+class CookieId(NamedTuple):
+    """A session id read from a cookie whose signature verified."""
+
+    session_id: str
+    signed_at: int
+    #: Signed with an older secret: the response re-signs it with the newest.
+    stale_secret: bool
+
+
+class _ClockSigner(TimestampSigner):
+    """A TimestampSigner that asks an injected clock for the time."""
+
+    def __init__(self, keys: list[str], clock: Callable[[], float]) -> None:
+        super().__init__(
+            keys, salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256
+        )
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
+class CookieCodec:
+    """Signs session ids into cookie values and reads them back.
+
+    ``settings.secret`` is newest first; the newest signs, all verify.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._newest = _ClockSigner([settings.secret[0]], clock)
+        # itsdangerous wants its key list oldest first.
+        older = list(reversed(settings.secret[1:]))
+        self._older = _ClockSigner(older, clock) if older else None
+
+    def sign(self, session_id: str) -> str:
+        return self._newest.sign(session_id).decode("ascii")
+
+    def read(self, cookie_header: str) -> Iterator[CookieId]:
+        """Yield each verified id among the cookies named ``cookie_name``.
+
+        Tampered, forged, expired, oversized and malformed values are skipped
+        silently: they simply mean "no session".
+        """
+        name = self._settings.cookie_name.encode("ascii")
+        tried = 0
+        for cookie_name, value in parse_cookie(cookie_header):
+            if cookie_name != name:
+                continue
+            tried += 1
+            if tried > MAX_CANDIDATES:
+                return
+            if 0 < len(value) <= MAX_COOKIE_VALUE:
+                found = self._verify(value)
+                if found is not None:
+                    yield found
+
+    def _verify(self, value: bytes) -> CookieId | None:
+        max_age = self._settings.signature_max_age
+        stale = False
+        try:
+            raw, signed = self._newest.unsign(value, max_age=max_age, return_timestamp=True)
+        except BadData:
+            if self._older is None:
+                return None
+            try:
+                raw, signed = self._older.unsign(value, max_age=max_age, return_timestamp=True)
+            except BadData:
+                return None
+            stale = True
+        try:
+            session_id = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if not is_valid_id(session_id):
+            return None
+        return CookieId(session_id, int(signed.timestamp()), stale)
+
+    def set_cookie_header(self, session_id: str, secure: bool, max_age: int | None) -> str:
+        s = self._settings
+        return make_cookie(
+            s.cookie_name,
+            self.sign(session_id),
+            max_age=max_age,
+            path=s.cookie_path,
+            domain=s.cookie_domain,
+            secure=secure,
+            httponly=s.httponly,
+            samesite=s.samesite,
+        )
+
+    def delete_cookie_header(self, secure: bool) -> str:
+        s = self._settings
+        return make_cookie(
+            s.cookie_name,
+            None,
+            path=s.cookie_path,
+            domain=s.cookie_domain,
+            secure=secure,
+            httponly=s.httponly,
+            samesite=s.samesite,
+        )

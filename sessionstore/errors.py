@@ -1,0 +1,63 @@
+"""The exceptions ``sessionstore`` raises, all importable from the top level."""
+
+from __future__ import annotations
+
+
+class SessionStoreError(Exception):
+    """Base class of every error raised by ``sessionstore``."""
+
+
+class ConfigurationError(SessionStoreError, ValueError):
+    """A setting is missing or has a bad value.
+
+    ``key`` and ``value`` name the offending setting; both also appear in the
+    message, so a log line is enough to fix the ini file.
+    """
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key = key
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{key} = {value!r}: {reason}")
+
+
+class InvalidAppName(SessionStoreError, ValueError):
+    """An application name does not match ``[A-Za-z0-9_.-]{1,255}``."""
+
+    def __init__(self, name: object) -> None:
+        self.name = name
+        super().__init__(
+            f"invalid application name {name!r}: use 1 to 255 characters "
+            "from A-Z, a-z, 0-9, '_', '.' and '-'"
+        )
+
+
+class ConcurrentUpdate(SessionStoreError):
+    """Another request changed a key this request wrote (``on_conflict = error``).
+
+    Nothing of this request was written.  ``keys`` lists the ``(app, key)``
+    pairs in conflict (``key`` is ``None`` for a conflicting ``empty()``).
+    """
+
+    def __init__(self, session_id: str, keys: list[tuple[str, str | None]]) -> None:
+        self.session_id = session_id
+        self.keys = keys
+        shown = ", ".join(f"{app}:{key}" if key else f"{app}:*" for app, key in keys)
+        super().__init__(f"session changed by another request since it was read ({shown})")
+
+
+class BusyRetry(SessionStoreError):
+    """The backend stayed locked (or contended) past ``busy_timeout``; retry later."""
+
+
+class BackendError(SessionStoreError):
+    """Storage failed: corrupt or unreadable data, a full disk, a lost server.
+
+    ``original_error`` carries the exception that caused it, if any.
+    """
+
+    def __init__(self, message: str, original_error: BaseException | None = None) -> None:
+        self.original_error = original_error
+        if original_error is not None:
+            message = f"{message}: {original_error}"
+        super().__init__(message)

@@ -1,0 +1,334 @@
+"""The WSGI middleware.
+
+.. code-block:: python
+
+    from sessionstore import SessionMiddleware
+
+    def app(environ, start_response):
+        cart = environ["session"].store("shop")
+        cart["items"] = cart.get("items", []) + ["book"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    app = SessionMiddleware(app, secret="change-me", backend="sqlite",
+                            backend_options={"filename": "sessions.db"})
+
+Each request gets a lazy :class:`~sessionstore.session.Session` in
+``environ["session"]``.  The application's ``start_response`` is held back
+until the session is committed, so a failed commit can still turn into an
+error response (409 on a conflict, 503 when the backend is busy, 500 when it
+is broken) and nothing half-written is stored.  Writes made while the body
+iterates are committed when the server closes the body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from .backends import load_backend
+from .backends.base import Backend
+from .config import Settings
+from .errors import BusyRetry, ConcurrentUpdate, SessionStoreError
+from .manager import SessionManager
+from .session import Session
+
+log = logging.getLogger("sessionstore")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class SessionMiddleware:
+    """Give every request a server-side session in ``environ[environ_key]``.
+
+    :param app: the WSGI application to wrap.
+    :param secret: one secret, or several (a list, or a whitespace-separated
+        string), newest first.  The newest signs; all verify (rotation).
+    :param backend: a name (``memory``, ``pickle``, ``sqlite``, ``redis``,
+        ``sql``), a ``module:Class`` path, or a backend instance.
+        Default: ``"sqlite"`` with ``filename = sessions.db``.
+    :param backend_options: keyword options for the backend.
+    :param clock: returns epoch seconds; default :func:`time.time`.
+        Tests inject one instead of sleeping.
+
+    The other keywords are the settings of :class:`~sessionstore.config.Settings`
+    (cookie attributes, ``timeout``, ``max_lifetime``, ``touch_interval``,
+    ``cleanup_probability``, ``on_conflict``, ``busy_timeout``,
+    ``environ_key``, ``cache_control``); see the README's table for defaults.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        secret: str | list[str] | tuple[str, ...],
+        backend: str | Backend = "sqlite",
+        backend_options: Mapping[str, object] | None = None,
+        clock: Callable[[], float] | None = None,
+        chance: Callable[[], float] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.app = app
+        self.settings = Settings.from_mapping({"secret": secret, **settings})
+        #: The backend instance in use.
+        self.backend = load_backend(
+            backend, backend_options, busy_timeout=self.settings.busy_timeout
+        )
+        extra = {} if chance is None else {"chance": chance}
+        self._manager = SessionManager(self.settings, self.backend, clock or time.time, **extra)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        session = Session(self._manager, environ)
+        environ[self.settings.environ_key] = session
+        response = _Response(self.settings, session, environ, start_response)
+        try:
+            app_iter = self.app(environ, response.start_response)
+        except (ConcurrentUpdate, BusyRetry) as exc:
+            # A commit() the application did not catch: answer as at response time.
+            if response.sent:
+                raise
+            return response.error(exc)
+        return response.finish(app_iter)
+
+    def close(self) -> None:
+        """Close the backend (connections, file handles)."""
+        self.backend.close()
+
+
+class _Response:
+    """One request's response: holds the headers until the session is committed."""
+
+    __slots__ = (
+        "settings",
+        "session",
+        "environ",
+        "server_start_response",
+        "server_write",
+        "status",
+        "headers",
+        "exc_info",
+        "failed",
+        "sent",
+        "replaced",
+        "replaced_body",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: Session,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+    ) -> None:
+        self.settings = settings
+        self.session = session
+        self.environ = environ
+        self.server_start_response = start_response
+        self.server_write: Callable[[bytes], object] | None = None
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: ExcInfo | None = None
+        self.failed = False
+        self.sent = False
+        self.replaced = False
+        self.replaced_body = b""
+
+    # -- what the application calls ---------------------------------------------
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            self.failed = True
+            if self.sent:
+                raise exc_info[1].with_traceback(exc_info[2])
+        self.status = status
+        self.headers = list(headers)
+        self.exc_info = exc_info
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable of PEP 3333."""
+        if not self.sent:
+            self.send_headers()
+        if not self.replaced and self.server_write is not None:
+            self.server_write(data)
+
+    # -- what the middleware does -------------------------------------------------
+
+    def finish(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
+        iterator: Iterator[bytes] | None = None
+        buffered: list[bytes] = []
+        if self.status is None:
+            # A generator application calls start_response on its first step.
+            iterator = iter(app_iter)
+            try:
+                for chunk in iterator:
+                    buffered.append(chunk)
+                    if self.status is not None:
+                        break
+            except BaseException:
+                self.failed = True
+                _close(app_iter)
+                raise
+            if self.status is None:
+                _close(app_iter)
+                raise RuntimeError("the application never called start_response")
+        if not self.sent:
+            self.send_headers()
+        if self.replaced:
+            _close(app_iter)
+            return [self.replaced_body]
+        return _Body(self, app_iter, iterator, buffered)
+
+    def ok(self) -> bool:
+        if self.failed or self.status is None:
+            return False
+        try:
+            return int(self.status[:3]) < 500
+        except ValueError:
+            return False
+
+    def send_headers(self) -> None:
+        """Commit the session, then pass the headers on to the server."""
+        assert self.status is not None
+        session = self.session
+        headers = self.headers
+        if session._loaded:
+            if self.ok():
+                try:
+                    session.commit()
+                except SessionStoreError as exc:
+                    self.replace(exc)
+                    return
+                self._touch()
+            secure = self.settings.secure
+            if secure == "auto":
+                secure = self.environ.get("wsgi.url_scheme") == "https"
+            cookie_headers = session._cookie_headers(bool(secure)) if self.ok() else []
+            headers = _with_session_headers(headers, cookie_headers)
+        self.sent = True
+        self.server_write = self.server_start_response(self.status, headers, self.exc_info)
+
+    def _touch(self) -> None:
+        try:
+            self.session._touch()
+        except SessionStoreError:
+            log.warning("could not refresh the idle clock of a session", exc_info=True)
+
+    def replace(self, exc: SessionStoreError) -> None:
+        """Answer with an error instead of the application's response."""
+        status, headers, body = _error_response(exc, self.settings)
+        self.replaced = True
+        self.failed = True
+        self.sent = True
+        self.replaced_body = body
+        self.server_write = self.server_start_response(status, headers)
+
+    def error(self, exc: SessionStoreError) -> list[bytes]:
+        self.replace(exc)
+        return [self.replaced_body]
+
+    def after_body(self) -> None:
+        """Commit writes the application made while the body iterated."""
+        session = self.session
+        if not self.ok() or not session._dirty():
+            return
+        if session._record is None:
+            log.warning(
+                "session data written after the response headers were sent cannot "
+                "start a new session (its cookie can no longer be set); dropped"
+            )
+            return
+        try:
+            session.commit()
+        except SessionStoreError:
+            log.exception("commit after the response body failed; its changes are lost")
+
+
+class _Body:
+    """The response body: marks the response failed if iteration raises, and
+    commits late writes when the server closes it."""
+
+    __slots__ = ("_response", "_app_iter", "_iterator", "_buffered")
+
+    def __init__(
+        self,
+        response: _Response,
+        app_iter: Iterable[bytes],
+        iterator: Iterator[bytes] | None,
+        buffered: list[bytes],
+    ) -> None:
+        self._response = response
+        self._app_iter = app_iter
+        self._iterator = iterator
+        self._buffered = buffered
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[bytes]:
+        yield from self._buffered
+        try:
+            yield from self._app_iter if self._iterator is None else self._iterator
+        except Exception:
+            self._response.failed = True
+            raise
+
+    def close(self) -> None:
+        try:
+            _close(self._app_iter)
+        finally:
+            self._response.after_body()
+
+
+def _close(app_iter: Iterable[bytes]) -> None:
+    close = getattr(app_iter, "close", None)
+    if close is not None:
+        close()
+
+
+def _with_session_headers(
+    headers: list[tuple[str, str]], cookie_headers: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The app's headers plus ``Vary: Cookie`` and the session's cookie headers.
+
+    A session cookie's ``Cache-Control`` replaces the application's, so no
+    shared cache keeps a response that carries someone's session.
+    """
+    replace_cache = any(name == "Cache-Control" for name, _ in cookie_headers)
+    result = []
+    vary_cookie = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "cache-control" and replace_cache:
+            continue
+        if lower == "vary" and any(
+            token.strip().lower() in ("cookie", "*") for token in value.split(",")
+        ):
+            vary_cookie = True
+        result.append((name, value))
+    if not vary_cookie:
+        result.append(("Vary", "Cookie"))
+    result.extend(cookie_headers)
+    return result
+
+
+def _error_response(
+    exc: SessionStoreError, settings: Settings
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Vary", "Cookie")]
+    if isinstance(exc, ConcurrentUpdate):
+        log.info("%s", exc)
+        return "409 Conflict", headers, b"The session was changed by another request.\n"
+    if isinstance(exc, BusyRetry):
+        log.warning("%s", exc)
+        headers.append(("Retry-After", str(max(1, round(settings.busy_timeout)))))
+        return "503 Service Unavailable", headers, b"The session store is busy; retry.\n"
+    log.error("session commit failed", exc_info=exc)
+    return "500 Internal Server Error", headers, b"The session could not be saved.\n"

@@ -1,0 +1,244 @@
+"""The backend contract suite, for every backend including your own.
+
+Subclass :class:`BackendContract` in a test module and provide two fixtures::
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        def backend(self, tmp_path):
+            b = MyBackend(...); b.setup(); yield b; b.close()
+
+        @pytest.fixture
+        def reopen(self, backend):
+            # a fresh instance on the same storage, or None when nothing persists
+            return lambda: MyBackend(...)
+
+Needs pytest (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from .backends.base import Backend, Record
+from .ids import new_session_id
+
+
+def make_record(
+    version: int = 1,
+    *,
+    session_id: str | None = None,
+    expires_at: float = 2_000_000_000.0,
+    payload: bytes = b"\x00payload\xff",
+) -> Record:
+    return Record(
+        session_id=session_id or new_session_id(),
+        version=version,
+        created_at=1_700_000_000.25,
+        accessed_at=1_700_000_100.5,
+        expires_at=expires_at,
+        payload=payload,
+    )
+
+
+def _next(record: Record, payload: bytes = b"next") -> Record:
+    return Record(
+        record.session_id,
+        record.version + 1,
+        record.created_at,
+        record.accessed_at + 1,
+        record.expires_at + 1,
+        payload,
+    )
+
+
+class BackendContract:
+    """What every backend must do; see the module docstring."""
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        raise NotImplementedError("provide a 'backend' fixture")
+
+    @pytest.fixture
+    def reopen(self) -> Callable[[], Backend] | None:
+        return None
+
+    # -- management interface ------------------------------------------------
+
+    def test_get_missing_is_none(self, backend: Backend) -> None:
+        assert backend.get(new_session_id()) is None
+
+    def test_setup_twice_keeps_data(self, backend: Backend) -> None:
+        record = make_record()
+        backend.add(record)
+        backend.setup()
+        assert backend.get(record.session_id) == record
+
+    def test_add_then_get_round_trips_every_field(self, backend: Backend) -> None:
+        record = make_record(payload=bytes(range(256)) * 64)
+        backend.add(record)
+        assert backend.get(record.session_id) == record
+
+    def test_add_overwrites(self, backend: Backend) -> None:
+        record = make_record()
+        backend.add(record)
+        newer = _next(record)
+        backend.add(newer)
+        assert backend.get(record.session_id) == newer
+        assert backend.count() == 1
+
+    def test_get_all_maps_ids_to_records(self, backend: Backend) -> None:
+        records = [make_record() for _ in range(5)]
+        for record in records:
+            backend.add(record)
+        assert backend.get_all() == {r.session_id: r for r in records}
+        assert sorted(r.session_id for r in backend.iter_records()) == sorted(
+            r.session_id for r in records
+        )
+
+    def test_iter_records_streams_more_than_one_batch(self, backend: Backend) -> None:
+        ids = set()
+        for _ in range(1203):
+            record = make_record(payload=b"x")
+            backend.add(record)
+            ids.add(record.session_id)
+        assert {r.session_id for r in backend.iter_records()} == ids
+        assert backend.count() == 1203
+
+    def test_delete_returns_zero_or_one(self, backend: Backend) -> None:
+        record = make_record()
+        backend.add(record)
+        assert backend.delete(record.session_id) == 1
+        assert backend.delete(record.session_id) == 0
+        assert backend.get(record.session_id) is None
+
+    def test_delete_many_counts_existing(self, backend: Backend) -> None:
+        records = [make_record() for _ in range(4)]
+        for record in records:
+            backend.add(record)
+        ids = [records[0].session_id, records[1].session_id, records[1].session_id]
+        assert backend.delete_many([*ids, new_session_id()]) == 2
+        assert backend.delete_many([]) == 0
+        assert set(backend.get_all()) == {records[2].session_id, records[3].session_id}
+
+    def test_delete_all_counts(self, backend: Backend) -> None:
+        for _ in range(3):
+            backend.add(make_record())
+        assert backend.delete_all() == 3
+        assert backend.get_all() == {}
+        assert backend.delete_all() == 0
+
+    def test_delete_expired_removes_only_expired(self, backend: Backend) -> None:
+        old = make_record(expires_at=100.0)
+        edge = make_record(expires_at=200.0)
+        live = make_record(expires_at=300.0)
+        for record in (old, edge, live):
+            backend.add(record)
+        assert backend.delete_expired(now=200.0) == 2
+        assert set(backend.get_all()) == {live.session_id}
+
+    # -- compare-and-swap ------------------------------------------------------
+
+    def test_insert_only_when_absent(self, backend: Backend) -> None:
+        record = make_record()
+        assert backend.compare_and_swap(record.session_id, None, record) is True
+        assert backend.compare_and_swap(record.session_id, None, _next(record)) is False
+        assert backend.get(record.session_id) == record
+
+    def test_replace_only_at_the_expected_version(self, backend: Backend) -> None:
+        record = make_record(version=3)
+        backend.add(record)
+        newer = _next(record)
+        assert backend.compare_and_swap(record.session_id, 2, newer) is False
+        # Equality, never "newer or equal": a higher claimed version fails too.
+        assert backend.compare_and_swap(record.session_id, 4, newer) is False
+        assert backend.compare_and_swap(record.session_id, None, newer) is False
+        assert backend.get(record.session_id) == record
+        assert backend.compare_and_swap(record.session_id, 3, newer) is True
+        assert backend.get(record.session_id) == newer
+
+    def test_replace_of_absent_fails(self, backend: Backend) -> None:
+        record = make_record(version=2)
+        assert backend.compare_and_swap(record.session_id, 1, record) is False
+        assert backend.get(record.session_id) is None
+
+    def test_delete_only_at_the_expected_version(self, backend: Backend) -> None:
+        record = make_record(version=5)
+        backend.add(record)
+        assert backend.compare_and_swap(record.session_id, 4, None) is False
+        assert backend.get(record.session_id) == record
+        assert backend.compare_and_swap(record.session_id, 5, None) is True
+        assert backend.get(record.session_id) is None
+        assert backend.compare_and_swap(record.session_id, 5, None) is False
+
+    def test_swap_after_delete_cannot_resurrect(self, backend: Backend) -> None:
+        record = make_record()
+        backend.add(record)
+        backend.delete(record.session_id)
+        assert backend.compare_and_swap(record.session_id, 1, _next(record)) is False
+        assert backend.get(record.session_id) is None
+
+    def test_concurrent_swaps_never_lose_an_increment(self, backend: Backend) -> None:
+        record = make_record(payload=b"0")
+        backend.add(record)
+        threads, rounds = 4, 50
+
+        def worker() -> None:
+            for _ in range(rounds):
+                while True:
+                    current = backend.get(record.session_id)
+                    assert current is not None
+                    value = str(int(current.payload) + 1).encode()
+                    if backend.compare_and_swap(
+                        record.session_id, current.version, _next(current, value)
+                    ):
+                        break
+
+        pool = [threading.Thread(target=worker) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(timeout=60)
+        final = backend.get(record.session_id)
+        assert final is not None
+        assert int(final.payload) == threads * rounds
+        assert final.version == 1 + threads * rounds
+
+    # -- persistence -------------------------------------------------------------
+
+    def test_data_survives_reopening(
+        self, backend: Backend, reopen: Callable[[], Backend] | None
+    ) -> None:
+        if reopen is None:
+            pytest.skip("this backend keeps nothing after close()")
+        kept, gone = make_record(), make_record()
+        backend.add(kept)
+        backend.add(gone)
+        backend.compare_and_swap(kept.session_id, 1, _next(kept))
+        backend.delete(gone.session_id)
+        backend.close()
+        other = reopen()
+        other.setup()
+        try:
+            assert other.get_all() == {kept.session_id: _next(kept)}
+        finally:
+            other.close()
+
+    def test_two_instances_see_each_others_changes(
+        self, backend: Backend, reopen: Callable[[], Backend] | None
+    ) -> None:
+        if reopen is None:
+            pytest.skip("this backend keeps nothing after close()")
+        other = reopen()
+        other.setup()
+        try:
+            record = make_record()
+            assert backend.compare_and_swap(record.session_id, None, record)
+            assert other.get(record.session_id) == record
+            assert other.compare_and_swap(record.session_id, 1, _next(record))
+            assert backend.compare_and_swap(record.session_id, 1, _next(record)) is False
+            assert backend.get(record.session_id) == _next(record)
+        finally:
+            other.close()
