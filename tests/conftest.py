@@ -25,3 +25,50 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+class SessionClient:
+    """A WebTest browser on a SessionMiddleware whose app runs a callback.
+
+    ``client.run(fn)`` sends one request; the app calls ``fn(session)`` and
+    the return value comes back with the response.  Cookies persist between
+    requests like in a browser.
+    """
+
+    def __init__(self, backend="memory", backend_options=None, **settings):
+        from webtest import TestApp
+
+        from sessionstore import SessionMiddleware
+
+        settings.setdefault("secret", "test-secret")
+        settings.setdefault("cleanup_probability", 0)
+        self.middleware = SessionMiddleware(
+            self._app, backend=backend, backend_options=backend_options, **settings
+        )
+        self.backend = self.middleware.backend
+        self.web = TestApp(self.middleware)
+
+    @staticmethod
+    def _app(environ, start_response):
+        fn = environ["test.fn"]
+        environ["test.result"].append(fn(environ["session"]))
+        status = environ.get("test.status", "200 OK")
+        start_response(status, [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    def run(self, fn, *, status="200 OK", expect_errors=False, **kwargs):
+        results = []
+        extra = {"test.fn": fn, "test.result": results, "test.status": status}
+        extra.update(kwargs.pop("extra_environ", {}))
+        response = self.web.get(
+            kwargs.pop("url", "/"), extra_environ=extra, expect_errors=expect_errors, **kwargs
+        )
+        return (results[0] if results else None), response
+
+    def cookie(self):
+        return self.web.cookies.get("session")
+
+
+@pytest.fixture
+def client(clock):
+    return SessionClient(clock=clock)

@@ -1,0 +1,320 @@
+"""The request rules of SPEC section 2 and the Session API of section 3."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from webtest import TestApp
+
+from sessionstore import SessionMiddleware
+
+from .conftest import SessionClient
+
+
+def write(session):
+    session.store("a").set("k", "v")
+
+
+def read(session):
+    return session.store("a").get_default("k")
+
+
+# -- nothing happens until the session is touched ----------------------------------
+
+
+def test_untouched_session_sends_nothing_and_stores_nothing(client):
+    _, response = client.run(lambda s: None)
+    assert "Set-Cookie" not in response.headers
+    assert "Vary" not in response.headers
+    assert client.backend.count() == 0
+
+
+def test_hundred_read_only_requests_without_cookie_store_nothing(client):
+    for _ in range(100):
+        value, response = client.run(read)
+        assert value is None
+        assert "Set-Cookie" not in response.headers
+        assert response.headers["Vary"] == "Cookie"
+    assert client.backend.count() == 0
+
+
+def test_session_attributes_before_any_write(client):
+    result = client.run(
+        lambda s: (s.id, s.is_new, s.exists, s.created_at, s.accessed_at, s.expires_at, s.apps())
+    )[0]
+    assert result == (None, False, False, None, None, None, [])
+    assert client.backend.count() == 0
+
+
+def test_first_write_creates_id_record_and_cookie(client, clock):
+    (sid, is_new, exists, created), response = client.run(
+        lambda s: (write(s), s.id, s.is_new, s.exists, s.created_at)[1:]
+    )
+    # Inside the request the id is not allocated until commit...
+    assert (sid, is_new, exists, created) == (None, False, False, None)
+    # ...which happened before the response left.
+    assert "Set-Cookie" in response.headers
+    assert client.backend.count() == 1
+    result = client.run(lambda s: (s.id, s.is_new, s.exists, s.created_at, s.expires_at))[0]
+    assert len(result[0]) == 43 and result[1:] == (False, True, clock.now, clock.now + 86400)
+
+
+def test_create_makes_the_session_exist_now(client, clock):
+    result, response = client.run(lambda s: (s.create(), s.id, s.is_new, s.exists)[1:])
+    assert result[1:] == (True, True)
+    assert client.backend.get(result[0]) is not None
+    assert "Set-Cookie" in response.headers
+
+
+def test_explicit_commit_then_more_writes(client):
+    def handler(session):
+        write(session)
+        session.commit()
+        first = session.id
+        session.store("a").set("k2", 2)
+        return first
+
+    sid, _ = client.run(handler)
+    assert sid is not None
+    assert client.run(lambda s: (s.id, s.store("a").items()))[0] == (sid, [("k", "v"), ("k2", 2)])
+
+
+# -- errors: nothing committed --------------------------------------------------------
+
+
+def test_exception_in_app_commits_nothing(client):
+    def boom(session):
+        write(session)
+        raise RuntimeError("app failed")
+
+    with pytest.raises(RuntimeError):
+        client.run(boom)
+    assert client.backend.count() == 0
+
+
+@pytest.mark.parametrize("status", ["500 Internal Server Error", "503 Service Unavailable"])
+def test_5xx_response_commits_nothing(client, status):
+    client.run(write)
+    _, response = client.run(
+        lambda s: s.store("a").set("k", "changed"), status=status, expect_errors=True
+    )
+    assert "Set-Cookie" not in response.headers
+    assert client.run(read)[0] == "v"
+
+
+def test_4xx_response_still_commits(client):
+    client.run(lambda s: write(s), status="404 Not Found", expect_errors=True)
+    assert client.run(read)[0] == "v"
+
+
+# -- the response body ------------------------------------------------------------------
+
+
+class Closing:
+    """An app iterable that records close() and may write while iterating."""
+
+    def __init__(self, chunks, session=None, fail=False):
+        self.chunks, self.session, self.fail = chunks, session, fail
+        self.closed = False
+
+    def __iter__(self):
+        for chunk in self.chunks:
+            if self.session is not None:
+                self.session.store("a").set("during-body", chunk.decode())
+            yield chunk
+        if self.fail:
+            raise RuntimeError("failed mid-body")
+
+    def close(self):
+        self.closed = True
+
+
+def make_app(iterables, **settings):
+    def app(environ, start_response):
+        session = environ["session"]
+        if environ["PATH_INFO"] == "/login":
+            write(session)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        body = Closing(
+            [b"one", b"two"],
+            session if environ["PATH_INFO"] in ("/stream", "/fail") else None,
+            fail=environ["PATH_INFO"] == "/fail",
+        )
+        iterables.append(body)
+        return body
+
+    settings.setdefault("cleanup_probability", 0)
+    mw = SessionMiddleware(app, secret="s", backend="memory", **settings)
+    return mw, TestApp(mw)
+
+
+def test_writes_during_body_iteration_are_committed_and_close_is_called():
+    iterables = []
+    mw, web = make_app(iterables)
+    web.get("/login")
+    assert web.get("/stream").body == b"onetwo"
+    assert all(body.closed for body in iterables)
+    [record] = mw.backend.get_all().values()
+    # The write made while the last chunk was produced is stored.
+    session_data = web.get("/login")  # touches, and reads below via a new app
+    assert session_data.status_int == 200
+    check = SessionMiddleware(
+        lambda e, sr: (sr("200 OK", []), [e["session"].store("a")["during-body"].encode()])[1],
+        secret="s",
+        backend=mw.backend,
+    )
+    assert TestApp(check, cookiejar=web.cookiejar).get("/").body == b"two"
+
+
+def test_exception_while_iterating_commits_nothing_and_closes():
+    iterables = []
+    mw, web = make_app(iterables)
+    web.get("/login")
+    before = dict(mw.backend.get_all())
+    with pytest.raises(RuntimeError):
+        web.get("/fail")
+    assert iterables[-1].closed
+    assert mw.backend.get_all() == before
+
+
+def test_generator_app_calling_start_response_late():
+    def app(environ, start_response):
+        environ["session"].store("g").set("k", 1)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"generated"
+
+    mw = SessionMiddleware(app, secret="s", backend="memory")
+    response = TestApp(mw).get("/")
+    assert response.body == b"generated"
+    assert "Set-Cookie" in response.headers
+    assert mw.backend.count() == 1
+
+
+def test_legacy_write_callable():
+    def app(environ, start_response):
+        environ["session"].store("w").set("k", 1)
+        out = start_response("200 OK", [("Content-Type", "text/plain")])
+        out(b"written ")
+        return [b"returned"]
+
+    mw = SessionMiddleware(app, secret="s", backend="memory")
+    response = TestApp(mw).get("/")
+    assert response.body == b"written returned"
+    assert "Set-Cookie" in response.headers
+    assert mw.backend.count() == 1
+
+
+# -- headers --------------------------------------------------------------------------------
+
+
+def test_cookie_attributes_default(client):
+    _, response = client.run(write)
+    header = response.headers["Set-Cookie"]
+    parts = [p.strip() for p in header.split(";")]
+    assert parts[0].startswith("session=")
+    assert "HttpOnly" in parts and "SameSite=Lax" in parts and "Path=/" in parts
+    assert "secure" not in header.lower()
+    assert not any(p.lower().startswith(("max-age", "expires", "domain")) for p in parts)
+    assert response.headers["Vary"] == "Cookie"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_secure_auto_under_https(client):
+    _, response = client.run(write, extra_environ={"wsgi.url_scheme": "https"})
+    assert "secure" in response.headers["Set-Cookie"].lower().split("; ")
+
+
+@pytest.mark.parametrize(
+    ("secure", "scheme", "expected"),
+    [
+        pytest.param(True, "http", True, id="true-http"),
+        pytest.param(False, "https", False, id="false-https"),
+        pytest.param("auto", "http", False, id="auto-http"),
+    ],
+)
+def test_secure_setting(clock, secure, scheme, expected):
+    client = SessionClient(clock=clock, secure=secure)
+    _, response = client.run(write, extra_environ={"wsgi.url_scheme": scheme})
+    assert ("secure" in response.headers["Set-Cookie"].lower().split("; ")) is expected
+
+
+def test_vary_merges_with_the_apps_vary():
+    def app(environ, start_response):
+        environ["session"].store("a").get_default("k")
+        start_response("200 OK", [("Vary", "Accept-Encoding"), ("Cache-Control", "public")])
+        return [b""]
+
+    response = TestApp(SessionMiddleware(app, secret="s", backend="memory")).get("/")
+    assert response.headers.getall("Vary") == ["Accept-Encoding", "Cookie"]
+    # No session cookie was set, so the app's caching stands.
+    assert response.headers["Cache-Control"] == "public"
+
+
+def test_session_cookie_replaces_a_public_cache_control():
+    def app(environ, start_response):
+        write(environ["session"])
+        start_response("200 OK", [("Vary", "cookie"), ("Cache-Control", "public, max-age=600")])
+        return [b""]
+
+    response = TestApp(SessionMiddleware(app, secret="s", backend="memory")).get("/")
+    assert response.headers.getall("Vary") == ["cookie"]
+    assert response.headers.getall("Cache-Control") == ["no-store"]
+
+
+# -- regenerate, destroy, expiry ----------------------------------------------------------
+
+
+def test_regenerate_keeps_data_and_kills_the_old_id(client):
+    client.run(write)
+    old_cookie = client.cookie()
+    old_id = client.run(lambda s: s.id)[0]
+    new_id, response = client.run(lambda s: (s.regenerate(), s.id)[1])
+    assert new_id != old_id and "Set-Cookie" in response.headers
+    assert client.backend.get(old_id) is None
+    assert client.run(read)[0] == "v"
+    # Replaying the old cookie gets nothing.
+    client.web.reset()
+    client.web.set_cookie("session", old_cookie)
+    assert client.run(lambda s: (s.id, read(s)))[0] == (None, None)
+
+
+def test_destroy_clears_cookie_and_kills_the_id(client):
+    client.run(write)
+    old_cookie = client.cookie()
+    old_id = client.run(lambda s: s.id)[0]
+    result, response = client.run(lambda s: (s.destroy(), s.id, s.exists, s.apps())[1:])
+    assert result == (None, False, [])
+    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert client.backend.get(old_id) is None
+    client.web.reset()
+    client.web.set_cookie("session", old_cookie)
+    assert client.run(read)[0] is None
+
+
+def test_write_after_destroy_starts_a_new_session(client):
+    client.run(write)
+    old_id = client.run(lambda s: s.id)[0]
+    client.run(lambda s: (s.destroy(), s.store("flash").set("msg", "bye")))
+    new_id, _ = client.run(lambda s: s.id)
+    assert new_id not in (None, old_id)
+    assert client.run(lambda s: (s.apps(), s.store("flash")["msg"]))[0] == (["flash"], "bye")
+
+
+def test_set_expiry_validates_and_makes_a_persistent_cookie(client, clock):
+    def probe(session):
+        with pytest.raises(ValueError):
+            session.set_expiry(clock.now - 1)
+        with pytest.raises(ValueError):
+            session.set_expiry(datetime(2030, 1, 1))  # naive
+        with pytest.raises(ValueError):
+            session.set_expiry(clock.now + 10 * 86400)  # outlives the signature
+        with pytest.raises(TypeError):
+            session.set_expiry("tomorrow")
+        session.set_expiry(datetime.fromtimestamp(clock.now, timezone.utc) + timedelta(hours=2))
+
+    _, response = client.run(probe)
+    assert "Max-Age=7200" in response.headers["Set-Cookie"]
+    assert client.run(lambda s: s.expires_at)[0] == clock.now + 7200
+    clock.advance(7200)
+    assert client.run(lambda s: s.exists)[0] is False
