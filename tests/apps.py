@@ -1,0 +1,54 @@
+"""A small WSGI application driven by its URL, for HTTP and multi-process tests.
+
+``/write?app=A&key=K&value=V``, ``/incr?app=A&key=K``, ``/read?app=A&key=K``,
+``/dump`` (JSON of every store), ``/destroy``, ``/regenerate``, ``/id``.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs
+
+from sessionstore import SessionMiddleware
+
+SECRET = "test-secret-shared-by-every-process"
+
+
+def command_app(environ, start_response):
+    session = environ["session"]
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    path = environ.get("PATH_INFO", "/")
+    store = session.store(query.get("app", "test"))
+    if path == "/write":
+        body = str(store.set(query["key"], query["value"]))
+    elif path == "/incr":
+        value = store.get_default(query["key"], 0) + 1
+        store.set(query["key"], value)
+        body = str(value)
+    elif path == "/read":
+        body = repr(store.get_default(query["key"]))
+    elif path == "/dump":
+        apps = {app: dict(session.store(app).items()) for app in session.apps()}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"id": session.id, "apps": apps}).encode()]
+    elif path == "/destroy":
+        session.destroy()
+        body = "destroyed"
+    elif path == "/regenerate":
+        session.regenerate()
+        body = str(session.id)
+    elif path == "/id":
+        body = str(session.id)
+    else:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+
+
+def make_app(backend, filename=None, **settings):
+    options = {"filename": filename} if filename else None
+    settings.setdefault("cleanup_probability", 0)
+    return SessionMiddleware(
+        command_app, secret=SECRET, backend=backend, backend_options=options, **settings
+    )
