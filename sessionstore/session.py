@@ -12,6 +12,8 @@ other's writes.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("sessionstore")
 
 #: Compare-and-swap attempts before a commit gives up with BusyRetry.
-MAX_ATTEMPTS = 20
+MAX_ATTEMPTS = 50
+
+
+def _backoff(attempt: int) -> None:
+    """Wait a random moment, growing with each lost race (at most 20 ms), so
+    that requests contending for one session do not starve each other."""
+    if attempt:
+        time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
 
 
 class _Changes:
@@ -157,8 +166,13 @@ class Session:
         old = self._record
         if old is None:
             return  # no stored session: the next write gets a new id anyway
+        with self._manager.committing(old.session_id):
+            self._regenerate(old)
+
+    def _regenerate(self, old: Record) -> None:
         backend = self._manager.backend
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            _backoff(attempt)
             now = self._manager.clock()
             new = self._build(new_session_id(), 0, old.created_at, now)
             if not backend.compare_and_swap(new.session_id, None, new):
@@ -197,7 +211,8 @@ class Session:
         if self._record is None:
             self._insert(now)
         else:
-            self._update(now)
+            with self._manager.committing(self._record.session_id):
+                self._update(now)
 
     def __repr__(self) -> str:
         if not self._loaded:
@@ -310,7 +325,8 @@ class Session:
 
     def _update(self, now: float) -> None:
         backend = self._manager.backend
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            _backoff(attempt)
             old = self._record
             if old is None:
                 return  # destroyed by another request; _catch_up logged it
