@@ -44,8 +44,15 @@ class PayloadCodec:
 
     def loads(self, payload: bytes, session_id: str) -> tuple[AppData, float | None]:
         """Verify then unpickle; a bad payload is a :class:`BackendError`."""
+        apps, expiry, _ = self.loads_checked(payload, session_id)
+        return apps, expiry
+
+    def loads_checked(
+        self, payload: bytes, session_id: str
+    ) -> tuple[AppData, float | None, bool]:
+        """Like :meth:`loads`, and also whether an older secret signed it."""
         mac, body = payload[:MAC_SIZE], payload[MAC_SIZE:]
-        for key in self._keys:
+        for index, key in enumerate(self._keys):
             if hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
                 break
         else:
@@ -59,7 +66,7 @@ class PayloadCodec:
             raise BackendError(f"stored session {session_id} cannot be read", exc) from exc
         if fmt != FORMAT:
             raise BackendError(f"stored session {session_id} has unknown format {fmt!r}")
-        return apps, expiry
+        return apps, expiry, index > 0
 
 
 def dump_value(value: Any) -> bytes:

@@ -68,6 +68,7 @@ class Session:
         "_is_new",
         "_send_cookie",
         "_clear_cookie",
+        "_stale_secret",
     )
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
@@ -84,6 +85,8 @@ class Session:
         self._is_new = False
         self._send_cookie = False
         self._clear_cookie = False
+        #: The cookie or the payload was signed with an older secret.
+        self._stale_secret = False
 
     # -- public API -----------------------------------------------------------
 
@@ -269,12 +272,16 @@ class Session:
             record = manager.backend.get(cookie.session_id)
             if record is None or record.is_expired(now):
                 continue
-            apps, expiry = manager.payloads.loads(record.payload, record.session_id)
+            apps, expiry, stale = manager.payloads.loads_checked(
+                record.payload, record.session_id
+            )
             if manager.deadline(record.created_at, record.accessed_at, expiry) <= now:
                 continue  # expired under the current settings
             self._cookie = cookie
             self._adopt(record, apps, expiry)
-            # Re-sign a cookie signed with an older secret.
+            # What an older secret signed is re-signed with the newest before
+            # the response leaves, so the old secret can be retired.
+            self._stale_secret = stale or cookie.stale_secret
             self._send_cookie = cookie.stale_secret
             return
 
@@ -409,24 +416,29 @@ class Session:
 
     def _touch(self) -> None:
         """Refresh the idle clock of a session read but not written, at most
-        once per ``touch_interval``; a lost race is fine (the winner refreshed it)."""
+        once per ``touch_interval`` (or at once when an older secret signed it);
+        a lost race is fine: the winner refreshed it."""
         record = self._record
         if record is None or self._dirty():
             return
         manager = self._manager
         now = manager.clock()
-        if now - record.accessed_at < manager.settings.touch_interval:
+        if now - record.accessed_at < manager.settings.touch_interval and not self._stale_secret:
             return
+        payload = record.payload
+        if self._stale_secret:
+            payload = manager.payloads.dumps(self._base, self._expiry)
         fresh = Record(
             record.session_id,
             record.version + 1,
             record.created_at,
             now,
             manager.deadline(record.created_at, now, self._expiry),
-            record.payload,
+            payload,
         )
         if manager.backend.compare_and_swap(record.session_id, record.version, fresh):
             self._record = fresh
+            self._stale_secret = False
             self._refresh_cookie(now)
             self._maybe_cleanup(now)
 

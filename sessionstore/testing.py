@@ -1,15 +1,16 @@
 """The backend contract suite, for every backend including your own.
 
-Subclass :class:`BackendContract` in a test module and provide two fixtures::
+Subclass :class:`BackendContract` (or :class:`PersistentBackendContract`
+when the data outlives the instance) and provide the fixtures::
 
-    class TestMyBackend(BackendContract):
+    class TestMyBackend(PersistentBackendContract):
         @pytest.fixture
         def backend(self, tmp_path):
             b = MyBackend(...); b.setup(); yield b; b.close()
 
         @pytest.fixture
-        def reopen(self, backend):
-            # a fresh instance on the same storage, or None when nothing persists
+        def reopen(self):
+            # fresh instances on the same storage (PersistentBackendContract only)
             return lambda: MyBackend(...)
 
 Needs pytest (the ``test`` extra).
@@ -60,10 +61,6 @@ class BackendContract:
     @pytest.fixture
     def backend(self) -> Backend:
         raise NotImplementedError("provide a 'backend' fixture")
-
-    @pytest.fixture
-    def reopen(self) -> Callable[[], Backend] | None:
-        return None
 
     # -- management interface ------------------------------------------------
 
@@ -206,13 +203,18 @@ class BackendContract:
         assert int(final.payload) == threads * rounds
         assert final.version == 1 + threads * rounds
 
-    # -- persistence -------------------------------------------------------------
 
-    def test_data_survives_reopening(
-        self, backend: Backend, reopen: Callable[[], Backend] | None
-    ) -> None:
-        if reopen is None:
-            pytest.skip("this backend keeps nothing after close()")
+
+class PersistentBackendContract(BackendContract):
+    """The contract plus persistence, for backends whose data outlives the
+    instance; also needs a ``reopen`` fixture returning a factory of fresh
+    instances on the same storage."""
+
+    @pytest.fixture
+    def reopen(self) -> Callable[[], Backend]:
+        raise NotImplementedError("provide a 'reopen' fixture")
+
+    def test_data_survives_reopening(self, backend: Backend, reopen: Callable[[], Backend]) -> None:
         kept, gone = make_record(), make_record()
         backend.add(kept)
         backend.add(gone)
@@ -227,10 +229,8 @@ class BackendContract:
             other.close()
 
     def test_two_instances_see_each_others_changes(
-        self, backend: Backend, reopen: Callable[[], Backend] | None
+        self, backend: Backend, reopen: Callable[[], Backend]
     ) -> None:
-        if reopen is None:
-            pytest.skip("this backend keeps nothing after close()")
         other = reopen()
         other.setup()
         try:

@@ -7,7 +7,7 @@ import pytest
 from sessionstore.backends.memory import MemoryBackend
 from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.backends.sqlite import SqliteBackend
-from sessionstore.testing import BackendContract
+from sessionstore.testing import BackendContract, PersistentBackendContract
 
 
 class TestMemoryBackend(BackendContract):
@@ -19,7 +19,7 @@ class TestMemoryBackend(BackendContract):
         backend.close()
 
 
-class TestPickleBackend(BackendContract):
+class TestPickleBackend(PersistentBackendContract):
     @pytest.fixture
     def backend(self, tmp_path):
         backend = PickleBackend(str(tmp_path / "sessions.dat"))
@@ -32,7 +32,7 @@ class TestPickleBackend(BackendContract):
         return lambda: PickleBackend(str(tmp_path / "sessions.dat"))
 
 
-class TestSqliteBackend(BackendContract):
+class TestSqliteBackend(PersistentBackendContract):
     @pytest.fixture
     def backend(self, tmp_path):
         backend = SqliteBackend(str(tmp_path / "sessions.db"))
