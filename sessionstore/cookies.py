@@ -17,7 +17,7 @@ from .config import Settings
 from .ids import is_valid_id
 
 SALT = "sessionstore.cookie"
-#: A signed id is 43 + 1 + 6 + 1 + 43 characters; anything much longer is junk.
+#: A signed id is 44 + 1 + 6 + 1 + 43 characters; anything much longer is junk.
 MAX_COOKIE_VALUE = 256
 #: At most this many cookies with our name are tried (duplicates, cookie tossing).
 MAX_CANDIDATES = 4

@@ -1,17 +1,26 @@
-"""Session ids: 256 random bits from :mod:`secrets`, URL-safe base64 (43 characters)."""
+"""Session ids: random, URL-safe, at least 256 bits from :mod:`secrets`.
+
+An id is 33 random bytes in URL-safe base64 (44 characters, 264 bits), drawn
+again when it would start with ``-``, so that it is never mistaken for an
+option on a command line (that costs 0.02 bits, leaving 263.9).
+"""
 
 from __future__ import annotations
 
 import re
 import secrets
 
-ID_BYTES = 32
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+ID_BYTES = 33
+ID_LENGTH = 44
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{43}")
 
 
 def new_session_id() -> str:
     """Return a fresh random session id."""
-    return secrets.token_urlsafe(ID_BYTES)
+    while True:
+        session_id = secrets.token_urlsafe(ID_BYTES)
+        if session_id[0] != "-":
+            return session_id
 
 
 def is_valid_id(value: object) -> bool:

@@ -57,7 +57,7 @@ def test_first_write_creates_id_record_and_cookie(client, clock):
     assert "Set-Cookie" in response.headers
     assert client.backend.count() == 1
     result = client.run(lambda s: (s.id, s.is_new, s.exists, s.created_at, s.expires_at))[0]
-    assert len(result[0]) == 43 and result[1:] == (False, True, clock.now, clock.now + 86400)
+    assert len(result[0]) == 44 and result[1:] == (False, True, clock.now, clock.now + 86400)
 
 
 def test_create_makes_the_session_exist_now(client, clock):

@@ -69,7 +69,7 @@ class Site:
         assert seen == (None, None)
         new_cookie = response.headers["Set-Cookie"]
         new_id = new_cookie.split("=", 1)[1].split(".", 1)[0]
-        assert len(new_id) == 43
+        assert len(new_id) == 44
         assert new_id != self.victim_id
         victim = self.client.backend.get(self.victim_id)
         apps, _ = self.client.middleware._manager.payloads.loads(victim.payload, victim.session_id)
@@ -137,8 +137,8 @@ HOSTILE_COOKIES = [
         id="fifty-duplicates",
     ),
     pytest.param(lambda s: f"session={s.sign('../../etc/passwd')}", id="path-like-id"),
-    pytest.param(lambda s: f"session={s.sign('a' * 42 + chr(0))}", id="nul-in-id"),
-    pytest.param(lambda s: f"session={s.sign('a' * 42 + '/')}", id="slash-in-id"),
+    pytest.param(lambda s: f"session={s.sign('a' * 43 + chr(0))}", id="nul-in-id"),
+    pytest.param(lambda s: f"session={s.sign('a' * 43 + '/')}", id="slash-in-id"),
     pytest.param(lambda s: f"session={s.sign('')}", id="empty-id"),
     pytest.param(lambda s: 'session="' + s.victim_cookie + '\\"', id="quoted-escape"),
 ]
@@ -357,3 +357,12 @@ def test_any_cookie_header_never_fails_and_never_adopts(header):
     assert statuses == ["200 OK"]
     assert environ["test.seen"] == (None, None)
     assert environ["test.after"][0] is False or environ["test.after"][1] not in header
+
+
+def test_ids_are_long_random_and_never_look_like_options():
+    from sessionstore.ids import is_valid_id
+
+    ids = {new_session_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    assert all(is_valid_id(i) and len(i) == 44 and not i.startswith("-") for i in ids)
+    assert not is_valid_id("-" + "a" * 43)

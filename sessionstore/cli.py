@@ -1,0 +1,381 @@
+"""The ``sessionstore`` command: serve an ini file, and manage stored sessions.
+
+::
+
+    sessionstore serve examples/demo.ini --port 8080
+    sessionstore --config site.ini list
+    sessionstore --backend sqlite --option filename=sessions.db stats --json
+    sessionstore --config site.ini set -s ID -n shop -k note -V "hello"
+
+The backend comes from ``--config FILE.ini`` (its sessionstore filter section)
+or from ``--backend NAME --option KEY=VALUE ...``.  Commands that read or write
+session data (``show``, ``get``, ``set``, ``del``) need the secret: from the
+ini, ``--secret``, or ``SESSIONSTORE_SECRET``.  Errors print one line and exit
+with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from .backends import load_backend
+from .backends.base import Backend, Record
+from .config import Settings
+from .errors import SessionStoreError
+from .ids import is_valid_id
+from .payload import AppData, PayloadCodec, dump_value, load_value
+from .store import check_app_name
+
+_EGGS = ("egg:sessionstore#session", "egg:sessionstore")
+
+
+class CommandError(Exception):
+    """Printed as one line; exit status 1."""
+
+
+# -- configuration ----------------------------------------------------------------
+
+
+def read_ini(path: str, section: str | None = None) -> dict[str, str]:
+    """The settings of the sessionstore filter section of an ini file."""
+    if not os.path.isfile(path):
+        raise CommandError(f"cannot read {path}: no such file")
+    parser = configparser.ConfigParser(
+        defaults={"here": os.path.dirname(os.path.abspath(path)), "__file__": path}
+    )
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error as exc:
+        raise CommandError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
+    names = [section] if section else [
+        s for s in parser.sections() if parser.get(s, "use", fallback="").strip() in _EGGS
+    ]
+    if not names or not parser.has_section(names[0]):
+        raise CommandError(f"{path} has no [filter:...] section using egg:sessionstore#session")
+    if len(names) > 1:
+        raise CommandError(f"{path} has several session filters; pick one with --section")
+    # Like PasteDeploy, pass the section's own keys only ([DEFAULT] is global).
+    own = configparser.ConfigParser(default_section="\0", interpolation=None)
+    own.read(path, encoding="utf-8")
+    return {key: parser.get(names[0], key) for key in own.options(names[0]) if key != "use"}
+
+
+def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
+    result = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"{flag} takes KEY=VALUE, not {item!r}")
+        result[key] = value
+    return result
+
+
+class Target:
+    """The backend (and the secret, when known) that a command works on."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        secret = args.secret or os.environ.get("SESSIONSTORE_SECRET")
+        if args.config:
+            conf = read_ini(args.config, args.section)
+            name = conf.pop("backend", "sqlite")
+            options = {k[8:]: v for k, v in conf.items() if k.startswith("backend.")}
+            settings = {k: v for k, v in conf.items() if not k.startswith("backend.")}
+            secret = secret or settings.get("secret")
+            if settings:
+                Settings.from_mapping({"secret": secret or "x", **settings})  # validate
+        elif args.backend:
+            name, options = args.backend, _pairs(args.option, "--option")
+        else:
+            raise CommandError("name a store with --config FILE.ini or --backend NAME")
+        self.backend = load_backend(name, options)
+        self.codec = PayloadCodec(tuple(secret.split())) if secret else None
+
+    def record(self, session_id: str) -> Record:
+        record = self.backend.get(session_id) if is_valid_id(session_id) else None
+        if record is None:
+            raise CommandError(f"no session {session_id}")
+        return record
+
+    def data(self, record: Record) -> tuple[AppData, float | None]:
+        if self.codec is None:
+            raise CommandError("reading session data needs the secret (--secret or the ini)")
+        return self.codec.loads(record.payload, record.session_id)
+
+    def change(self, session_id: str, edit: Any) -> Any:
+        """Apply ``edit(apps)`` to a session's data by compare-and-swap."""
+        for _ in range(20):
+            record = self.record(session_id)
+            apps, expiry = self.data(record)
+            result = edit(apps)
+            apps = {app: keys for app, keys in apps.items() if keys}
+            new = Record(
+                record.session_id,
+                record.version + 1,
+                record.created_at,
+                record.accessed_at,
+                record.expires_at,
+                self.codec.dumps(apps, expiry),  # type: ignore[union-attr]  # data() checked it
+            )
+            if self.backend.compare_and_swap(session_id, record.version, new):
+                return result
+        raise CommandError(f"session {session_id} kept changing; try again")
+
+
+# -- output -----------------------------------------------------------------------
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _meta(record: Record) -> dict[str, Any]:
+    meta = asdict(record)
+    del meta["payload"]
+    meta["size"] = len(record.payload)
+    return meta
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, default=repr) if args.json else text)
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import waitress
+    from paste.deploy import loadapp
+
+    path = os.path.abspath(args.config_file)
+    if not os.path.isfile(path):
+        raise CommandError(f"cannot read {args.config_file}: no such file")
+    app = loadapp(f"config:{path}", name=args.app)
+    server = waitress.create_server(app, host=args.host, port=args.port)
+    port = server.effective_port  # the real one when --port 0 asked for any free port
+    print(f"Serving {args.config_file} on http://{args.host}:{port}/", flush=True)
+    try:
+        server.run()
+    finally:
+        server.close()
+
+
+def cmd_list(args: argparse.Namespace, target: Target) -> None:
+    now = time.time()
+    for record in target.backend.iter_records():  # streamed: one line per record
+        meta = _meta(record)
+        meta["expired"] = record.is_expired(now)
+        state = " expired" if meta["expired"] else ""
+        _emit(
+            args,
+            meta,
+            f"{record.session_id}  created {_iso(record.created_at)}  "
+            f"accessed {_iso(record.accessed_at)}  expires {_iso(record.expires_at)}  "
+            f"v{record.version}  {len(record.payload)} bytes{state}",
+        )
+
+
+def cmd_show(args: argparse.Namespace, target: Target) -> None:
+    record = target.record(args.session_id)
+    apps, expiry = target.data(record)
+    stores = {app: {k: load_value(v) for k, v in keys.items()} for app, keys in apps.items()}
+    lines = [
+        f"session  {record.session_id}",
+        f"version  {record.version}",
+        f"created  {_iso(record.created_at)}",
+        f"accessed {_iso(record.accessed_at)}",
+        f"expires  {_iso(record.expires_at)}",
+    ]
+    for app in sorted(stores):
+        lines.append(f"[{app}]")
+        lines.extend(f"  {k} = {v!r}" for k, v in sorted(stores[app].items()))
+    _emit(args, {**_meta(record), "expiry": expiry, "stores": stores}, "\n".join(lines))
+
+
+def _check_app_key(args: argparse.Namespace) -> None:
+    try:
+        check_app_name(args.app)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    if not args.key:
+        raise CommandError("keys must not be empty")
+
+
+def cmd_get(args: argparse.Namespace, target: Target) -> None:
+    _check_app_key(args)
+    apps, _ = target.data(target.record(args.session))
+    data = apps.get(args.app, {}).get(args.key)
+    if data is None:
+        raise CommandError(f"session {args.session} has no key {args.key!r} in {args.app!r}")
+    value = load_value(data)
+    _emit(args, value, value if isinstance(value, str) else repr(value))
+
+
+def cmd_set(args: argparse.Namespace, target: Target) -> None:
+    _check_app_key(args)
+    data = dump_value(args.value)  # stored as a string, as the key-value CLI did
+
+    def edit(apps: AppData) -> bool:
+        keys = apps.setdefault(args.app, {})
+        new = args.key not in keys
+        keys[args.key] = data
+        return new
+
+    new = target.change(args.session, edit)
+    _emit(args, {"new": new}, "new" if new else "overwritten")
+
+
+def cmd_del(args: argparse.Namespace, target: Target) -> None:
+    _check_app_key(args)
+
+    def edit(apps: AppData) -> bool:
+        return apps.get(args.app, {}).pop(args.key, None) is not None
+
+    if not target.change(args.session, edit):
+        raise CommandError(f"session {args.session} has no key {args.key!r} in {args.app!r}")
+    _emit(args, {"deleted": True}, "deleted")
+
+
+def cmd_destroy(args: argparse.Namespace, target: Target) -> None:
+    if not (is_valid_id(args.session_id) and target.backend.delete(args.session_id)):
+        raise CommandError(f"no session {args.session_id}")
+    _emit(args, {"destroyed": args.session_id}, f"destroyed {args.session_id}")
+
+
+def cmd_purge(args: argparse.Namespace, target: Target) -> None:
+    count = target.backend.delete_all() if args.all else target.backend.delete_expired()
+    what = "sessions" if args.all else "expired sessions"
+    _emit(args, {"deleted": count}, f"deleted {count} {what}")
+
+
+def cmd_stats(args: argparse.Namespace, target: Target) -> None:
+    now = time.time()
+    total = expired = size = 0
+    for record in target.backend.iter_records():
+        total += 1
+        expired += record.is_expired(now)
+        size += len(record.payload)
+    stats = {
+        "backend": type(target.backend).__name__,
+        "sessions": total,
+        "expired": expired,
+        "live": total - expired,
+        "payload_bytes": size,
+    }
+    _emit(args, stats, "\n".join(f"{k:14} {v}" for k, v in stats.items()))
+
+
+def cmd_migrate(args: argparse.Namespace, target: Target) -> None:
+    destination = load_backend(args.to, _pairs(args.to_option, "--to-option"))
+    count = 0
+    try:
+        for record in target.backend.iter_records():
+            destination.add(record)  # payloads stay signed with the same secret
+            count += 1
+    finally:
+        destination.close()
+    _emit(args, {"copied": count}, f"copied {count} sessions to {args.to}")
+
+
+# -- argument parsing -----------------------------------------------------------------
+
+
+def _store_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options naming the store; accepted before or after the command."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    where = parser.add_argument_group("which store")
+    where.add_argument("--config", metavar="FILE.ini", default=default(None),
+                       help="use the session filter of this ini")
+    where.add_argument("--section", default=default(None),
+                       help="the ini section, when it has several session filters")
+    where.add_argument("--backend", metavar="NAME", default=default(None),
+                       help="memory, pickle, sqlite, redis, sql or module:Class")
+    where.add_argument("--option", action="append", default=default([]), metavar="KEY=VALUE",
+                       help="a backend option (repeat)")
+    where.add_argument("--secret", default=default(None),
+                       help="the secret (default: the ini's, or $SESSIONSTORE_SECRET)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessionstore", description="Serve a PasteDeploy site, or manage stored sessions."
+    )
+    _store_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _store_options(common, defaults=False)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    class _Commands:
+        @staticmethod
+        def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            parents = [] if name == "serve" else [common]
+            return subparsers.add_parser(name, parents=parents, **kwargs)
+
+    commands = _Commands()
+
+    serve = commands.add_parser("serve", help="serve an ini file with waitress")
+    serve.add_argument("config_file", metavar="CONFIG.ini")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--app", default="main", help="the [app:NAME] or pipeline to serve")
+
+    commands.add_parser("list", help="list stored sessions, one per line (streamed)")
+    commands.add_parser("show", help="show one session and its stores").add_argument("session_id")
+    for name, help_text in (("get", "print one value"), ("set", "store a string value"),
+                            ("del", "delete one key")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("-s", "--session", required=True, metavar="ID")
+        sub.add_argument("-n", "--store-name", "--app", dest="app", required=True, metavar="APP")
+        sub.add_argument("-k", "--key", required=True)
+        if name == "set":
+            sub.add_argument("-V", "--value", required=True)
+    commands.add_parser("destroy", help="delete one session").add_argument("session_id")
+    purge = commands.add_parser("purge", help="delete expired sessions")
+    purge.add_argument("--all", action="store_true", help="delete every session")
+    commands.add_parser("stats", help="count sessions")
+    migrate = commands.add_parser("migrate", help="copy every session to another backend")
+    migrate.add_argument("--to", required=True, metavar="NAME")
+    migrate.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+COMMANDS = {
+    "list": cmd_list, "show": cmd_show, "get": cmd_get, "set": cmd_set, "del": cmd_del,
+    "destroy": cmd_destroy, "purge": cmd_purge, "stats": cmd_stats, "migrate": cmd_migrate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            cmd_serve(args)
+            return 0
+        target = Target(args)
+        try:
+            COMMANDS[args.command](args, target)
+        finally:
+            target.backend.close()
+    except (CommandError, SessionStoreError, OSError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"sessionstore: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""PasteDeploy entry points: ``use = egg:sessionstore#session``.
+
+.. code-block:: ini
+
+    [filter:session]
+    use = egg:sessionstore#session
+    secret = new-secret old-secret
+    backend = sqlite
+    backend.filename = %(here)s/sessions.db
+
+Every value is converted once, strictly, when the ini is loaded; an unknown
+key or a bad value raises :class:`~sessionstore.errors.ConfigurationError`
+naming the key and the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+from .middleware import SessionMiddleware, WSGIApp
+
+
+def split_ini(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a filter section into SessionMiddleware keyword arguments."""
+    if "secret" not in conf:
+        raise ConfigurationError("secret", None, "a secret is required")
+    kwargs: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in conf.items():
+        if key.startswith("backend."):
+            options[key[len("backend.") :]] = value
+        else:
+            kwargs[key] = value
+    kwargs["backend_options"] = options
+    return kwargs
+
+
+def filter_factory(
+    global_conf: Mapping[str, Any], **local_conf: Any
+) -> Callable[[WSGIApp], SessionMiddleware]:
+    """``paste.filter_factory``: returns a function that wraps an app."""
+    kwargs = split_ini(local_conf)
+
+    def make_filter(app: WSGIApp) -> SessionMiddleware:
+        return SessionMiddleware(app, **kwargs)
+
+    return make_filter
+
+
+def filter_app_factory(
+    app: WSGIApp, global_conf: Mapping[str, Any], **local_conf: Any
+) -> SessionMiddleware:
+    """``paste.filter_app_factory``: wraps ``app`` at once."""
+    return SessionMiddleware(app, **split_ini(local_conf))
+
+
+def make_session_middleware(app: WSGIApp, **conf: Any) -> SessionMiddleware:
+    """Wrap ``app`` from ini-style string settings (``backend.x`` keys included)."""
+    return SessionMiddleware(app, **split_ini(conf))
