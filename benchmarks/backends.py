@@ -1,0 +1,142 @@
+"""Per-request cost of each embedded backend, and commit cost against store size.
+
+    python benchmarks/backends.py [--requests N] [--commits N]
+
+Prints two tables.  Direct WSGI calls, no test client: the numbers are the
+middleware's and the backend's own.  Run by hand; figures vary with the
+machine, so compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sessionstore import SessionMiddleware  # noqa: E402
+from sessionstore.backends import backend_class  # noqa: E402
+from sessionstore.backends.base import Record  # noqa: E402
+from sessionstore.ids import new_session_id  # noqa: E402
+
+
+def make_app(kind: str):
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/read":
+            environ["session"].store("bench").get_default("n")
+        elif path == "/write":
+            store = environ["session"].store("bench")
+            store["n"] = store.get_default("n", 0) + 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+def bare(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def run(app, path: str, cookie: str | None, count: int) -> tuple[float, str | None]:
+    """Microseconds per request; returns the session cookie it ended with."""
+    headers: list = []
+
+    def start_response(status, response_headers, exc_info=None):
+        headers[:] = response_headers
+
+    start = time.perf_counter()
+    for _ in range(count):
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.url_scheme": "http"}
+        if cookie:
+            environ["HTTP_COOKIE"] = cookie
+        body = app(environ, start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close:
+            close()
+        for name, value in headers:
+            if name == "Set-Cookie" and value.startswith("session="):
+                cookie = value.split(";", 1)[0]
+    return (time.perf_counter() - start) / count * 1e6, cookie
+
+
+def request_table(count: int, directory: str) -> None:
+    base = run(bare, "/", None, count)[0]
+    print(f"\nPer request, {count} requests each (microseconds; overhead = minus the bare app's "
+          f"{base:.1f})")
+    print(f"{'backend':<16}{'untouched':>12}{'read-only':>12}{'write':>12}{'writes ok':>11}")
+    for kind, options in [
+        ("memory", {}),
+        ("pickle", {"filename": os.path.join(directory, "r.dat")}),
+        ("pickle fsync", {"filename": os.path.join(directory, "rf.dat"), "fsync": True}),
+        ("sqlite", {"filename": os.path.join(directory, "r.db")}),
+        ("sqlite fsync", {"filename": os.path.join(directory, "rf.db"), "fsync": True}),
+    ]:
+        mw = SessionMiddleware(make_app(kind), secret="bench", backend=kind.split()[0],
+                               backend_options=options, cleanup_probability=0)
+        n = count if "fsync" not in kind else max(count // 10, 50)
+        untouched = run(mw, "/", None, n)[0] - base
+        write, cookie = run(mw, "/write", None, n)
+        read = run(mw, "/read", cookie, n)[0] - base
+        [record] = mw.backend.get_all().values()
+        stored = mw._manager.payloads.loads(record.payload, record.session_id)[0]
+        import pickle
+
+        ok = pickle.loads(stored["bench"]["n"]) == n
+        print(f"{kind:<16}{untouched:>12.1f}{read:>12.1f}{write - base:>12.1f}{str(ok):>11}")
+        mw.close()
+
+
+def commit_cost(kind: str, fsync: bool, stored: int, commits: int, directory: str) -> float:
+    """Microseconds per compare-and-swap commit with ``stored`` sessions present."""
+    name = f"c{stored}{'f' if fsync else ''}.{'dat' if kind == 'pickle' else 'db'}"
+    backend = backend_class(kind)(os.path.join(directory, name), fsync=fsync)
+    backend.setup()
+    payload = os.urandom(200)
+    ids = [new_session_id() for _ in range(stored)]
+    now = time.time()
+    for session_id in ids:
+        backend.add(Record(session_id, 1, now, now, now + 3600, payload))
+    rng = random.Random(1)
+    start = time.perf_counter()
+    for _ in range(commits):
+        session_id = rng.choice(ids)
+        record = backend.get(session_id)
+        new = Record(session_id, record.version + 1, record.created_at, time.time(),
+                     record.expires_at, payload)
+        assert backend.compare_and_swap(session_id, record.version, new)
+    elapsed = (time.perf_counter() - start) / commits * 1e6
+    backend.close()
+    return elapsed
+
+
+def commit_table(commits: int, directory: str) -> None:
+    sizes = (100, 1_000, 10_000)
+    print(f"\nCommit cost against stored sessions ({commits} commits each, microseconds)")
+    print(f"{'backend':<16}" + "".join(f"{n:>10,}" for n in sizes) + f"{'10k/100':>10}")
+    for kind, fsync in (("pickle", False), ("pickle", True), ("sqlite", False), ("sqlite", True)):
+        n = commits if not fsync else max(commits // 10, 50)
+        costs = [commit_cost(kind, fsync, size, n, directory) for size in sizes]
+        label = kind + (" fsync" if fsync else "")
+        print(f"{label:<16}" + "".join(f"{c:>10.1f}" for c in costs) + f"{costs[-1] / costs[0]:>10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--commits", type=int, default=5000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        request_table(args.requests, directory)
+        commit_table(args.commits, directory)
+
+
+if __name__ == "__main__":
+    main()
