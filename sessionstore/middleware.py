@@ -32,7 +32,7 @@ from typing import Any
 from .backends import load_backend
 from .backends.base import Backend
 from .config import Settings
-from .errors import BusyRetry, ConcurrentUpdate, SessionStoreError
+from .errors import BackendError, BusyRetry, ConcurrentUpdate, SessionStoreError
 from .manager import SessionManager
 from .session import Session
 
@@ -88,8 +88,9 @@ class SessionMiddleware:
         response = _Response(self.settings, session, environ, start_response)
         try:
             app_iter = self.app(environ, response.start_response)
-        except (ConcurrentUpdate, BusyRetry) as exc:
-            # A commit() the application did not catch: answer as at response time.
+        except (ConcurrentUpdate, BusyRetry, BackendError) as exc:
+            # A session error the application did not catch (a commit() that
+            # lost, a store that failed while loading): answer as at response time.
             if response.sent:
                 raise
             return response.error(exc)
@@ -331,4 +332,4 @@ def _error_response(
         headers.append(("Retry-After", str(max(1, round(settings.busy_timeout)))))
         return "503 Service Unavailable", headers, b"The session store is busy; retry.\n"
     log.error("session commit failed", exc_info=exc)
-    return "500 Internal Server Error", headers, b"The session could not be saved.\n"
+    return "500 Internal Server Error", headers, b"The session store failed; nothing was saved.\n"

@@ -19,6 +19,7 @@ Needs pytest (the ``test`` extra).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -128,12 +129,13 @@ class BackendContract:
         assert backend.delete_all() == 0
 
     def test_delete_expired_removes_only_expired(self, backend: Backend) -> None:
-        old = make_record(expires_at=100.0)
-        edge = make_record(expires_at=200.0)
-        live = make_record(expires_at=300.0)
+        now = time.time()
+        old = make_record(expires_at=now - 30)
+        edge = make_record(expires_at=now)
+        live = make_record(expires_at=now + 30)
         for record in (old, edge, live):
             backend.add(record)
-        assert backend.delete_expired(now=200.0) == 2
+        assert backend.delete_expired(now=now) == 2
         assert set(backend.get_all()) == {live.session_id}
 
     # -- compare-and-swap ------------------------------------------------------

@@ -46,8 +46,9 @@ def command_app(environ, start_response):
     return [body.encode()]
 
 
-def make_app(backend, filename=None, **settings):
-    options = {"filename": filename} if filename else None
+def make_app(backend, filename=None, options=None, **settings):
+    """The command app behind a SessionMiddleware (``filename`` or ``options``)."""
+    options = options or ({"filename": filename} if filename else None)
     settings.setdefault("cleanup_probability", 0)
     return SessionMiddleware(
         command_app, secret=SECRET, backend=backend, backend_options=options, **settings

@@ -3,7 +3,7 @@
 python -m tests.child crash-loop KIND PATH START
 python -m tests.child try-write KIND PATH
 python -m tests.child mp-write KIND PATH COOKIE WORKER COUNT
-python -m tests.child serve KIND PATH [on_conflict]
+python -m tests.child serve KIND PATH|OPTIONS_JSON [on_conflict]
 """
 
 from __future__ import annotations
@@ -79,13 +79,19 @@ def mp_write(kind, path, cookie, worker, count):
     print("done", flush=True)
 
 
-def serve(kind, path, on_conflict="merge"):
-    """Serve the command app with waitress on a free port; print the port."""
+def serve(kind, where, on_conflict="merge"):
+    """Serve the command app with waitress on a free port; print the port.
+
+    ``where`` is a file name, or the backend options as a JSON object.
+    """
+    import json
+
     import waitress
 
     from tests.apps import make_app
 
-    app = make_app(kind, path, on_conflict=on_conflict)
+    options = json.loads(where) if where.startswith("{") else {"filename": where}
+    app = make_app(kind, options=options, on_conflict=on_conflict)
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
     print(server.effective_port, flush=True)
     server.run()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -72,3 +77,30 @@ class SessionClient:
 @pytest.fixture
 def client(clock):
     return SessionClient(clock=clock)
+
+
+@pytest.fixture
+def two_server_processes(tmp_path):
+    procs = []
+
+    def start(kind: str, on_conflict: str = "merge", where: str | None = None) -> list[int]:
+        path = where or str(tmp_path / {"pickle": "sessions.dat", "sqlite": "sessions.db"}[kind])
+        ports = []
+        for _ in range(2):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.child", "serve", kind, path, on_conflict],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            ports.append(int(proc.stdout.readline()))
+        return ports
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

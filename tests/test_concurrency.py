@@ -141,33 +141,6 @@ def test_eight_threads_on_one_session_lose_no_write(server_for, kind):
     assert found_writes(port, cookie) == THREADS * REQUESTS
 
 
-@pytest.fixture
-def two_server_processes(tmp_path):
-    procs = []
-
-    def start(kind: str, on_conflict: str = "merge") -> list[int]:
-        path = str(tmp_path / FILES[kind])
-        ports = []
-        for _ in range(2):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.child", "serve", kind, path, on_conflict],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            ports.append(int(proc.stdout.readline()))
-        return ports
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pickle", "sqlite"])
 def test_two_server_processes_sharing_one_file_lose_no_write(two_server_processes, kind):

@@ -1,0 +1,295 @@
+"""Redis, PostgreSQL and MariaDB: the same contract, concurrency and outage tests.
+
+The servers are found through environment variables (defaults: this machine's
+servers on their default ports):
+
+* ``SESSIONSTORE_TEST_REDIS_URL``       redis://127.0.0.1:6379/15
+* ``SESSIONSTORE_TEST_POSTGRESQL_URL``  postgresql+psycopg://postgres@127.0.0.1:5432/test
+* ``SESSIONSTORE_TEST_MYSQL_URL``       mysql+pymysql://root@127.0.0.1:3306/test
+
+Without a server these tests skip; with ``CI=true`` a missing server fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import secrets
+import socket
+import threading
+from collections import Counter
+
+import pytest
+from webtest import TestApp
+
+from sessionstore import BackendError, ConfigurationError, SessionMiddleware
+from sessionstore.testing import PersistentBackendContract
+
+from .apps import make_app
+from .conftest import IN_CI
+from .test_concurrency import REQUESTS, THREADS, found_writes, start_session, write_own_keys
+
+pytestmark = pytest.mark.server
+
+URLS = {
+    "redis": os.environ.get("SESSIONSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
+    "postgresql": os.environ.get(
+        "SESSIONSTORE_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get(
+        "SESSIONSTORE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+}
+
+
+def _unavailable(name: str, exc: Exception):
+    message = f"{name} server at {URLS[name]} is not reachable: {exc}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def make_backend(name: str, unique: str, url: str | None = None):
+    """A backend of kind ``name`` on its own key prefix or table."""
+    if name == "redis":
+        from sessionstore.backends.redis import RedisBackend
+
+        return RedisBackend(url or URLS[name], prefix=f"test-{unique}:")
+    from sessionstore.backends.sql import SqlBackend
+
+    return SqlBackend(url or URLS[name], table=f"sessions_{unique}")
+
+
+def options_for(name: str, unique: str) -> dict[str, str]:
+    if name == "redis":
+        return {"url": URLS[name], "prefix": f"test-{unique}:"}
+    return {"url": URLS[name], "table": f"sessions_{unique}"}
+
+
+def kind_of(name: str) -> str:
+    return "redis" if name == "redis" else "sql"
+
+
+@pytest.fixture(params=["redis", "postgresql", "mysql"])
+def server(request):
+    """(name, unique prefix) for a reachable server; dropped afterwards."""
+    name = request.param
+    unique = secrets.token_hex(4)
+    backend = make_backend(name, unique)
+    try:
+        backend.setup()
+    except (BackendError, ConfigurationError) as exc:
+        _unavailable(name, exc)
+    yield name, unique
+    backend.delete_all()
+    if name != "redis":
+        with backend._engine.begin() as conn:
+            backend.table.drop(conn, checkfirst=True)
+    backend.close()
+
+
+class TestServerBackends(PersistentBackendContract):
+    @pytest.fixture
+    def backend(self, server):
+        backend = make_backend(*server)
+        backend.setup()
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def reopen(self, server):
+        return lambda: make_backend(*server)
+
+
+def test_two_server_processes_sharing_one_store_lose_no_write(server, two_server_processes):
+    name, unique = server
+    ports = two_server_processes(kind_of(name), where=json.dumps(options_for(name, unique)))
+    cookie = start_session(ports[0])
+    results: Counter = Counter()
+    write_own_keys(ports, cookie, results)
+    assert results == {200: THREADS * REQUESTS}
+    assert found_writes(ports[1], cookie) == THREADS * REQUESTS
+
+
+def test_session_expiry_sets_the_redis_ttl(clock):
+    unique = secrets.token_hex(4)
+    backend = make_backend("redis", unique)
+    try:
+        backend.setup()
+    except BackendError as exc:
+        _unavailable("redis", exc)
+    from sessionstore.backends.redis import EXPIRY_GRACE
+
+    web = TestApp(make_app("redis", options=options_for("redis", unique), timeout=600))
+    web.get("/write", {"app": "a", "key": "k", "value": "v"})
+    [key] = backend._client.keys(f"test-{unique}:*")
+    ttl = backend._client.ttl(key)
+    assert 600 + EXPIRY_GRACE - 5 <= ttl <= 600 + EXPIRY_GRACE
+    backend.delete_all()
+    backend.close()
+    web.app.close()
+
+
+def test_pickle_planted_in_the_store_is_never_unpickled(server, tmp_path):
+    name, unique = server
+    app = make_app(kind_of(name), options=options_for(name, unique))
+    web = TestApp(app)
+    web.get("/write", {"app": "a", "key": "k", "value": "v"})
+    [record] = app.backend.get_all().values()
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    from dataclasses import replace
+
+    app.backend.add(replace(record, payload=b"\0" * 32 + pickle.dumps(Exploit())))
+    try:
+        response = web.get("/read", {"app": "a", "key": "k"}, expect_errors=True)
+    finally:
+        app.close()
+    assert response.status_int == 500
+    assert "nothing was saved" in response.text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        pytest.param("postgresql+pg8000://u@127.0.0.1/db", "postgresql", id="postgresql"),
+        pytest.param("mysql+mysqldb://u@127.0.0.1/db", "mysql", id="mysql"),
+    ],
+)
+def test_a_missing_driver_names_the_extra_to_install(url, extra):
+    with pytest.raises(ConfigurationError) as info:
+        SessionMiddleware(lambda e, s: [], secret="s", backend="sql", backend_options={"url": url})
+    assert info.value.key == "backend.url"
+    assert f"sessionstore[{extra}]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("backend", "options", "key"),
+    [
+        pytest.param("redis", {"url": "http://x"}, "backend.url", id="redis-bad-url"),
+        pytest.param("redis", {"prefix": "a b"}, "backend.prefix", id="redis-bad-prefix"),
+        pytest.param("sql", {"url": "sqlite:///x.db"}, "backend.url", id="sql-unsupported"),
+        pytest.param("sql", {"table": "x; drop"}, "backend.table", id="sql-bad-table"),
+    ],
+)
+def test_bad_server_options_are_refused_at_startup(backend, options, key):
+    with pytest.raises(ConfigurationError) as info:
+        SessionMiddleware(lambda e, s: [], secret="s", backend=backend, backend_options=options)
+    assert info.value.key == key
+
+
+# -- outages -----------------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy on loopback that can drop every connection and refuse new ones."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        """Kill every connection and stop listening: the server is gone."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.sockets.clear()
+
+    def start(self) -> None:
+        """Listen again on the same port: the server is back."""
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+
+def _proxied_url(name: str, port: int) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(URLS[name])
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def test_server_gone_mid_way_gives_a_clear_error_then_recovers(server):
+    name, unique = server
+    from urllib.parse import urlsplit
+
+    default_port = {"redis": 6379, "postgresql": 5432, "mysql": 3306}[name]
+    proxy = Proxy(urlsplit(URLS[name]).port or default_port)
+    options = options_for(name, unique)
+    options["url"] = _proxied_url(name, proxy.port)
+    app = make_app(kind_of(name), options=options, busy_timeout=2)
+    web = TestApp(app)
+    assert web.get("/write", {"app": "a", "key": "k", "value": "before"}).status_int == 200
+
+    proxy.stop()
+    for path in ("/read", "/write"):
+        response = web.get(path, {"app": "a", "key": "k", "value": "during"}, expect_errors=True)
+        assert response.status_int in (500, 503)
+        assert "Set-Cookie" not in response.headers
+        assert "session" in response.text.lower()
+
+    proxy.start()
+    assert web.get("/read", {"app": "a", "key": "k"}).text == "'before'"  # nothing half-written
+    assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
+    assert web.get("/read", {"app": "a", "key": "k"}).text == "'after'"
+    proxy.stop()
+    app.close()
+
+
+def test_unreachable_server_at_startup_is_a_backend_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with pytest.raises(BackendError, match="Redis"):
+        SessionMiddleware(
+            lambda e, s: [], secret="s", backend="redis",
+            backend_options={"url": f"redis://127.0.0.1:{closed_port}/0"}, busy_timeout=1,
+        )
