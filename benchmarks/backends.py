@@ -69,8 +69,10 @@ def run(app, path: str, cookie: str | None, count: int) -> tuple[float, str | No
 
 def request_table(count: int, directory: str) -> None:
     base = run(bare, "/", None, count)[0]
-    print(f"\nPer request, {count} requests each (microseconds; overhead = minus the bare app's "
-          f"{base:.1f})")
+    print(
+        f"\nPer request, {count} requests each (microseconds; overhead = minus the bare app's "
+        f"{base:.1f})"
+    )
     print(f"{'backend':<16}{'untouched':>12}{'read-only':>12}{'write':>12}{'writes ok':>11}")
     for kind, options in [
         ("memory", {}),
@@ -79,8 +81,13 @@ def request_table(count: int, directory: str) -> None:
         ("sqlite", {"filename": os.path.join(directory, "r.db")}),
         ("sqlite fsync", {"filename": os.path.join(directory, "rf.db"), "fsync": True}),
     ]:
-        mw = SessionMiddleware(make_app(kind), secret="bench", backend=kind.split()[0],
-                               backend_options=options, cleanup_probability=0)
+        mw = SessionMiddleware(
+            make_app(kind),
+            secret="bench",
+            backend=kind.split()[0],
+            backend_options=options,
+            cleanup_probability=0,
+        )
         n = count if "fsync" not in kind else max(count // 10, 50)
         untouched = run(mw, "/", None, n)[0] - base
         write, cookie = run(mw, "/write", None, n)
@@ -109,8 +116,14 @@ def commit_cost(kind: str, fsync: bool, stored: int, commits: int, directory: st
     for _ in range(commits):
         session_id = rng.choice(ids)
         record = backend.get(session_id)
-        new = Record(session_id, record.version + 1, record.created_at, time.time(),
-                     record.expires_at, payload)
+        new = Record(
+            session_id,
+            record.version + 1,
+            record.created_at,
+            time.time(),
+            record.expires_at,
+            payload,
+        )
         assert backend.compare_and_swap(session_id, record.version, new)
     elapsed = (time.perf_counter() - start) / commits * 1e6
     backend.close()
@@ -125,7 +138,11 @@ def commit_table(commits: int, directory: str) -> None:
         n = commits if not fsync else max(commits // 10, 50)
         costs = [commit_cost(kind, fsync, size, n, directory) for size in sizes]
         label = kind + (" fsync" if fsync else "")
-        print(f"{label:<16}" + "".join(f"{c:>10.1f}" for c in costs) + f"{costs[-1] / costs[0]:>10.2f}")
+        print(
+            f"{label:<16}"
+            + "".join(f"{c:>10.1f}" for c in costs)
+            + f"{costs[-1] / costs[0]:>10.2f}"
+        )
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .backends import load_backend
-from .backends.base import Backend, Record
+from .backends.base import Record
 from .config import Settings
 from .errors import SessionStoreError
 from .ids import is_valid_id
@@ -55,9 +55,11 @@ def read_ini(path: str, section: str | None = None) -> dict[str, str]:
         parser.read(path, encoding="utf-8")
     except configparser.Error as exc:
         raise CommandError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
-    names = [section] if section else [
-        s for s in parser.sections() if parser.get(s, "use", fallback="").strip() in _EGGS
-    ]
+    names = (
+        [section]
+        if section
+        else [s for s in parser.sections() if parser.get(s, "use", fallback="").strip() in _EGGS]
+    )
     if not names or not parser.has_section(names[0]):
         raise CommandError(f"{path} has no [filter:...] section using egg:sessionstore#session")
     if len(names) > 1:
@@ -294,18 +296,38 @@ def _store_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
         return value if defaults else argparse.SUPPRESS
 
     where = parser.add_argument_group("which store")
-    where.add_argument("--config", metavar="FILE.ini", default=default(None),
-                       help="use the session filter of this ini")
-    where.add_argument("--section", default=default(None),
-                       help="the ini section, when it has several session filters")
-    where.add_argument("--backend", metavar="NAME", default=default(None),
-                       help="memory, pickle, sqlite, redis, sql or module:Class")
-    where.add_argument("--option", action="append", default=default([]), metavar="KEY=VALUE",
-                       help="a backend option (repeat)")
-    where.add_argument("--secret", default=default(None),
-                       help="the secret (default: the ini's, or $SESSIONSTORE_SECRET)")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="machine-readable output")
+    where.add_argument(
+        "--config",
+        metavar="FILE.ini",
+        default=default(None),
+        help="use the session filter of this ini",
+    )
+    where.add_argument(
+        "--section",
+        default=default(None),
+        help="the ini section, when it has several session filters",
+    )
+    where.add_argument(
+        "--backend",
+        metavar="NAME",
+        default=default(None),
+        help="memory, pickle, sqlite, redis, sql or module:Class",
+    )
+    where.add_argument(
+        "--option",
+        action="append",
+        default=default([]),
+        metavar="KEY=VALUE",
+        help="a backend option (repeat)",
+    )
+    where.add_argument(
+        "--secret",
+        default=default(None),
+        help="the secret (default: the ini's, or $SESSIONSTORE_SECRET)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,8 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="list stored sessions, one per line (streamed)")
     commands.add_parser("show", help="show one session and its stores").add_argument("session_id")
-    for name, help_text in (("get", "print one value"), ("set", "store a string value"),
-                            ("del", "delete one key")):
+    for name, help_text in (
+        ("get", "print one value"),
+        ("set", "store a string value"),
+        ("del", "delete one key"),
+    ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("-s", "--session", required=True, metavar="ID")
         sub.add_argument("-n", "--store-name", "--app", dest="app", required=True, metavar="APP")
@@ -352,8 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "list": cmd_list, "show": cmd_show, "get": cmd_get, "set": cmd_set, "del": cmd_del,
-    "destroy": cmd_destroy, "purge": cmd_purge, "stats": cmd_stats, "migrate": cmd_migrate,
+    "list": cmd_list,
+    "show": cmd_show,
+    "get": cmd_get,
+    "set": cmd_set,
+    "del": cmd_del,
+    "destroy": cmd_destroy,
+    "purge": cmd_purge,
+    "stats": cmd_stats,
+    "migrate": cmd_migrate,
 }
 
 

@@ -36,9 +36,7 @@ class _ClockSigner(TimestampSigner):
     """A TimestampSigner that asks an injected clock for the time."""
 
     def __init__(self, keys: list[str], clock: Callable[[], float]) -> None:
-        super().__init__(
-            keys, salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256
-        )
+        super().__init__(keys, salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256)
         self._clock = clock
 
     def get_timestamp(self) -> int:
@@ -104,7 +102,7 @@ class CookieCodec:
 
     def set_cookie_header(self, session_id: str, secure: bool, max_age: int | None) -> str:
         s = self._settings
-        return make_cookie(
+        header: str = make_cookie(
             s.cookie_name,
             self.sign(session_id),
             max_age=max_age,
@@ -114,10 +112,11 @@ class CookieCodec:
             httponly=s.httponly,
             samesite=s.samesite,
         )
+        return header
 
     def delete_cookie_header(self, secure: bool) -> str:
         s = self._settings
-        return make_cookie(
+        header: str = make_cookie(
             s.cookie_name,
             None,
             path=s.cookie_path,
@@ -126,3 +125,4 @@ class CookieCodec:
             httponly=s.httponly,
             samesite=s.samesite,
         )
+        return header

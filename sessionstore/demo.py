@@ -51,7 +51,11 @@ def _page(session: Any, title: str, body: str) -> Response:
 
 
 def _redirect(location: str) -> Response:
-    return "303 See Other", [("Location", location), ("Content-Type", "text/plain")], "See " + location
+    return (
+        "303 See Other",
+        [("Location", location), ("Content-Type", "text/plain")],
+        "See " + location,
+    )
 
 
 def home(session: Any, form: dict[str, str]) -> Response:

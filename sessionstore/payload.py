@@ -47,15 +47,18 @@ class PayloadCodec:
         apps, expiry, _ = self.loads_checked(payload, session_id)
         return apps, expiry
 
-    def loads_checked(
-        self, payload: bytes, session_id: str
-    ) -> tuple[AppData, float | None, bool]:
+    def loads_checked(self, payload: bytes, session_id: str) -> tuple[AppData, float | None, bool]:
         """Like :meth:`loads`, and also whether an older secret signed it."""
         mac, body = payload[:MAC_SIZE], payload[MAC_SIZE:]
-        for index, key in enumerate(self._keys):
-            if hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
-                break
-        else:
+        signer = next(
+            (
+                index
+                for index, key in enumerate(self._keys)
+                if hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac)
+            ),
+            None,
+        )
+        if signer is None:
             raise BackendError(
                 f"stored session {session_id} has a bad signature "
                 "(damaged, planted, or written with an unknown secret)"
@@ -66,7 +69,7 @@ class PayloadCodec:
             raise BackendError(f"stored session {session_id} cannot be read", exc) from exc
         if fmt != FORMAT:
             raise BackendError(f"stored session {session_id} has unknown format {fmt!r}")
-        return apps, expiry, index > 0
+        return apps, expiry, signer > 0
 
 
 def dump_value(value: Any) -> bytes:

@@ -189,8 +189,8 @@ class Session:
             backend.compare_and_swap(new.session_id, new.version, None)
             if not self._catch_up(now):
                 return
+            assert self._record is not None  # _catch_up() returned True
             old = self._record
-            assert old is not None
         raise BusyRetry(f"session {old.session_id}: regenerate kept losing to other requests")
 
     def destroy(self) -> None:
@@ -272,9 +272,7 @@ class Session:
             record = manager.backend.get(cookie.session_id)
             if record is None or record.is_expired(now):
                 continue
-            apps, expiry, stale = manager.payloads.loads_checked(
-                record.payload, record.session_id
-            )
+            apps, expiry, stale = manager.payloads.loads_checked(record.payload, record.session_id)
             if manager.deadline(record.created_at, record.accessed_at, expiry) <= now:
                 continue  # expired under the current settings
             self._cookie = cookie
@@ -332,6 +330,8 @@ class Session:
 
     def _update(self, now: float) -> None:
         backend = self._manager.backend
+        assert self._record is not None
+        session_id = self._record.session_id
         for attempt in range(MAX_ATTEMPTS):
             _backoff(attempt)
             old = self._record
@@ -343,7 +343,7 @@ class Session:
                 return
             if not self._catch_up(now):
                 return
-        raise BusyRetry(f"session {self._record.session_id}: too many concurrent updates")
+        raise BusyRetry(f"session {session_id}: too many concurrent updates")
 
     def _committed(self, record: Record) -> None:
         if self._expiry_changed:
@@ -369,8 +369,7 @@ class Session:
         fresh = manager.backend.get(old.session_id)
         if fresh is None or fresh.is_expired(now):
             log.warning(
-                "session %s ended by another request; dropping this request's "
-                "changes to %s",
+                "session %s ended by another request; dropping this request's changes to %s",
                 old.session_id,
                 sorted(self._changes) or "its expiry",
             )
@@ -469,11 +468,12 @@ class Session:
                 max_age: int | None = max(0, int(self._expiry - self._manager.clock()))
             else:
                 max_age = settings.cookie_max_age
-            headers = [("Set-Cookie", cookies.set_cookie_header(record.session_id, secure, max_age))]
+            headers = [
+                ("Set-Cookie", cookies.set_cookie_header(record.session_id, secure, max_age))
+            ]
             if settings.cache_control:
                 headers.append(("Cache-Control", settings.cache_control))
             return headers
         if record is None and self._clear_cookie:
             return [("Set-Cookie", cookies.delete_cookie_header(secure))]
         return []
-

@@ -206,7 +206,6 @@ class BackendContract:
         assert final.version == 1 + threads * rounds
 
 
-
 class PersistentBackendContract(BackendContract):
     """The contract plus persistence, for backends whose data outlives the
     instance; also needs a ``reopen`` fixture returning a factory of fresh

@@ -71,7 +71,9 @@ def mp_write(kind, path, cookie, worker, count):
             "wsgi.url_scheme": "http",
         }
         statuses = []
-        body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        body = app(
+            environ, lambda status, headers, exc_info=None, seen=statuses: seen.append(status)
+        )
         b"".join(body)
         body.close()
         if statuses != ["200 OK"]:

@@ -19,7 +19,10 @@ ENV = {k: v for k, v in os.environ.items() if k != "SESSIONSTORE_SECRET"}
 def cli(*args, check=True):
     proc = subprocess.run(
         [sys.executable, "-m", "sessionstore.cli", *args],
-        capture_output=True, text=True, timeout=60, env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -32,7 +35,8 @@ def site(request, tmp_path):
     kind = request.param
     filename = tmp_path / ("sessions.db" if kind == "sqlite" else "sessions.dat")
     ini = tmp_path / "site.ini"
-    ini.write_text(textwrap.dedent(f"""
+    ini.write_text(
+        textwrap.dedent(f"""
         [DEFAULT]
         debug = true
 
@@ -42,7 +46,8 @@ def site(request, tmp_path):
         backend = {kind}
         backend.filename = %(here)s/{filename.name}
         timeout = 3600
-    """))
+    """)
+    )
     app = make_app(kind, str(filename), timeout=3600)
     web = TestApp(app)
     web.get("/write", {"app": "shop", "key": "cart", "value": "book"})
@@ -58,15 +63,21 @@ def site(request, tmp_path):
     app.backend.add(replace(record, expires_at=record.expires_at - 7200))
     app.backend.close()
     other.app.backend.close()
-    return {"ini": str(ini), "id": session_id, "expired_id": other_id, "kind": kind,
-            "file": str(filename)}
+    return {
+        "ini": str(ini),
+        "id": session_id,
+        "expired_id": other_id,
+        "kind": kind,
+        "file": str(filename),
+    }
 
 
 def test_list_and_stats(site):
     lines = cli("--config", site["ini"], "list").stdout.splitlines()
-    assert len(lines) == 2 and any(site["id"] in l for l in lines)
-    assert any("expired" in l and site["expired_id"] in l for l in lines)
-    records = [json.loads(l) for l in cli("list", "--config", site["ini"], "--json").stdout.splitlines()]
+    assert len(lines) == 2 and any(site["id"] in line for line in lines)
+    assert any("expired" in line and site["expired_id"] in line for line in lines)
+    output = cli("list", "--config", site["ini"], "--json").stdout
+    records = [json.loads(line) for line in output.splitlines()]
     assert {r["session_id"] for r in records} == {site["id"], site["expired_id"]}
     stats = json.loads(cli("--config", site["ini"], "--json", "stats").stdout)
     assert (stats["sessions"], stats["expired"], stats["live"]) == (2, 1, 1)
@@ -78,9 +89,18 @@ def test_show_get_set_del(site):
     assert shown["stores"] == {"shop": {"cart": "book"}, "prefs": {"theme": "dark"}}
     assert "[shop]" in cli("--config", ini, "show", sid).stdout
     assert cli("--config", ini, "get", "-s", sid, "-n", "shop", "-k", "cart").stdout == "book\n"
-    assert cli("--config", ini, "set", "-s", sid, "-n", "shop", "-k", "note", "-V", "hi").stdout == "new\n"
-    assert cli("--config", ini, "set", "-s", sid, "-n", "shop", "-k", "note", "-V", "ho").stdout == "overwritten\n"
-    assert cli("--config", ini, "--json", "get", "-s", sid, "-n", "shop", "-k", "note").stdout == '"ho"\n'
+    assert (
+        cli("--config", ini, "set", "-s", sid, "-n", "shop", "-k", "note", "-V", "hi").stdout
+        == "new\n"
+    )
+    assert (
+        cli("--config", ini, "set", "-s", sid, "-n", "shop", "-k", "note", "-V", "ho").stdout
+        == "overwritten\n"
+    )
+    assert (
+        cli("--config", ini, "--json", "get", "-s", sid, "-n", "shop", "-k", "note").stdout
+        == '"ho"\n'
+    )
     assert cli("--config", ini, "del", "-s", sid, "-n", "shop", "-k", "note").stdout == "deleted\n"
     # The site sees what the command line did.
     web = TestApp(make_app(site["kind"], site["file"]))
@@ -110,11 +130,23 @@ def test_destroy_and_purge(site):
 
 def test_migrate_to_another_backend(site, tmp_path):
     target = tmp_path / "migrated.dat"
-    out = cli("--config", site["ini"], "migrate", "--to", "pickle", "--to-option",
-              f"filename={target}").stdout
+    out = cli(
+        "--config", site["ini"], "migrate", "--to", "pickle", "--to-option", f"filename={target}"
+    ).stdout
     assert out == "copied 2 sessions to pickle\n"
-    shown = json.loads(cli("--backend", "pickle", "--option", f"filename={target}",
-                           "--secret", SECRET, "--json", "show", site["id"]).stdout)
+    shown = json.loads(
+        cli(
+            "--backend",
+            "pickle",
+            "--option",
+            f"filename={target}",
+            "--secret",
+            SECRET,
+            "--json",
+            "show",
+            site["id"],
+        ).stdout
+    )
     assert shown["stores"]["shop"] == {"cart": "book"}
 
 
@@ -123,10 +155,16 @@ def test_migrate_to_another_backend(site, tmp_path):
     [
         pytest.param(["show", "nope"], "no session nope", id="unknown-session"),
         pytest.param(["destroy", "A" * 44], "no session", id="destroy-unknown"),
-        pytest.param(["get", "-s", "{id}", "-n", "shop", "-k", "missing"], "no key 'missing'",
-                     id="unknown-key"),
-        pytest.param(["get", "-s", "{id}", "-n", "bad app", "-k", "k"], "invalid application",
-                     id="bad-app-name"),
+        pytest.param(
+            ["get", "-s", "{id}", "-n", "shop", "-k", "missing"],
+            "no key 'missing'",
+            id="unknown-key",
+        ),
+        pytest.param(
+            ["get", "-s", "{id}", "-n", "bad app", "-k", "k"],
+            "invalid application",
+            id="bad-app-name",
+        ),
     ],
 )
 def test_errors_are_one_line_and_nonzero(site, args, message):
@@ -139,15 +177,26 @@ def test_errors_are_one_line_and_nonzero(site, args, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["--config", "/nonexistent.ini", "list"], "cannot read /nonexistent.ini",
-                     id="missing-config"),
+        pytest.param(
+            ["--config", "/nonexistent.ini", "list"],
+            "cannot read /nonexistent.ini",
+            id="missing-config",
+        ),
         pytest.param(["list"], "--config", id="no-store-named"),
         pytest.param(["--backend", "nosuch", "list"], "backend = 'nosuch'", id="unknown-backend"),
-        pytest.param(["--backend", "sqlite", "--option", "colour=red", "list"], "backend.colour",
-                     id="unknown-option"),
-        pytest.param(["--backend", "sqlite", "--option", "nonsense", "list"], "KEY=VALUE",
-                     id="bad-option-syntax"),
-        pytest.param(["--backend", "memory", "show", "A" * 44], "no session", id="no-secret-needed-first"),
+        pytest.param(
+            ["--backend", "sqlite", "--option", "colour=red", "list"],
+            "backend.colour",
+            id="unknown-option",
+        ),
+        pytest.param(
+            ["--backend", "sqlite", "--option", "nonsense", "list"],
+            "KEY=VALUE",
+            id="bad-option-syntax",
+        ),
+        pytest.param(
+            ["--backend", "memory", "show", "A" * 44], "no session", id="no-secret-needed-first"
+        ),
     ],
 )
 def test_configuration_errors_exit_nonzero(args, message, tmp_path):
@@ -166,6 +215,13 @@ def test_unreadable_store_is_one_clear_line(tmp_path):
 
 
 def test_show_without_the_secret_says_so(site):
-    proc = cli("--backend", site["kind"], "--option", f"filename={site['file']}", "show",
-               site["id"], check=False)
+    proc = cli(
+        "--backend",
+        site["kind"],
+        "--option",
+        f"filename={site['file']}",
+        "show",
+        site["id"],
+        check=False,
+    )
     assert proc.returncode == 1 and "needs the secret" in proc.stderr

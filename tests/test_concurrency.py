@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import threading
 from collections import Counter
 from http.cookies import SimpleCookie
@@ -118,9 +116,7 @@ def found_writes(port: int, cookie: str) -> int:
     client.close()
     assert status == 200
     apps = json.loads(body)["apps"]
-    expected = {
-        f"app{n % 2}": {} for n in range(THREADS)
-    }
+    expected = {f"app{n % 2}": {} for n in range(THREADS)}
     for n in range(THREADS):
         for i in range(REQUESTS):
             expected[f"app{n % 2}"][f"t{n}-{i}"] = str(i)

@@ -23,7 +23,9 @@ def demo(tmp_path):
     shutil.copy(ROOT / "examples" / "demo.ini", ini)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sessionstore.cli", "serve", str(ini), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     line = proc.stdout.readline()
     match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -92,6 +94,21 @@ def test_walk_the_demo(demo):
 
 def _cookie(name, value):
     return http.cookiejar.Cookie(
-        0, name, value, None, False, "127.0.0.1", False, False, "/", True, False, None, True,
-        None, None, {}, False,
+        0,
+        name,
+        value,
+        None,
+        False,
+        "127.0.0.1",
+        False,
+        False,
+        "/",
+        True,
+        False,
+        None,
+        True,
+        None,
+        None,
+        {},
+        False,
     )

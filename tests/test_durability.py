@@ -112,8 +112,9 @@ def test_corrupt_file_is_reported_at_startup_and_left_untouched(tmp_path, kind, 
         extra.unlink()  # SQLite's -wal/-shm from the good file
     before = path.read_bytes()
     with pytest.raises(BackendError) as info:
-        SessionMiddleware(lambda e, s: [], secret="s", backend=kind,
-                          backend_options={"filename": str(path)})
+        SessionMiddleware(
+            lambda e, s: [], secret="s", backend=kind, backend_options={"filename": str(path)}
+        )
     assert str(path) in str(info.value)
     assert path.read_bytes() == before
 
@@ -254,9 +255,19 @@ def test_read_only_directory_fails_the_commit_and_keeps_old_data(tmp_path, kind)
     store.chmod(0o555)
     try:
         proc = subprocess.run(
-            [*_without_root_powers(), sys.executable, "-m", "tests.child", "try-write",
-             kind, str(path)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [
+                *_without_root_powers(),
+                sys.executable,
+                "-m",
+                "tests.child",
+                "try-write",
+                kind,
+                str(path),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     finally:
         store.chmod(0o755)

@@ -68,10 +68,16 @@ def test_max_lifetime_caps_an_active_session(clock):
 def test_shorter_timeout_after_a_restart_applies_to_old_records(clock):
     long = SessionClient(clock=clock, timeout=10_000)
     long.run(write)
-    short = TestApp(SessionMiddleware(
-        lambda e, sr: (sr("200 OK", []), [repr(read(e["session"])).encode()])[1],
-        secret="test-secret", backend=long.backend, clock=clock, timeout=100,
-    ), cookiejar=long.web.cookiejar)
+    short = TestApp(
+        SessionMiddleware(
+            lambda e, sr: (sr("200 OK", []), [repr(read(e["session"])).encode()])[1],
+            secret="test-secret",
+            backend=long.backend,
+            clock=clock,
+            timeout=100,
+        ),
+        cookiejar=long.web.cookiejar,
+    )
     clock.advance(200)
     assert short.get("/").body == b"None"
 
@@ -87,8 +93,9 @@ def test_set_expiry_replaces_the_idle_timeout(clock):
 
 def test_cleanup_probability_removes_expired_records(clock):
     draws = iter([0.9, 0.9, 0.0])
-    client = SessionClient(clock=clock, timeout=100, cleanup_probability=0.5,
-                           chance=lambda: next(draws))
+    client = SessionClient(
+        clock=clock, timeout=100, cleanup_probability=0.5, chance=lambda: next(draws)
+    )
     client.run(write)  # draw 0.9: no cleanup
     clock.advance(101)
     client.web.reset()
@@ -124,8 +131,9 @@ def test_secret_rotation_accepts_old_cookies_and_resigns_them(clock):
     assert "Set-Cookie" in response.headers and new_cookie != old_cookie
     # That read also re-signed the stored payload, so once the old secret is
     # retired the re-signed cookie and the data behind it still work.
-    retired = SessionMiddleware(SessionClient._app, secret="new-secret", backend=old.backend,
-                                clock=clock)
+    retired = SessionMiddleware(
+        SessionClient._app, secret="new-secret", backend=old.backend, clock=clock
+    )
     web = TestApp(retired)
     web.set_cookie("session", new_cookie)
     results = []
@@ -143,8 +151,9 @@ def test_secret_rotation_accepts_old_cookies_and_resigns_them(clock):
 def test_old_secret_cookie_is_refused_once_retired(clock):
     old = SessionClient(clock=clock, secret="old-secret")
     old.run(write)
-    retired = SessionMiddleware(SessionClient._app, secret="new-secret", backend=old.backend,
-                                clock=clock)
+    retired = SessionMiddleware(
+        SessionClient._app, secret="new-secret", backend=old.backend, clock=clock
+    )
     web = TestApp(retired, cookiejar=old.web.cookiejar)
     results = []
     response = web.get("/", extra_environ={"test.fn": read, "test.result": results})

@@ -23,7 +23,9 @@ APP = textwrap.dedent(
 
 def load(tmp_path, filter_body, app=APP, style="filter-with"):
     if style == "pipeline":
-        app = "[pipeline:main]\npipeline = session demo\n\n[app:demo]\nuse = egg:sessionstore#demo\n"
+        app = (
+            "[pipeline:main]\npipeline = session demo\n\n[app:demo]\nuse = egg:sessionstore#demo\n"
+        )
     ini = tmp_path / "site.ini"
     ini.write_text(
         app + "\n[filter:session]\nuse = egg:sessionstore#session\n" + textwrap.dedent(filter_body)
@@ -99,19 +101,40 @@ def test_every_setting_is_converted(tmp_path):
         pytest.param("secret = s\ntimeout = -5\n", "timeout", "-5", id="negative"),
         pytest.param("secret = s\nhttponly = maybe\n", "httponly", "maybe", id="bad-bool"),
         pytest.param("secret = s\nsamesite = Loose\n", "samesite", "Loose", id="bad-choice"),
-        pytest.param("secret = s\non_conflict = ignore\n", "on_conflict", "ignore",
-                     id="bad-on-conflict"),
-        pytest.param("secret = s\ncleanup_probability = 2\n", "cleanup_probability", 2.0,
-                     id="probability-over-1"),
+        pytest.param(
+            "secret = s\non_conflict = ignore\n", "on_conflict", "ignore", id="bad-on-conflict"
+        ),
+        pytest.param(
+            "secret = s\ncleanup_probability = 2\n",
+            "cleanup_probability",
+            2.0,
+            id="probability-over-1",
+        ),
         pytest.param("secret = s\nbackend = nosuch\n", "backend", "nosuch", id="unknown-backend"),
-        pytest.param("secret = s\nbackend = os.path:join\n", "backend", "os.path:join",
-                     id="not-a-backend-class"),
-        pytest.param("secret = s\nbackend = sqlite\nbackend.colour = red\n", "backend.colour",
-                     "red", id="unknown-backend-option"),
-        pytest.param("secret = s\nbackend = sqlite\nbackend.fsync = often\n", "backend.fsync",
-                     "often", id="bad-backend-option"),
-        pytest.param("secret = s\ncookie_name = __Host-s\ncookie_domain = example.com\n",
-                     "cookie_domain", "example.com", id="host-prefix-with-domain"),
+        pytest.param(
+            "secret = s\nbackend = os.path:join\n",
+            "backend",
+            "os.path:join",
+            id="not-a-backend-class",
+        ),
+        pytest.param(
+            "secret = s\nbackend = sqlite\nbackend.colour = red\n",
+            "backend.colour",
+            "red",
+            id="unknown-backend-option",
+        ),
+        pytest.param(
+            "secret = s\nbackend = sqlite\nbackend.fsync = often\n",
+            "backend.fsync",
+            "often",
+            id="bad-backend-option",
+        ),
+        pytest.param(
+            "secret = s\ncookie_name = __Host-s\ncookie_domain = example.com\n",
+            "cookie_domain",
+            "example.com",
+            id="host-prefix-with-domain",
+        ),
     ],
 )
 def test_configuration_errors_name_the_key_and_value(tmp_path, body, key, value):

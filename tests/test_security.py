@@ -18,16 +18,14 @@ from sessionstore import ConfigurationError, SessionMiddleware
 from sessionstore.cookies import SALT
 from sessionstore.ids import new_session_id
 
-from .conftest import Clock, SessionClient
+from .conftest import SessionClient
 
 SECRET = "test-secret"
 
 
 def sign(value, clock, secret=SECRET, salt=SALT):
     """Sign like the middleware does, with any secret, salt and clock."""
-    signer = TimestampSigner(
-        secret, salt=salt, key_derivation="hmac", digest_method=hashlib.sha256
-    )
+    signer = TimestampSigner(secret, salt=salt, key_derivation="hmac", digest_method=hashlib.sha256)
     signer.get_timestamp = lambda: int(clock())
     return signer.sign(value).decode()
 
@@ -105,7 +103,9 @@ HOSTILE_COOKIES = [
     pytest.param(
         lambda s: f"session={s.victim_id}x.{s.victim_cookie.split('.', 1)[1]}", id="tampered-id"
     ),
-    pytest.param(lambda s: f"session={s.sign(s.victim_id, secret='other')}", id="forged-other-secret"),
+    pytest.param(
+        lambda s: f"session={s.sign(s.victim_id, secret='other')}", id="forged-other-secret"
+    ),
     pytest.param(lambda s: f"session={s.sign(s.victim_id, salt='other')}", id="forged-other-salt"),
     pytest.param(lambda s: f"session={s.victim_id}", id="unsigned-id"),
     pytest.param(
@@ -157,9 +157,7 @@ def test_hostile_cookie_gets_a_new_session_never_the_claimed_one(site, make_cook
     [
         pytest.param(lambda s: {"url": f"/?session={s.victim_cookie}"}, id="query-string"),
         pytest.param(lambda s: {"url": f"/?session_id={s.victim_id}"}, id="query-string-id"),
-        pytest.param(
-            lambda s: {"headers": {"X-Session": s.victim_cookie}}, id="other-header"
-        ),
+        pytest.param(lambda s: {"headers": {"X-Session": s.victim_cookie}}, id="other-header"),
         pytest.param(
             lambda s: {"headers": {"Authorization": f"Session {s.victim_cookie}"}},
             id="authorization-header",
@@ -213,8 +211,9 @@ def test_header_injection_through_configuration_is_refused_at_startup(key, value
 def test_host_prefix_rules_are_enforced():
     for bad in ({"cookie_domain": "example.com"}, {"cookie_path": "/app"}, {"secure": False}):
         with pytest.raises(ConfigurationError):
-            SessionMiddleware(lambda e, s: [], secret="s", backend="memory",
-                              cookie_name="__Host-s", **bad)
+            SessionMiddleware(
+                lambda e, s: [], secret="s", backend="memory", cookie_name="__Host-s", **bad
+            )
     mw = SessionMiddleware(lambda e, s: [], secret="s", backend="memory", cookie_name="__Host-s")
     assert mw.settings.secure is True
 
@@ -265,8 +264,9 @@ def test_ten_thousand_reads_with_random_or_absent_cookies_store_nothing(tmp_path
         start_response("200 OK", [])
         return [b""]
 
-    mw = SessionMiddleware(app, secret="s", backend="sqlite",
-                           backend_options={"filename": str(tmp_path / "s.db")})
+    mw = SessionMiddleware(
+        app, secret="s", backend="sqlite", backend_options={"filename": str(tmp_path / "s.db")}
+    )
     rng = random.Random(5)
     alphabet = string.ascii_letters + string.digits + "-_.=;"
     statuses = []
@@ -321,6 +321,7 @@ _PROPERTY_MW = None
 def _property_middleware():
     global _PROPERTY_MW
     if _PROPERTY_MW is None:
+
         def app(environ, start_response):
             session = environ["session"]
             environ["test.seen"] = (session.id, session.store("a").get_default("k"))
@@ -348,8 +349,12 @@ def _property_middleware():
 )
 def test_any_cookie_header_never_fails_and_never_adopts(header):
     mw = _property_middleware()
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http",
-               "HTTP_COOKIE": header}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "wsgi.url_scheme": "http",
+        "HTTP_COOKIE": header,
+    }
     statuses = []
     body = mw(environ, lambda status, headers, exc=None: statuses.append(status))
     body.close()

@@ -225,7 +225,7 @@ class PickleBackend(Backend):
             if len(body) == length and zlib.crc32(body) == crc:
                 try:
                     if _FrameUnpickler(io.BytesIO(body)).load() == HEADER:
-                        return _FRAME.size + length
+                        return int(_FRAME.size + length)
                 except Exception:
                     log.debug("unreadable header in %s", self.filename, exc_info=True)
         self._fail("not a sessionstore pickle file (bad header)")
@@ -262,7 +262,9 @@ class PickleBackend(Backend):
         size = os.fstat(self._fd).st_size
         if size != self._offset:
             # A torn frame left by a killed process: cut it off first.
-            log.warning("%s: dropping %d bytes of an unfinished write", self.filename, size - self._offset)
+            log.warning(
+                "%s: dropping %d bytes of an unfinished write", self.filename, size - self._offset
+            )
             self._truncate()
         try:
             view = memoryview(frames)
@@ -325,7 +327,9 @@ class PickleBackend(Backend):
     def _compact(self) -> None:
         frames = [_put(r) for r in self._index.values()]
         self._rewrite(b"".join(frames))
-        self._sizes = {r.session_id: len(f) for r, f in zip(self._index.values(), frames)}
+        self._sizes = {
+            r.session_id: len(f) for r, f in zip(self._index.values(), frames, strict=True)
+        }
         self._live = sum(self._sizes.values())
 
     # -- Backend ------------------------------------------------------------------------
@@ -359,7 +363,7 @@ class PickleBackend(Backend):
     def _put_records(self, records: list[Record]) -> None:
         frames = [_put(r) for r in records]
         self._append(b"".join(frames))
-        for record, frame in zip(records, frames):
+        for record, frame in zip(records, frames, strict=True):
             self._index[record.session_id] = record
             self._live += len(frame) - self._sizes.get(record.session_id, 0)
             self._sizes[record.session_id] = len(frame)
@@ -409,7 +413,9 @@ class PickleBackend(Backend):
     def delete_expired(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with self._locked(exclusive=True):
-            return self._delete_ids([r.session_id for r in self._index.values() if r.is_expired(now)])
+            return self._delete_ids(
+                [r.session_id for r in self._index.values() if r.is_expired(now)]
+            )
 
     def count(self) -> int:
         with self._locked(exclusive=False):

@@ -111,7 +111,7 @@ class RedisBackend(Backend):
     def _key(self, session_id: str) -> str:
         return self.prefix + session_id
 
-    def _record(self, session_id: str, fields: dict[bytes, bytes]) -> Record | None:
+    def _record(self, session_id: str, fields: dict[Any, Any]) -> Record | None:
         if not fields:
             return None
         try:
@@ -203,7 +203,7 @@ class RedisBackend(Backend):
             for key in keys:
                 pipe.hgetall(key)
             results = pipe.execute()
-        for key, fields in zip(keys, results):
+        for key, fields in zip(keys, results, strict=True):
             record = self._record(key[len(self.prefix) :], fields)
             if record is not None:  # expired or deleted since the scan
                 yield record

@@ -225,7 +225,9 @@ class SqlBackend(Backend):
 
     def delete(self, session_id: str) -> int:
         with self._begin() as conn:
-            return int(conn.execute(self.table.delete().where(self.table.c.id == session_id)).rowcount)
+            return int(
+                conn.execute(self.table.delete().where(self.table.c.id == session_id)).rowcount
+            )
 
     def delete_many(self, session_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(session_ids))
@@ -233,7 +235,9 @@ class SqlBackend(Backend):
         for start in range(0, len(ids), _BATCH):
             chunk = ids[start : start + _BATCH]
             with self._begin() as conn:
-                deleted += conn.execute(self.table.delete().where(self.table.c.id.in_(chunk))).rowcount
+                deleted += conn.execute(
+                    self.table.delete().where(self.table.c.id.in_(chunk))
+                ).rowcount
         return deleted
 
     def delete_all(self) -> int:
@@ -249,7 +253,9 @@ class SqlBackend(Backend):
 
     def count(self) -> int:
         with self._begin() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one())
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
+            )
 
     def __repr__(self) -> str:
         return f"<SqlBackend {self._shown} table={self.table.name!r}>"

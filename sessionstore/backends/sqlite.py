@@ -40,7 +40,7 @@ _BATCH = 500
 def _as_filename(key: str, value: object) -> str:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise ConfigurationError(key, value, "expected a file name")
-    return os.fspath(value)  # type: ignore[return-value]
+    return str(os.fspath(value))
 
 
 def _row_to_record(row: tuple[Any, ...]) -> Record:
