@@ -18,29 +18,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from overhead import bare, ours  # noqa: E402
+
 from sessionstore import SessionMiddleware  # noqa: E402
 from sessionstore.backends import backend_class  # noqa: E402
 from sessionstore.backends.base import Record  # noqa: E402
 from sessionstore.ids import new_session_id  # noqa: E402
-
-
-def make_app(kind: str):
-    def app(environ, start_response):
-        path = environ["PATH_INFO"]
-        if path == "/read":
-            environ["session"].store("bench").get_default("n")
-        elif path == "/write":
-            store = environ["session"].store("bench")
-            store["n"] = store.get_default("n", 0) + 1
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ok"]
-
-    return app
-
-
-def bare(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
 
 
 def run(app, path: str, cookie: str | None, count: int) -> tuple[float, str | None]:
@@ -82,7 +65,7 @@ def request_table(count: int, directory: str) -> None:
         ("sqlite fsync", {"filename": os.path.join(directory, "rf.db"), "fsync": True}),
     ]:
         mw = SessionMiddleware(
-            make_app(kind),
+            ours,
             secret="bench",
             backend=kind.split()[0],
             backend_options=options,

@@ -21,6 +21,8 @@ SALT = "sessionstore.cookie"
 MAX_COOKIE_VALUE = 256
 #: At most this many cookies with our name are tried (duplicates, cookie tossing).
 MAX_CANDIDATES = 4
+#: Verified cookie values remembered, so a repeat visitor costs no HMAC.
+_MEMO_SIZE = 10_000
 
 
 class CookieId(NamedTuple):
@@ -33,14 +35,24 @@ class CookieId(NamedTuple):
 
 
 class _ClockSigner(TimestampSigner):
-    """A TimestampSigner that asks an injected clock for the time."""
+    """A TimestampSigner that asks an injected clock for the time, and derives
+    each signing key once instead of on every call."""
 
     def __init__(self, keys: list[str], clock: Callable[[], float]) -> None:
         super().__init__(keys, salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256)
         self._clock = clock
+        self._derived: dict[bytes, bytes] = {}
 
     def get_timestamp(self) -> int:
         return int(self._clock())
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        key = self.secret_keys[-1] if secret_key is None else secret_key
+        key = key.encode() if isinstance(key, str) else key
+        derived = self._derived.get(key)
+        if derived is None:
+            derived = self._derived[key] = super().derive_key(secret_key)
+        return derived
 
 
 class CookieCodec:
@@ -56,6 +68,7 @@ class CookieCodec:
         # itsdangerous wants its key list oldest first.
         older = list(reversed(settings.secret[1:]))
         self._older = _ClockSigner(older, clock) if older else None
+        self._verified: dict[bytes, CookieId] = {}
 
     def sign(self, session_id: str) -> str:
         return self._newest.sign(session_id).decode("ascii")
@@ -80,6 +93,20 @@ class CookieCodec:
                     yield found
 
     def _verify(self, value: bytes) -> CookieId | None:
+        # A value whose signature verified once is remembered (only those: junk
+        # cannot fill the memo); its age is still checked on every request.
+        known = self._verified.get(value)
+        if known is not None:
+            age = self._clock() - known.signed_at
+            return known if 0 <= age <= self._settings.signature_max_age else None
+        found = self._verify_signature(value)
+        if found is not None:
+            if len(self._verified) >= _MEMO_SIZE:
+                self._verified.clear()
+            self._verified[value] = found
+        return found
+
+    def _verify_signature(self, value: bytes) -> CookieId | None:
         max_age = self._settings.signature_max_age
         stale = False
         try:
@@ -101,24 +128,17 @@ class CookieCodec:
         return CookieId(session_id, int(signed.timestamp()), stale)
 
     def set_cookie_header(self, session_id: str, secure: bool, max_age: int | None) -> str:
-        s = self._settings
-        header: str = make_cookie(
-            s.cookie_name,
-            self.sign(session_id),
-            max_age=max_age,
-            path=s.cookie_path,
-            domain=s.cookie_domain,
-            secure=secure,
-            httponly=s.httponly,
-            samesite=s.samesite,
-        )
-        return header
+        return self._header(self.sign(session_id), secure, max_age)
 
     def delete_cookie_header(self, secure: bool) -> str:
+        return self._header(None, secure, None)  # WebOb sends Max-Age=0 and a past date
+
+    def _header(self, value: str | None, secure: bool, max_age: int | None) -> str:
         s = self._settings
         header: str = make_cookie(
             s.cookie_name,
-            None,
+            value,
+            max_age=max_age,
             path=s.cookie_path,
             domain=s.cookie_domain,
             secure=secure,

@@ -166,3 +166,20 @@ def test_nonsense_timeouts_are_refused(setting, value):
 
     with pytest.raises(ConfigurationError, match=setting):
         SessionMiddleware(lambda e, s: [], secret="s", backend="memory", **{setting: value})
+
+
+def test_an_aged_out_cookie_is_refused_even_after_it_verified_before(clock):
+    # timeout 100 + touch_interval 10: a signature is good for 110 s.
+    client = SessionClient(clock=clock, timeout=100, touch_interval=10)
+    client.run(write)
+    first_cookie = client.cookie()
+    for _ in range(3):  # stay active: each refresh re-signs the cookie
+        clock.advance(40)
+        assert client.run(read)[0] == "v"
+    assert client.cookie() != first_cookie
+    replay = TestApp(client.middleware)
+    replay.set_cookie("session", first_cookie)  # signed 120 s ago, verified before
+    results = []
+    replay.get("/", extra_environ={"test.fn": lambda s: s.id, "test.result": results})
+    assert results == [None]
+    assert client.run(read)[0] == "v"  # the session itself lives on
