@@ -18,8 +18,10 @@ Needs pytest (the ``test`` extra).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -243,3 +245,28 @@ class PersistentBackendContract(BackendContract):
             assert backend.get(record.session_id) == _next(record)
         finally:
             other.close()
+
+    def test_usable_in_a_forked_child(self, backend: Backend) -> None:
+        """A backend used before ``fork`` works in the child (own connections,
+        own locks) and in the parent afterwards."""
+        before = make_record()
+        assert backend.compare_and_swap(before.session_id, None, before)
+        from_child = make_record()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork in a threaded process; this child
+            # only uses the backend, which is what the test is about.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            status = 1
+            try:
+                if backend.get(before.session_id) == before and backend.compare_and_swap(
+                    from_child.session_id, None, from_child
+                ):
+                    status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert backend.get(from_child.session_id) == from_child
+        assert backend.compare_and_swap(before.session_id, 1, _next(before))

@@ -307,3 +307,17 @@ def test_four_processes_writing_one_session_lose_nothing(tmp_path, kind):
     for worker in range(4):
         assert dump["apps"][f"w{worker}"] == {f"k{i}": str(i) for i in range(count)}
     assert dump["apps"]["setup"] == {"k": "v"}
+
+
+@pytest.mark.parametrize("kind", ["pickle", "sqlite"])
+def test_store_files_are_private_to_their_owner(tmp_path, kind):
+    filled(kind, tmp_path / FILES[kind], count=1)
+    backend = BACKENDS[kind](str(tmp_path / FILES[kind]))
+    backend.setup()
+    record = make_record()
+    backend.compare_and_swap(record.session_id, None, record)  # opens -wal/-shm too
+    created = sorted(p.name for p in tmp_path.iterdir())
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    backend.close()
+    assert len(created) >= 2  # the store and its lock file, or its -wal/-shm
+    assert set(modes.values()) == {0o600}, modes
