@@ -106,10 +106,13 @@ class Target:
             raise CommandError(f"no session {session_id}")
         return record
 
-    def data(self, record: Record) -> tuple[AppData, float | None]:
+    def _codec(self) -> PayloadCodec:
         if self.codec is None:
             raise CommandError("reading session data needs the secret (--secret or the ini)")
-        return self.codec.loads(record.payload, record.session_id)
+        return self.codec
+
+    def data(self, record: Record) -> tuple[AppData, float | None]:
+        return self._codec().loads(record.payload, record.session_id)
 
     def change(self, session_id: str, edit: Any) -> Any:
         """Apply ``edit(apps)`` to a session's data by compare-and-swap."""
@@ -124,7 +127,7 @@ class Target:
                 record.created_at,
                 record.accessed_at,
                 record.expires_at,
-                self.codec.dumps(apps, expiry),  # type: ignore[union-attr]  # data() checked it
+                self._codec().dumps(apps, expiry),
             )
             if self.backend.compare_and_swap(session_id, record.version, new):
                 return result

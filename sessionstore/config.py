@@ -9,6 +9,7 @@ nothing is parsed per request.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -82,6 +83,12 @@ def _as_optional_seconds(key: str, value: object) -> int | None:
         return None
     result: int = as_number(key, value, integer=True)
     return result
+
+
+def as_filename(key: str, value: object) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigurationError(key, value, "expected a file name")
+    return str(os.fspath(value))
 
 
 def _as_secure(key: str, value: object) -> bool | str:

@@ -111,6 +111,7 @@ class _Response:
         "server_start_response",
         "server_write",
         "status",
+        "code",
         "headers",
         "exc_info",
         "failed",
@@ -132,6 +133,7 @@ class _Response:
         self.server_start_response = start_response
         self.server_write: Callable[[bytes], object] | None = None
         self.status: str | None = None
+        self.code = 0  # the status code, parsed once; 0 until start_response
         self.headers: list[tuple[str, str]] = []
         self.exc_info: ExcInfo | None = None
         self.failed = False
@@ -149,6 +151,10 @@ class _Response:
             if self.sent:
                 raise exc_info[1].with_traceback(exc_info[2])
         self.status = status
+        try:
+            self.code = int(status[:3])
+        except ValueError:
+            self.code = 0
         self.headers = list(headers)
         self.exc_info = exc_info
         return self.write
@@ -188,12 +194,8 @@ class _Response:
         return _Body(self, app_iter, iterator, buffered)
 
     def ok(self) -> bool:
-        if self.failed or self.status is None:
-            return False
-        try:
-            return int(self.status[:3]) < 500
-        except ValueError:
-            return False
+        """No exception so far, and a status below 500."""
+        return not self.failed and 0 < self.code < 500
 
     def send_headers(self) -> None:
         """Commit the session, then pass the headers on to the server."""

@@ -178,14 +178,23 @@ def test_on_conflict_error_counts_add_up(server_for, kind):
 # -- deterministic races, with real threads and events ------------------------------
 
 
-def racing_pair(backend="memory", **settings):
-    """A middleware whose /slow requests read, then wait for a signal, then write."""
+def racing_pair(backend="memory", same_key=False, **settings):
+    """A middleware whose /slow requests read, then wait for a signal, then write.
+
+    With ``same_key`` every request reads key ``k`` and writes its own path there.
+    """
     reading, go = threading.Event(), threading.Event()
 
     def app(environ, start_response):
         session = environ["session"]
         store = session.store("a")
-        if environ["PATH_INFO"] == "/slow":
+        if same_key:
+            store.get_default("k")
+            if environ["PATH_INFO"] == "/slow":
+                reading.set()
+                assert go.wait(10)
+            store.set("k", environ["PATH_INFO"])
+        elif environ["PATH_INFO"] == "/slow":
             store.get_default("x")  # read the session now...
             reading.set()
             assert go.wait(10)  # ...and write after the other request finished
@@ -212,7 +221,7 @@ def race(mw, reading, go, cookie, other_path):
     responses = {}
 
     def run_slow():
-        responses["slow"] = slow.get("/slow")
+        responses["slow"] = slow.get("/slow", expect_errors=True)
 
     thread = threading.Thread(target=run_slow)
     thread.start()
@@ -260,60 +269,50 @@ def test_writes_to_different_keys_merge_in_both_modes(on_conflict):
 
 
 def test_same_key_later_commit_wins_in_merge_mode():
-    def app(environ, start_response):
-        store = environ["session"].store("a")
-        store.get_default("k")
-        if environ["PATH_INFO"] == "/slow":
-            reading.set()
-            assert go.wait(10)
-        store.set("k", environ["PATH_INFO"])
-        start_response("200 OK", [])
-        return [b""]
-
-    reading, go = threading.Event(), threading.Event()
-    mw = SessionMiddleware(app, secret="s", backend="memory", cleanup_probability=0)
+    mw, reading, go = racing_pair(same_key=True)
     web = TestApp(mw)
     web.get("/first")
     race(mw, reading, go, web.cookies["session"], "/fast")
     assert stored(mw)[1]["a"]["k"] == "/slow"
 
 
-def test_same_key_in_error_mode_is_a_409_and_commit_raises():
+def test_same_key_in_error_mode_is_a_409_and_writes_nothing():
+    mw, reading, go = racing_pair(same_key=True, on_conflict="error")
+    web = TestApp(mw)
+    web.get("/first")
+    responses = race(mw, reading, go, web.cookies["session"], "/fast")
+    assert responses["slow"].status_int == 409
+    assert "Set-Cookie" not in responses["slow"].headers
+    assert stored(mw) == (2, {"a": {"k": "/fast"}})
+
+
+def test_explicit_commit_raises_concurrent_update():
+    mw, reading, go = racing_pair(on_conflict="error")
+    web = TestApp(mw)
+    web.get("/first")
+    # Read, let another request change the key, then write it and commit.
+    other = TestApp(mw, cookiejar=web.cookiejar)
+    caught = []
+
     def app(environ, start_response):
         session = environ["session"]
-        store = session.store("a")
-        store.get_default("k")
-        if environ["PATH_INFO"] == "/slow":
-            reading.set()
-            assert go.wait(10)
-        store.set("k", environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/explicit":
-            try:
-                session.commit()
-            except ConcurrentUpdate as exc:
-                caught.append(exc)
+        session.store("a").get_default("x")
+        other.get("/changed-meanwhile")
+        session.store("a").set("x", "mine")
+        try:
+            session.commit()
+        except ConcurrentUpdate as exc:
+            caught.append(exc)
         start_response("200 OK", [])
         return [b""]
 
-    caught: list[ConcurrentUpdate] = []
-    reading, go = threading.Event(), threading.Event()
-    mw = SessionMiddleware(
-        app, secret="s", backend="memory", cleanup_probability=0, on_conflict="error"
+    explicit = TestApp(
+        SessionMiddleware(app, secret="s", backend=mw.backend, on_conflict="error"),
+        cookiejar=web.cookiejar,
     )
-    web = TestApp(mw)
-    web.get("/first")
-    responses = {}
-    slow = TestApp(mw, cookiejar=web.cookiejar)
-    thread = threading.Thread(
-        target=lambda: responses.setdefault("slow", slow.get("/slow", expect_errors=True))
-    )
-    thread.start()
-    assert reading.wait(10)
-    web.get("/fast")
-    go.set()
-    thread.join(10)
-    assert responses["slow"].status_int == 409
-    assert stored(mw) == (2, {"a": {"k": "/fast"}})
+    assert explicit.get("/").status_int == 200
+    assert [exc.keys for exc in caught] == [[("a", "x")]]
+    assert stored(mw)[1]["a"]["x"] == "/changed-meanwhile"
 
 
 def test_read_only_requests_never_revert_a_write():

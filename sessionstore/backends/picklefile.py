@@ -42,12 +42,11 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
-from ..config import as_bool
+from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record
-from .sqlite import _as_filename
 
 log = logging.getLogger("sessionstore")
 
@@ -80,7 +79,7 @@ def _put(record: Record) -> bytes:
 class PickleBackend(Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
-    options = {"filename": _as_filename, "fsync": as_bool}
+    options = {"filename": as_filename, "fsync": as_bool}
 
     def __init__(
         self, filename: str = "sessions.dat", *, fsync: bool = False, busy_timeout: float = 5.0
@@ -229,7 +228,6 @@ class PickleBackend(Backend):
                 except Exception:
                     log.debug("unreadable header in %s", self.filename, exc_info=True)
         self._fail("not a sessionstore pickle file (bad header)")
-        raise AssertionError("unreachable")
 
     def _apply(self, frame: tuple[Any, ...], size: int) -> None:
         if frame[0] == "put" and len(frame) == 7:
@@ -243,7 +241,7 @@ class PickleBackend(Backend):
         else:
             raise ValueError(f"unknown frame kind {frame[0]!r}")
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str) -> NoReturn:
         self._corrupt = BackendError(
             f"session file {self.filename} is corrupt: {reason}; it is left untouched"
         )
@@ -311,7 +309,8 @@ class PickleBackend(Backend):
                 os.unlink(temp)
             raise BackendError(f"cannot write a new {self.filename}", exc) from exc
         self._reopen()
-        st = os.fstat(self._fd)  # type: ignore[arg-type]
+        assert self._fd is not None  # _reopen() opened it or raised
+        st = os.fstat(self._fd)
         self._file_id = (st.st_dev, st.st_ino)
         self._offset = st.st_size
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..config import as_bool
-from ..errors import BackendError, BusyRetry, ConfigurationError
+from ..config import as_bool, as_filename
+from ..errors import BackendError, BusyRetry
 from .base import Backend, Record
 
 _COLUMNS = "id, version, created_at, accessed_at, expires_at, payload"
@@ -37,12 +37,6 @@ CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
 _BATCH = 500
 
 
-def _as_filename(key: str, value: object) -> str:
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise ConfigurationError(key, value, "expected a file name")
-    return str(os.fspath(value))
-
-
 def _row_to_record(row: tuple[Any, ...]) -> Record:
     return Record(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
 
@@ -50,7 +44,7 @@ def _row_to_record(row: tuple[Any, ...]) -> Record:
 class SqliteBackend(Backend):
     """Sessions in a SQLite file (``filename``, default ``sessions.db``)."""
 
-    options = {"filename": _as_filename, "fsync": as_bool}
+    options = {"filename": as_filename, "fsync": as_bool}
 
     def __init__(
         self, filename: str = "sessions.db", *, fsync: bool = False, busy_timeout: float = 5.0
@@ -84,8 +78,6 @@ class SqliteBackend(Backend):
             if mode.lower() != "wal":
                 raise BackendError(f"{self.filename}: cannot switch to WAL mode ({mode})")
         conn.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'NORMAL'}")
-        with self._lock:
-            self._connections.append(conn)
         return conn
 
     @contextlib.contextmanager
@@ -93,9 +85,10 @@ class SqliteBackend(Backend):
         """A connection for this thread, with SQLite errors translated."""
         try:
             if self._memory:
+                # Every connection to :memory: is a new, empty database: share one.
                 with self._lock:
                     if self._shared is None:
-                        self._shared = self._open_unlocked_memory()
+                        self._shared = self._open()
                     yield self._shared
                 return
             if self._pid != os.getpid():
@@ -103,6 +96,8 @@ class SqliteBackend(Backend):
             conn = getattr(self._local, "conn", None)
             if conn is None:
                 conn = self._local.conn = self._open()
+                with self._lock:
+                    self._connections.append(conn)
             yield conn
         except sqlite3.OperationalError as exc:
             message = str(exc).lower()
@@ -111,11 +106,6 @@ class SqliteBackend(Backend):
             raise BackendError(f"SQLite database {self.filename} failed", exc) from exc
         except sqlite3.Error as exc:
             raise BackendError(f"SQLite database {self.filename} failed", exc) from exc
-
-    def _open_unlocked_memory(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        conn.executescript(_SCHEMA)
-        return conn
 
     def _after_fork(self) -> None:
         # A connection must never be used across fork; the parent's are
@@ -129,9 +119,9 @@ class SqliteBackend(Backend):
 
     def setup(self) -> None:
         with self._conn() as conn:
+            conn.executescript(_SCHEMA)
             if self._memory:
                 return
-            conn.executescript(_SCHEMA)
             problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if problem != "ok":
                 raise BackendError(f"SQLite database {self.filename} is damaged: {problem}")
@@ -139,6 +129,8 @@ class SqliteBackend(Backend):
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
+            if self._shared is not None:
+                connections.append(self._shared)
             self._shared = None
         for conn in connections:
             conn.close()
