@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 from .backends import load_backend
@@ -142,7 +141,7 @@ def _iso(epoch: float) -> str:
 
 
 def _meta(record: Record) -> dict[str, Any]:
-    meta = asdict(record)
+    meta = record._asdict()
     del meta["payload"]
     meta["size"] = len(record.payload)
     return meta

@@ -1,17 +1,21 @@
 """The session cookie: reading candidate ids, signing them, building headers.
 
 The cookie carries nothing but the session id, signed with itsdangerous.
-Cookies are parsed and serialised by WebOb; no header is formatted by hand.
+``Set-Cookie`` headers are built by WebOb.  Reading needs only the values of
+one cookie name, which a precompiled pattern finds in one pass (a full parse
+of every cookie in the header cost more than the rest of a read); whatever it
+finds must still pass the signature check.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from itsdangerous import BadData, TimestampSigner
-from webob.cookies import make_cookie, parse_cookie
+from webob.cookies import make_cookie
 
 from .config import Settings
 from .ids import is_valid_id
@@ -68,7 +72,12 @@ class CookieCodec:
         # itsdangerous wants its key list oldest first.
         older = list(reversed(settings.secret[1:]))
         self._older = _ClockSigner(older, clock) if older else None
-        self._verified: dict[bytes, CookieId] = {}
+        self._verified: dict[str, CookieId] = {}
+        # A cookie-pair named cookie_name, at the start of the header or after
+        # a ';' (so "xsession=" or a name inside another value never matches).
+        self._pairs = re.compile(
+            r"(?:^|;)[ \t]*" + re.escape(settings.cookie_name) + r"[ \t]*=[ \t]*([^;]*)"
+        )
 
     def sign(self, session_id: str) -> str:
         return self._newest.sign(session_id).decode("ascii")
@@ -79,20 +88,18 @@ class CookieCodec:
         Tampered, forged, expired, oversized and malformed values are skipped
         silently: they simply mean "no session".
         """
-        name = self._settings.cookie_name.encode("ascii")
-        tried = 0
-        for cookie_name, value in parse_cookie(cookie_header):
-            if cookie_name != name:
-                continue
-            tried += 1
-            if tried > MAX_CANDIDATES:
+        for tried, value in enumerate(self._pairs.findall(cookie_header)):
+            if tried >= MAX_CANDIDATES:
                 return
+            value = value.rstrip(" \t")
+            if len(value) > 1 and value[0] == value[-1] == '"':
+                value = value[1:-1]  # a quoted value (RFC 6265 allows DQUOTEs)
             if 0 < len(value) <= MAX_COOKIE_VALUE:
                 found = self._verify(value)
                 if found is not None:
                     yield found
 
-    def _verify(self, value: bytes) -> CookieId | None:
+    def _verify(self, value: str) -> CookieId | None:
         # A value whose signature verified once is remembered (only those: junk
         # cannot fill the memo); its age is still checked on every request.
         known = self._verified.get(value)
@@ -106,7 +113,7 @@ class CookieCodec:
             self._verified[value] = found
         return found
 
-    def _verify_signature(self, value: bytes) -> CookieId | None:
+    def _verify_signature(self, value: str) -> CookieId | None:
         max_age = self._settings.signature_max_age
         stale = False
         try:

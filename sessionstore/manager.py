@@ -6,11 +6,11 @@ Nothing here holds per-request state; that lives in
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable
 
 from .backends.base import Backend
 from .config import Settings
@@ -21,12 +21,31 @@ from .payload import PayloadCodec
 #: Commit locks are striped: sessions share this many locks by hash.
 _STRIPES = 64
 
+_live: weakref.WeakSet[SessionManager] = weakref.WeakSet()
+
+
+def _renew_locks_after_fork() -> None:
+    for manager in list(_live):
+        manager._new_locks()
+
+
+os.register_at_fork(after_in_child=_renew_locks_after_fork)
+
 
 class SessionManager:
     """What a middleware's requests share; immutable after start-up except
     for the commit locks, which are coordination, not state."""
 
-    __slots__ = ("settings", "backend", "clock", "chance", "cookies", "payloads", "_locks", "_pid")
+    __slots__ = (
+        "settings",
+        "backend",
+        "clock",
+        "chance",
+        "cookies",
+        "payloads",
+        "_locks",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -45,26 +64,23 @@ class SessionManager:
         self._new_locks()
 
     def _new_locks(self) -> None:
-        self._pid = os.getpid()
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
+        # A lock held at fork time would stay held in the child: it gets new ones.
+        _live.add(self)
 
-    @contextlib.contextmanager
-    def committing(self, session_id: str) -> Iterator[None]:
-        """Serialise this process's commits to one session.
+    def commit_lock(self, session_id: str) -> threading.Lock:
+        """Take and return this process's commit lock of one session; the
+        caller releases it.
 
         Threads of one process then take turns instead of racing (under the
         GIL a thread can lose the race again and again); compare-and-swap
-        still settles races with other processes and machines.
+        still settles races with other processes and machines.  (A plain
+        acquire and release: a context manager cost more than the lock.)
         """
-        if self._pid != os.getpid():
-            self._new_locks()  # a lock held at fork time stays held in the child
         lock = self._locks[hash(session_id) % _STRIPES]
-        if not lock.acquire(timeout=self.settings.busy_timeout):
+        if not lock.acquire(False) and not lock.acquire(timeout=self.settings.busy_timeout):
             raise BusyRetry(f"session {session_id}: other requests kept it busy")
-        try:
-            yield
-        finally:
-            lock.release()
+        return lock
 
     def deadline(self, created_at: float, accessed_at: float, expiry: float | None) -> float:
         """When a session expires: its explicit expiry, else idle timeout;

@@ -191,6 +191,10 @@ class _Response:
         if self.replaced:
             _close(app_iter)
             return [self.replaced_body]
+        if iterator is None and type(app_iter) in (list, tuple):
+            # A ready body runs no application code while it is sent: there
+            # can be no late write to commit, so it goes out as it is.
+            return app_iter
         return _Body(self, app_iter, iterator, buffered)
 
     def ok(self) -> bool:

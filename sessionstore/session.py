@@ -169,8 +169,11 @@ class Session:
         old = self._record
         if old is None:
             return  # no stored session: the next write gets a new id anyway
-        with self._manager.committing(old.session_id):
+        lock = self._manager.commit_lock(old.session_id)
+        try:
             self._regenerate(old)
+        finally:
+            lock.release()
 
     def _regenerate(self, old: Record) -> None:
         backend = self._manager.backend
@@ -214,8 +217,11 @@ class Session:
         if self._record is None:
             self._insert(now)
         else:
-            with self._manager.committing(self._record.session_id):
+            lock = self._manager.commit_lock(self._record.session_id)
+            try:
                 self._update(now)
+            finally:
+                lock.release()
 
     def __repr__(self) -> str:
         if not self._loaded:
@@ -314,7 +320,7 @@ class Session:
             created_at=created_at,
             accessed_at=now,
             expires_at=manager.deadline(created_at, now, self._expiry),
-            payload=manager.payloads.dumps(apps, self._expiry),
+            payload=manager.payloads.dumps(apps, self._expiry, session_id),
         )
 
     def _insert(self, now: float) -> None:
@@ -426,7 +432,7 @@ class Session:
             return
         payload = record.payload
         if self._stale_secret:
-            payload = manager.payloads.dumps(self._base, self._expiry)
+            payload = manager.payloads.dumps(self._base, self._expiry, record.session_id)
         fresh = Record(
             record.session_id,
             record.version + 1,

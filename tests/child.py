@@ -60,6 +60,7 @@ def try_write(kind, path):
 def mp_write(kind, path, cookie, worker, count):
     """Write COUNT keys of this worker's own through the middleware, one request each."""
     from tests.apps import make_app
+    from tests.conftest import consume
 
     app = make_app(kind, path)
     for i in range(int(count)):
@@ -71,11 +72,9 @@ def mp_write(kind, path, cookie, worker, count):
             "wsgi.url_scheme": "http",
         }
         statuses = []
-        body = app(
-            environ, lambda status, headers, exc_info=None, seen=statuses: seen.append(status)
+        consume(
+            app(environ, lambda status, headers, exc_info=None, seen=statuses: seen.append(status))
         )
-        b"".join(body)
-        body.close()
         if statuses != ["200 OK"]:
             raise SystemExit(f"request {i} answered {statuses}")
     print("done", flush=True)

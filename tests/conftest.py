@@ -27,6 +27,16 @@ class Clock:
         self.now += seconds
 
 
+def consume(body) -> bytes:
+    """Read a WSGI response body and close it, as a server does (PEP 3333)."""
+    try:
+        return b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

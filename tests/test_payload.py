@@ -1,0 +1,72 @@
+"""Stored payloads: the MAC, and the memo of payloads already verified."""
+
+from __future__ import annotations
+
+import hmac
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sessionstore import BackendError
+from sessionstore.payload import PayloadCodec, _derive, _Mac
+
+from .conftest import SessionClient
+
+
+@given(secret=st.text(min_size=1, max_size=80), message=st.binary(max_size=5000))
+def test_the_precomputed_mac_is_hmac_sha256(secret, message):
+    key = _derive(secret)
+    assert _Mac(key)(message) == hmac.digest(key, message, "sha256")
+
+
+def test_a_payload_changed_in_the_store_is_verified_again():
+    ours, theirs = PayloadCodec(("ours",)), PayloadCodec(("theirs",))
+    good = ours.dumps({"a": {"k": b"v"}}, None, "sid")
+    assert ours.loads(good, "sid") == ({"a": {"k": b"v"}}, None)
+    planted = theirs.dumps({"a": {"k": b"evil"}}, None, "sid")
+    with pytest.raises(BackendError, match="bad signature"):
+        ours.loads(planted, "sid")
+    assert ours.loads(good, "sid") == ({"a": {"k": b"v"}}, None)
+
+
+def test_a_failed_request_leaves_nothing_behind_for_the_next_one(clock):
+    """The decoded data of a payload is shared by the requests that read it:
+    one request's uncommitted changes must not show in the next."""
+    client = SessionClient(clock=clock)
+    client.run(_seed)
+
+    def change_then_fail(session):
+        a, b = session.store("a"), session.store("b")
+        a["k"] = "changed"
+        del a["gone"]
+        a.empty()
+        b["new"] = 1
+
+    _, response = client.run(
+        change_then_fail, status="500 Internal Server Error", expect_errors=True
+    )
+    assert response.status_int == 500
+    seen, _ = client.run(lambda s: (s.store("a").items(), s.store("b").keys()))
+    assert sorted(seen[0]) == [("gone", 2), ("k", "v")]
+    assert seen[1] == []
+
+
+def _seed(session):
+    session.store("a").set("k", "v")
+    session.store("a").set("gone", 2)
+
+
+def test_a_second_process_sees_every_change_of_the_first(tmp_path, clock):
+    """Two middlewares (as two processes would) on one SQLite file: each
+    request sees the other's latest commit, never a remembered older one."""
+    options = {"filename": str(tmp_path / "s.db")}
+    first = SessionClient("sqlite", options, clock=clock)
+    second = SessionClient("sqlite", options, clock=clock)
+    first.run(lambda s: s.store("a").set("n", 0))
+    second.web.set_cookie("session", first.cookie())
+    for n in range(1, 6):
+        writer, reader = (first, second) if n % 2 else (second, first)
+        writer.run(lambda s: s.store("a").set("n", s.store("a")["n"] + 1))
+        seen, _ = reader.run(lambda s: s.store("a")["n"])
+        assert seen == n
