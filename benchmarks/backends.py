@@ -1,17 +1,16 @@
-"""Per-request cost of each embedded backend, and commit cost against store size.
+"""Per-request cost of each embedded backend, with and without ``fsync``.
 
-    python benchmarks/backends.py [--requests N] [--commits N]
+    python benchmarks/backends.py [--requests N]
 
-Prints two tables.  Direct WSGI calls, no test client: the numbers are the
-middleware's and the backend's own.  Run by hand; figures vary with the
-machine, so compare ratios within one run.
+Direct WSGI calls, no test client: the numbers are the middleware's and the
+backend's own.  Commit cost against the store's size is ``scale.py``.  Run by
+hand; figures vary with the machine, so compare ratios within one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import tempfile
 import time
@@ -21,9 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from overhead import bare, ours  # noqa: E402
 
 from sessionstore import SessionMiddleware  # noqa: E402
-from sessionstore.backends import backend_class  # noqa: E402
-from sessionstore.backends.base import Record  # noqa: E402
-from sessionstore.ids import new_session_id  # noqa: E402
 
 
 def run(app, path: str, cookie: str | None, count: int) -> tuple[float, str | None]:
@@ -84,58 +80,12 @@ def request_table(count: int, directory: str) -> None:
         mw.close()
 
 
-def commit_cost(kind: str, fsync: bool, stored: int, commits: int, directory: str) -> float:
-    """Microseconds per compare-and-swap commit with ``stored`` sessions present."""
-    name = f"c{stored}{'f' if fsync else ''}.{'dat' if kind == 'pickle' else 'db'}"
-    backend = backend_class(kind)(os.path.join(directory, name), fsync=fsync)
-    backend.setup()
-    payload = os.urandom(200)
-    ids = [new_session_id() for _ in range(stored)]
-    now = time.time()
-    for session_id in ids:
-        backend.add(Record(session_id, 1, now, now, now + 3600, payload))
-    rng = random.Random(1)
-    start = time.perf_counter()
-    for _ in range(commits):
-        session_id = rng.choice(ids)
-        record = backend.get(session_id)
-        new = Record(
-            session_id,
-            record.version + 1,
-            record.created_at,
-            time.time(),
-            record.expires_at,
-            payload,
-        )
-        assert backend.compare_and_swap(session_id, record.version, new)
-    elapsed = (time.perf_counter() - start) / commits * 1e6
-    backend.close()
-    return elapsed
-
-
-def commit_table(commits: int, directory: str) -> None:
-    sizes = (100, 1_000, 10_000)
-    print(f"\nCommit cost against stored sessions ({commits} commits each, microseconds)")
-    print(f"{'backend':<16}" + "".join(f"{n:>10,}" for n in sizes) + f"{'10k/100':>10}")
-    for kind, fsync in (("pickle", False), ("pickle", True), ("sqlite", False), ("sqlite", True)):
-        n = commits if not fsync else max(commits // 10, 50)
-        costs = [commit_cost(kind, fsync, size, n, directory) for size in sizes]
-        label = kind + (" fsync" if fsync else "")
-        print(
-            f"{label:<16}"
-            + "".join(f"{c:>10.1f}" for c in costs)
-            + f"{costs[-1] / costs[0]:>10.2f}"
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--commits", type=int, default=5000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         request_table(args.requests, directory)
-        commit_table(args.commits, directory)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 from itsdangerous import BadData, TimestampSigner
@@ -82,22 +82,22 @@ class CookieCodec:
     def sign(self, session_id: str) -> str:
         return self._newest.sign(session_id).decode("ascii")
 
-    def read(self, cookie_header: str) -> Iterator[CookieId]:
-        """Yield each verified id among the cookies named ``cookie_name``.
+    def read(self, cookie_header: str) -> list[CookieId]:
+        """Every verified id among the cookies named ``cookie_name``, in order.
 
         Tampered, forged, expired, oversized and malformed values are skipped
         silently: they simply mean "no session".
         """
-        for tried, value in enumerate(self._pairs.findall(cookie_header)):
-            if tried >= MAX_CANDIDATES:
-                return
+        found = []
+        for value in self._pairs.findall(cookie_header)[:MAX_CANDIDATES]:
             value = value.rstrip(" \t")
             if len(value) > 1 and value[0] == value[-1] == '"':
                 value = value[1:-1]  # a quoted value (RFC 6265 allows DQUOTEs)
             if 0 < len(value) <= MAX_COOKIE_VALUE:
-                found = self._verify(value)
-                if found is not None:
-                    yield found
+                verified = self._verify(value)
+                if verified is not None:
+                    found.append(verified)
+        return found
 
     def _verify(self, value: str) -> CookieId | None:
         # A value whose signature verified once is remembered (only those: junk

@@ -16,10 +16,20 @@ _APP_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 _MISSING: Any = object()
 
 
+#: Names already checked (they come from code, so there are few).
+_CHECKED: set[str] = set()
+
+
 def check_app_name(name: object) -> str:
     """Return ``name`` if it is a valid application name, else raise InvalidAppName."""
-    if not isinstance(name, str) or _APP_RE.fullmatch(name) is None:
+    if not isinstance(name, str):
         raise InvalidAppName(name)
+    if name in _CHECKED:
+        return name
+    if _APP_RE.fullmatch(name) is None:
+        raise InvalidAppName(name)
+    if len(_CHECKED) < 1024:
+        _CHECKED.add(name)
     return name
 
 

@@ -379,6 +379,25 @@ class PickleBackend(Backend):
         return len(present)
 
     def get(self, session_id: str) -> Record | None:
+        # The usual case needs no file lock: when the file is the one indexed
+        # and has not grown since, the index is the file.  (The log only ever
+        # grows; compaction renames a new file over it.)  The stat happens
+        # outside the mutex, so threads never queue behind a system call;
+        # what it saw is the moment this read takes effect.
+        if self._pid != os.getpid():
+            self._after_fork()  # before the mutex: the parent's may be held
+        try:
+            st = os.stat(self.filename)
+        except OSError:
+            st = None
+        with self._mutex:
+            if (
+                st is not None
+                and self._corrupt is None
+                and (st.st_dev, st.st_ino) == self._file_id
+                and st.st_size == self._offset
+            ):
+                return self._index.get(session_id)
         with self._locked(exclusive=False):
             return self._index.get(session_id)
 

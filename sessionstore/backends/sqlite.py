@@ -91,21 +91,25 @@ class SqliteBackend(Backend):
                         self._shared = self._open()
                     yield self._shared
                 return
-            if self._pid != os.getpid():
-                self._after_fork()
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = self._open()
-                with self._lock:
-                    self._connections.append(conn)
-            yield conn
-        except sqlite3.OperationalError as exc:
-            message = str(exc).lower()
-            if "locked" in message or "busy" in message:
-                raise BusyRetry(f"{self.filename} stayed locked: {exc}") from exc
-            raise BackendError(f"SQLite database {self.filename} failed", exc) from exc
+            yield self._thread_connection()
         except sqlite3.Error as exc:
-            raise BackendError(f"SQLite database {self.filename} failed", exc) from exc
+            raise self._failure(exc) from exc
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._after_fork()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _failure(self, exc: sqlite3.Error) -> BackendError | BusyRetry:
+        message = str(exc).lower()
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in message or "busy" in message):
+            return BusyRetry(f"{self.filename} stayed locked: {exc}")
+        return BackendError(f"SQLite database {self.filename} failed", exc)
 
     def _after_fork(self) -> None:
         # A connection must never be used across fork; the parent's are
@@ -172,8 +176,14 @@ class SqliteBackend(Backend):
         return None if row is None else _row_to_record(row)
 
     def get(self, session_id: str) -> Record | None:
-        with self._conn() as conn:
-            return self._get(conn, session_id)
+        if self._memory:
+            with self._conn() as conn:
+                return self._get(conn, session_id)
+        # Every request comes here: no context manager on the way.
+        try:
+            return self._get(self._thread_connection(), session_id)
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
 
     def add(self, record: Record) -> None:
         with self._conn() as conn:
