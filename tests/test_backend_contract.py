@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sessionstore.backends.memory import MemoryBackend
@@ -30,6 +32,30 @@ class TestPickleBackend(PersistentBackendContract):
     @pytest.fixture
     def reopen(self, tmp_path):
         return lambda: PickleBackend(str(tmp_path / "sessions.dat"))
+
+
+    def test_a_reader_follows_another_process_through_compaction(self, backend, reopen):
+        """Reads that find the file unchanged skip the lock; a compaction by
+        another process (a new file renamed over the old) must still be seen."""
+        from sessionstore.testing import make_record
+
+        record = make_record(payload=b"x" * 100_000)
+        assert backend.compare_and_swap(record.session_id, None, record)
+        assert backend.get(record.session_id) == record  # indexed, now on the fast path
+        other = reopen()
+        other.setup()
+        try:
+            inode = os.stat(other.filename).st_ino
+            current = record
+            while os.stat(other.filename).st_ino == inode:  # until it compacts
+                new = current._replace(version=current.version + 1)
+                assert other.compare_and_swap(current.session_id, current.version, new)
+                current = new
+            assert current.version > 2
+            assert backend.get(record.session_id) == current
+            assert backend.compare_and_swap(record.session_id, current.version - 1, record) is False
+        finally:
+            other.close()
 
 
 class TestSqliteBackend(PersistentBackendContract):
