@@ -15,10 +15,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Not this folder on the path: its http.py would hide the standard library's.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.insert(0, os.path.dirname(HERE))
 
-from overhead import bare, ours  # noqa: E402
-
+from benchmarks.overhead import bare, ours  # noqa: E402
 from sessionstore import SessionMiddleware  # noqa: E402
 
 

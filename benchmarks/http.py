@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# This file is named http.py: its folder must not shadow the standard library's http.
+# Not this folder on the path: this http.py would hide the standard library's.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -266,11 +266,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="the best round counts")
     parser.add_argument("--clients", type=int, default=8, help="visitors at once")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument(
+        "--only", default="", help="comma-separated configurations to run (default: all)"
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.threads)
         return
+    wanted = {name.strip() for name in args.only.split(",") if name.strip()}
     cells = [
         (mix, write_every, clients)
         for mix, write_every in (("read", 0), ("mixed", 5))
@@ -285,6 +289,8 @@ def main() -> None:
     ceiling: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory() as directory:
         for label, config, unavailable in configurations(directory):
+            if wanted and label not in wanted and config["kind"] != "bare":
+                continue  # the bare app always runs: it is the ceiling
             if unavailable:
                 print(f"{label:<22}skipped: {unavailable}")
                 continue

@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Not this folder on the path: its http.py would hide the standard library's.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.insert(0, os.path.dirname(HERE))
 
 from sessionstore import SessionMiddleware  # noqa: E402
 from sessionstore.backends import backend_class  # noqa: E402

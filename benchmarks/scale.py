@@ -23,7 +23,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Not this folder on the path: its http.py would hide the standard library's.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.insert(0, os.path.dirname(HERE))
 
 from sessionstore.backends.base import Backend, Record  # noqa: E402
 from sessionstore.backends.picklefile import PickleBackend  # noqa: E402

@@ -42,7 +42,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
@@ -99,6 +99,9 @@ class PickleBackend(Backend):
         self._sizes: dict[str, int] = {}  # frame size of each live record
         self._live = 0  # sum of self._sizes, kept up to date
         self._corrupt: BackendError | None = None
+        #: (file id, offset, index) as of the last time the lock was released:
+        #: what reads use without any lock while the file has not grown.
+        self._view: tuple[tuple[int, int] | None, int, dict[str, Record]] | None = None
 
     # -- locking and syncing ---------------------------------------------------------
 
@@ -115,6 +118,9 @@ class PickleBackend(Backend):
                 self._sync()
                 yield
             finally:
+                # The index holds every frame up to the offset (and perhaps a
+                # few newer ones, never a partial one).
+                self._view = None if self._corrupt else (self._file_id, self._offset, self._index)
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _after_fork(self) -> None:
@@ -122,6 +128,7 @@ class PickleBackend(Backend):
         # with its parent: the child needs descriptors of its own.
         self._pid = os.getpid()
         self._mutex = threading.RLock()
+        self._view = None
         self._lock_fd = None
         self._fd = None
         self._file_id = None
@@ -343,6 +350,7 @@ class PickleBackend(Backend):
                 if fd is not None:
                     os.close(fd)
             self._fd = self._lock_fd = None
+            self._view = None
             self._reset_index(None)
 
     def compare_and_swap(
@@ -379,27 +387,36 @@ class PickleBackend(Backend):
         return len(present)
 
     def get(self, session_id: str) -> Record | None:
-        # The usual case needs no file lock: when the file is the one indexed
-        # and has not grown since, the index is the file.  (The log only ever
-        # grows; compaction renames a new file over it.)  The stat happens
-        # outside the mutex, so threads never queue behind a system call;
-        # what it saw is the moment this read takes effect.
-        if self._pid != os.getpid():
-            self._after_fork()  # before the mutex: the parent's may be held
-        try:
-            st = os.stat(self.filename)
-        except OSError:
-            st = None
-        with self._mutex:
-            if (
-                st is not None
-                and self._corrupt is None
-                and (st.st_dev, st.st_ino) == self._file_id
-                and st.st_size == self._offset
-            ):
-                return self._index.get(session_id)
+        # The usual case takes no lock at all, neither the file's nor the
+        # mutex: when the file is the one last indexed and has not grown past
+        # it, the index is the file.  (The log only ever grows; compaction
+        # renames a new file over it.)  Threads then never queue behind
+        # another thread's system calls.
+        if self._pid == os.getpid() and self._view is not None:
+            try:
+                st = os.stat(self.filename)
+            except OSError:
+                pass
+            else:
+                found = self._current(st, session_id)
+                if found is not False:
+                    return found
+                # A thread of ours may be appending what the stat saw: once it
+                # is done (it holds the mutex), the index may cover it.
+                with self._mutex:
+                    found = self._current(st, session_id)
+                if found is not False:
+                    return found
         with self._locked(exclusive=False):
             return self._index.get(session_id)
+
+    def _current(self, st: os.stat_result, session_id: str) -> Record | None | Literal[False]:
+        """The record as indexed, if the index covers the file ``st`` saw;
+        else False."""
+        view = self._view
+        if view is None or (st.st_dev, st.st_ino) != view[0] or st.st_size > view[1]:
+            return False
+        return view[2].get(session_id)
 
     def add(self, record: Record) -> None:
         with self._locked(exclusive=True):

@@ -1,0 +1,33 @@
+"""The benchmark scripts run (briefly): they are run by hand, so nothing else
+would notice one breaking.  No timing is asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+RUNS = {
+    "overhead": ["--only", "memory,pickle,sqlite", "--requests", "20", "--rounds", "1"],
+    "backends": ["--requests", "20"],
+    "scale": ["--sizes", "10,30", "--commits", "10", "--rounds", "1"],
+    "http": ["--only", "sessionstore sqlite", "--seconds", "0.2", "--rounds", "1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_benchmark_runs_and_its_checks_pass(name):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *RUNS[name]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "False" not in result.stdout and "FAILED" not in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
