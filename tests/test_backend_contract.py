@@ -33,7 +33,6 @@ class TestPickleBackend(PersistentBackendContract):
     def reopen(self, tmp_path):
         return lambda: PickleBackend(str(tmp_path / "sessions.dat"))
 
-
     def test_a_reader_follows_another_process_through_compaction(self, backend, reopen):
         """Reads that find the file unchanged skip the lock; a compaction by
         another process (a new file renamed over the old) must still be seen."""
