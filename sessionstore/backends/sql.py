@@ -195,11 +195,12 @@ class SqlBackend(Backend):
                 raise BackendError(f"database {self._shown} failed", exc) from exc
             cursor = None
             try:
-                # One cursor per pooled connection, kept with it: making one
+                # One cursor per driver connection, kept with it: making one
                 # per statement cost a tenth of the statement.
-                cursor = conn.info.get("sessionstore.cursor")
-                if cursor is None:
-                    cursor = conn.info["sessionstore.cursor"] = conn.cursor()
+                kept = conn.info.get("sessionstore.cursor")
+                if kept is None or kept[0] is not conn.dbapi_connection:
+                    kept = conn.info["sessionstore.cursor"] = (conn.dbapi_connection, conn.cursor())
+                cursor = kept[1]
                 cursor.execute(sql, params)
                 return cursor.fetchone() if fetch else cursor.rowcount
             except dialect.loaded_dbapi.Error as exc:
