@@ -62,11 +62,11 @@ class SessionManager:
         self.cookies = CookieCodec(settings, clock)
         self.payloads = PayloadCodec(settings.secret)
         self._new_locks()
+        # A lock held at fork time would stay held in the child: it gets new ones.
+        _live.add(self)
 
     def _new_locks(self) -> None:
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
-        # A lock held at fork time would stay held in the child: it gets new ones.
-        _live.add(self)
 
     def commit_lock(self, session_id: str) -> threading.Lock:
         """Take and return this process's commit lock of one session; the

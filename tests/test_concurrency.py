@@ -232,13 +232,17 @@ def race(mw, reading, go, cookie, other_path):
     return responses
 
 
-def test_logout_racing_with_a_write_does_not_resurrect():
+def _race_an_existing_session(other_path):
+    """Start a session, then race a slow write against ``other_path`` on it."""
     mw, reading, go = racing_pair()
     web = TestApp(mw)
     web.get("/first")
-    cookie = web.cookies["session"]
     [old_id] = mw.backend.get_all()
-    responses = race(mw, reading, go, cookie, "/logout")
+    return mw, old_id, race(mw, reading, go, web.cookies["session"], other_path)
+
+
+def test_logout_racing_with_a_write_does_not_resurrect():
+    mw, old_id, responses = _race_an_existing_session("/logout")
     assert mw.backend.get(old_id) is None
     assert mw.backend.count() == 0  # the late write was dropped, not stored anew
     assert "Set-Cookie" not in responses["slow"].headers  # no cookie for the dead id
@@ -246,12 +250,7 @@ def test_logout_racing_with_a_write_does_not_resurrect():
 
 
 def test_regenerate_racing_with_a_write_keeps_the_old_id_dead():
-    mw, reading, go = racing_pair()
-    web = TestApp(mw)
-    web.get("/first")
-    cookie = web.cookies["session"]
-    [old_id] = mw.backend.get_all()
-    race(mw, reading, go, cookie, "/login")
+    mw, old_id, _ = _race_an_existing_session("/login")
     assert mw.backend.get(old_id) is None
     [new_id] = mw.backend.get_all()
     assert new_id != old_id
@@ -342,3 +341,43 @@ def test_read_only_requests_never_revert_a_write():
     thread.join(10)
     assert reader_done.is_set()
     assert stored(mw) == (2, {"a": {"x": "/second"}})
+
+
+def test_a_commit_lock_held_at_fork_does_not_block_the_child(tmp_path):
+    """A thread of the parent holds a session's commit lock when the process
+    forks (as a pre-fork server may); the child must still commit to it."""
+    import os
+    import warnings
+
+    from .conftest import consume
+
+    mw = make_app("sqlite", str(tmp_path / "s.db"), busy_timeout=0.5)
+    web = TestApp(mw)
+    web.get("/write", {"app": "a", "key": "k", "value": "parent"})
+    cookie = web.cookies["session"]
+    [session_id] = mw.backend.get_all()
+    lock = mw._manager.commit_lock(session_id)  # held across the fork
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            status = 1
+            try:
+                statuses = []
+                environ = {
+                    "REQUEST_METHOD": "GET",
+                    "PATH_INFO": "/write",
+                    "QUERY_STRING": "app=a&key=k&value=child",
+                    "HTTP_COOKIE": f"session={cookie}",
+                    "wsgi.url_scheme": "http",
+                }
+                consume(mw(environ, lambda s, h, e=None: statuses.append(s)))
+                status = 0 if statuses == ["200 OK"] else 2
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert web.get("/read", {"app": "a", "key": "k"}).text == "'child'"

@@ -127,6 +127,7 @@ class SqlBackend(Backend):
         self._update_one = compiled(t.update().where(this_id).values(**values))
         self._swap_one = compiled(t.update().where(this_version).values(**values))
         self._delete_swap = compiled(t.delete().where(this_version))
+        self._delete_one = compiled(t.delete().where(this_id))
 
     def _create_engine(self) -> sa.engine.Engine:
         url = sa.engine.make_url(self.url)
@@ -310,7 +311,7 @@ class SqlBackend(Backend):
         return int(self._run(lambda conn: conn.execute(statement).rowcount))
 
     def delete(self, session_id: str) -> int:
-        return self._rowcount(self.table.delete().where(self.table.c.id == session_id))
+        return int(self._execute(self._delete_one, {"b_id": session_id}))
 
     def delete_many(self, session_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(session_ids))
