@@ -30,6 +30,24 @@ from .backends.base import Backend, Record
 from .ids import new_session_id
 
 
+def in_forked_child(check: Callable[[], object]) -> bool:
+    """Run ``check`` in a forked child; whether it returned a true value
+    there (it reports through the exit status only)."""
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork in a threaded process; the child runs
+        # only ``check``, which is what such a test is about.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = 0 if check() else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def make_record(
     version: int = 1,
     *,
@@ -252,21 +270,11 @@ class PersistentBackendContract(BackendContract):
         before = make_record()
         assert backend.compare_and_swap(before.session_id, None, before)
         from_child = make_record()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork in a threaded process; this child
-            # only uses the backend, which is what the test is about.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child: report through the exit status only
-            status = 1
-            try:
-                if backend.get(before.session_id) == before and backend.compare_and_swap(
-                    from_child.session_id, None, from_child
-                ):
-                    status = 0
-            finally:
-                os._exit(status)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert in_forked_child(
+            lambda: (
+                backend.get(before.session_id) == before
+                and backend.compare_and_swap(from_child.session_id, None, from_child)
+            )
+        )
         assert backend.get(from_child.session_id) == from_child
         assert backend.compare_and_swap(before.session_id, 1, _next(before))

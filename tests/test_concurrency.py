@@ -19,8 +19,10 @@ from webtest.http import StopableWSGIServer
 
 from sessionstore import ConcurrentUpdate, SessionMiddleware
 from sessionstore.payload import load_value
+from sessionstore.testing import in_forked_child
 
 from .apps import make_app
+from .conftest import consume
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {"memory": None, "pickle": "sessions.dat", "sqlite": "sessions.db"}
@@ -346,38 +348,27 @@ def test_read_only_requests_never_revert_a_write():
 def test_a_commit_lock_held_at_fork_does_not_block_the_child(tmp_path):
     """A thread of the parent holds a session's commit lock when the process
     forks (as a pre-fork server may); the child must still commit to it."""
-    import os
-    import warnings
-
-    from .conftest import consume
-
     mw = make_app("sqlite", str(tmp_path / "s.db"), busy_timeout=0.5)
     web = TestApp(mw)
     web.get("/write", {"app": "a", "key": "k", "value": "parent"})
     cookie = web.cookies["session"]
     [session_id] = mw.backend.get_all()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/write",
+        "QUERY_STRING": "app=a&key=k&value=child",
+        "HTTP_COOKIE": f"session={cookie}",
+        "wsgi.url_scheme": "http",
+    }
+    statuses: list[str] = []
+
+    def write_in_child():
+        consume(mw(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+        return statuses == ["200 OK"]
+
     lock = mw._manager.commit_lock(session_id)  # held across the fork
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child: report through the exit status only
-            status = 1
-            try:
-                statuses = []
-                environ = {
-                    "REQUEST_METHOD": "GET",
-                    "PATH_INFO": "/write",
-                    "QUERY_STRING": "app=a&key=k&value=child",
-                    "HTTP_COOKIE": f"session={cookie}",
-                    "wsgi.url_scheme": "http",
-                }
-                consume(mw(environ, lambda s, h, e=None: statuses.append(s)))
-                status = 0 if statuses == ["200 OK"] else 2
-            finally:
-                os._exit(status)
-        _, status = os.waitpid(pid, 0)
+        assert in_forked_child(write_in_child)
     finally:
         lock.release()
-    assert os.waitstatus_to_exitcode(status) == 0
     assert web.get("/read", {"app": "a", "key": "k"}).text == "'child'"
