@@ -11,11 +11,12 @@ build their commits.
 from __future__ import annotations
 
 import abc
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import ConfigurationError
+from ..errors import BackendError, ConfigurationError
 
 
 class Record(NamedTuple):
@@ -35,6 +36,45 @@ class Record(NamedTuple):
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at <= now
+
+
+def checked_record(
+    session_id: object,
+    version: object,
+    created_at: object,
+    accessed_at: object,
+    expires_at: object,
+    payload: object,
+) -> Record:
+    """A :class:`Record` from fields read out of storage, each type-checked.
+
+    Storage is not trusted to hand back what was written (a TEXT value in a
+    REAL column, an integer where the payload belongs, a hand-edited row): a
+    field of the wrong type or a non-finite time is a :class:`BackendError`
+    naming the id, never a ``TypeError`` deeper down or a huge allocation
+    (``bytes(10**9)``).  ``memoryview`` and ``bytearray`` payloads become bytes.
+    """
+    shown = session_id if isinstance(session_id, str) else repr(session_id)[:80]
+    if not isinstance(session_id, str):
+        raise BackendError(f"stored session {shown}: the id is not text")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BackendError(f"stored session {shown}: bad version {version!r:.40}")
+    times = []
+    for name, value in (
+        ("created_at", created_at),
+        ("accessed_at", accessed_at),
+        ("expires_at", expires_at),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BackendError(f"stored session {shown}: {name} is not a number")
+        if not math.isfinite(value):
+            raise BackendError(f"stored session {shown}: {name} is not finite")
+        times.append(float(value))
+    if isinstance(payload, (bytearray, memoryview)):
+        payload = bytes(payload)
+    if not isinstance(payload, bytes):
+        raise BackendError(f"stored session {shown}: the payload is not bytes")
+    return Record(session_id, version, times[0], times[1], times[2], payload)
 
 
 class Backend(abc.ABC):
