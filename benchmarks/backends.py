@@ -64,7 +64,7 @@ def request_table(count: int, directory: str) -> None:
     ]:
         mw = SessionMiddleware(
             ours,
-            secret="bench",
+            secret="bench-0123456789abcdefghijklmnop",
             backend=kind.split()[0],
             backend_options=options,
             cleanup_probability=0,

@@ -55,7 +55,7 @@ def build_app(config: dict[str, Any]) -> Any:
 
         return SessionMiddleware(
             ours,
-            secret="bench-secret",
+            secret="bench-secret-0123456789abcdefghi",
             backend=config["backend"],
             backend_options=config["options"],
         )

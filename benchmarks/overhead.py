@@ -137,7 +137,7 @@ def measure(app: WSGIApp, count: int, rounds: int) -> dict[str, float | bool]:
 def sessionstore_app(backend: str, options: dict[str, Any]) -> tuple[WSGIApp, Any]:
     inner = backend_class(backend)(**options)
     counted = _count_writes(inner)
-    app = SessionMiddleware(ours, secret="bench-secret", backend=counted)
+    app = SessionMiddleware(ours, secret="bench-secret-0123456789abcdefghi", backend=counted)
     return app, counted
 
 

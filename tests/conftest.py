@@ -55,7 +55,7 @@ class SessionClient:
 
         from sessionstore import SessionMiddleware
 
-        settings.setdefault("secret", "test-secret")
+        settings.setdefault("secret", "test-secret-0123456789abcdefghij")
         settings.setdefault("cleanup_probability", 0)
         self.middleware = SessionMiddleware(
             self._app, backend=backend, backend_options=backend_options, **settings

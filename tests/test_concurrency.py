@@ -211,7 +211,9 @@ def racing_pair(backend="memory", same_key=False, **settings):
         return [b"ok"]
 
     settings.setdefault("cleanup_probability", 0)
-    mw = SessionMiddleware(app, secret="s", backend=backend, **settings)
+    mw = SessionMiddleware(
+        app, secret="s-0123456789abcdefghijklmnopqrst", backend=backend, **settings
+    )
     return mw, reading, go
 
 
@@ -308,7 +310,9 @@ def test_explicit_commit_raises_concurrent_update():
         return [b""]
 
     explicit = TestApp(
-        SessionMiddleware(app, secret="s", backend=mw.backend, on_conflict="error"),
+        SessionMiddleware(
+            app, secret="s-0123456789abcdefghijklmnopqrst", backend=mw.backend, on_conflict="error"
+        ),
         cookiejar=web.cookiejar,
     )
     assert explicit.get("/").status_int == 200
@@ -333,7 +337,9 @@ def test_read_only_requests_never_revert_a_write():
         reader_done.set()
         return [b""]
 
-    reader = TestApp(SessionMiddleware(reader_app, secret="s", backend=mw.backend))
+    reader = TestApp(
+        SessionMiddleware(reader_app, secret="s-0123456789abcdefghijklmnopqrst", backend=mw.backend)
+    )
     reader.set_cookie("session", cookie)
     thread = threading.Thread(target=lambda: reader.get("/"))
     thread.start()

@@ -113,7 +113,10 @@ def test_corrupt_file_is_reported_at_startup_and_left_untouched(tmp_path, kind, 
     before = path.read_bytes()
     with pytest.raises(BackendError) as info:
         SessionMiddleware(
-            lambda e, s: [], secret="s", backend=kind, backend_options={"filename": str(path)}
+            lambda e, s: [],
+            secret="s-0123456789abcdefghijklmnopqrst",
+            backend=kind,
+            backend_options={"filename": str(path)},
         )
     assert str(path) in str(info.value)
     assert path.read_bytes() == before

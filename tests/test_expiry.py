@@ -71,7 +71,7 @@ def test_shorter_timeout_after_a_restart_applies_to_old_records(clock):
     short = TestApp(
         SessionMiddleware(
             lambda e, sr: (sr("200 OK", []), [repr(read(e["session"])).encode()])[1],
-            secret="test-secret",
+            secret="test-secret-0123456789abcdefghij",
             backend=long.backend,
             clock=clock,
             timeout=100,
@@ -116,13 +116,16 @@ def test_delete_expired_counts(clock):
 
 
 def test_secret_rotation_accepts_old_cookies_and_resigns_them(clock):
-    old = SessionClient(clock=clock, secret="old-secret")
+    old = SessionClient(clock=clock, secret="old-secret-0123456789abcdefghijk")
     old.run(write)
     old_cookie = old.cookie()
     rotated = SessionClient.__new__(SessionClient)
     rotated.__dict__.update(old.__dict__)
     rotated.middleware = SessionMiddleware(
-        SessionClient._app, secret="new-secret old-secret", backend=old.backend, clock=clock
+        SessionClient._app,
+        secret="new-secret-0123456789abcdefghijk old-secret-0123456789abcdefghijk",
+        backend=old.backend,
+        clock=clock,
     )
     rotated.web = TestApp(rotated.middleware, cookiejar=old.web.cookiejar)
     value, response = rotated.run(read)
@@ -132,7 +135,10 @@ def test_secret_rotation_accepts_old_cookies_and_resigns_them(clock):
     # That read also re-signed the stored payload, so once the old secret is
     # retired the re-signed cookie and the data behind it still work.
     retired = SessionMiddleware(
-        SessionClient._app, secret="new-secret", backend=old.backend, clock=clock
+        SessionClient._app,
+        secret="new-secret-0123456789abcdefghijk",
+        backend=old.backend,
+        clock=clock,
     )
     web = TestApp(retired)
     web.set_cookie("session", new_cookie)
@@ -149,10 +155,13 @@ def test_secret_rotation_accepts_old_cookies_and_resigns_them(clock):
 
 
 def test_old_secret_cookie_is_refused_once_retired(clock):
-    old = SessionClient(clock=clock, secret="old-secret")
+    old = SessionClient(clock=clock, secret="old-secret-0123456789abcdefghijk")
     old.run(write)
     retired = SessionMiddleware(
-        SessionClient._app, secret="new-secret", backend=old.backend, clock=clock
+        SessionClient._app,
+        secret="new-secret-0123456789abcdefghijk",
+        backend=old.backend,
+        clock=clock,
     )
     web = TestApp(retired, cookiejar=old.web.cookiejar)
     results = []
@@ -165,7 +174,12 @@ def test_nonsense_timeouts_are_refused(setting, value):
     from sessionstore import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=setting):
-        SessionMiddleware(lambda e, s: [], secret="s", backend="memory", **{setting: value})
+        SessionMiddleware(
+            lambda e, s: [],
+            secret="s-0123456789abcdefghijklmnopqrst",
+            backend="memory",
+            **{setting: value},
+        )
 
 
 def test_an_aged_out_cookie_is_refused_even_after_it_verified_before(clock):

@@ -145,7 +145,9 @@ def make_app(iterables, **settings):
         return body
 
     settings.setdefault("cleanup_probability", 0)
-    mw = SessionMiddleware(app, secret="s", backend="memory", **settings)
+    mw = SessionMiddleware(
+        app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory", **settings
+    )
     return mw, TestApp(mw)
 
 
@@ -161,7 +163,7 @@ def test_writes_during_body_iteration_are_committed_and_close_is_called():
     assert session_data.status_int == 200
     check = SessionMiddleware(
         lambda e, sr: (sr("200 OK", []), [e["session"].store("a")["during-body"].encode()])[1],
-        secret="s",
+        secret="s-0123456789abcdefghijklmnopqrst",
         backend=mw.backend,
     )
     assert TestApp(check, cookiejar=web.cookiejar).get("/").body == b"two"
@@ -184,7 +186,7 @@ def test_generator_app_calling_start_response_late():
         start_response("200 OK", [("Content-Type", "text/plain")])
         yield b"generated"
 
-    mw = SessionMiddleware(app, secret="s", backend="memory")
+    mw = SessionMiddleware(app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory")
     response = TestApp(mw).get("/")
     assert response.body == b"generated"
     assert "Set-Cookie" in response.headers
@@ -198,7 +200,7 @@ def test_legacy_write_callable():
         out(b"written ")
         return [b"returned"]
 
-    mw = SessionMiddleware(app, secret="s", backend="memory")
+    mw = SessionMiddleware(app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory")
     response = TestApp(mw).get("/")
     assert response.body == b"written returned"
     assert "Set-Cookie" in response.headers
@@ -285,7 +287,9 @@ def test_vary_merges_with_the_apps_vary():
         start_response("200 OK", [("Vary", "Accept-Encoding"), ("Cache-Control", "public")])
         return [b""]
 
-    response = TestApp(SessionMiddleware(app, secret="s", backend="memory")).get("/")
+    response = TestApp(
+        SessionMiddleware(app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory")
+    ).get("/")
     assert response.headers.getall("Vary") == ["Accept-Encoding", "Cookie"]
     # No session cookie was set, so the app's caching stands.
     assert response.headers["Cache-Control"] == "public"
@@ -297,7 +301,9 @@ def test_session_cookie_replaces_a_public_cache_control():
         start_response("200 OK", [("Vary", "cookie"), ("Cache-Control", "public, max-age=600")])
         return [b""]
 
-    response = TestApp(SessionMiddleware(app, secret="s", backend="memory")).get("/")
+    response = TestApp(
+        SessionMiddleware(app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory")
+    ).get("/")
     assert response.headers.getall("Vary") == ["cookie"]
     assert response.headers.getall("Cache-Control") == ["no-store"]
 

@@ -38,7 +38,7 @@ def test_filter_factory_and_filter_app_factory_both_work(tmp_path, style):
     app = load(
         tmp_path,
         """
-        secret = new-secret old-secret
+        secret = new-secret-0123456789abcdefghijk old-secret-0123456789abcdefghijk
         backend = sqlite
         backend.filename = %(here)s/sessions.db
         cookie_name = sid
@@ -49,7 +49,10 @@ def test_filter_factory_and_filter_app_factory_both_work(tmp_path, style):
         style=style,
     )
     assert isinstance(app, SessionMiddleware)
-    assert app.settings.secret == ("new-secret", "old-secret")
+    assert app.settings.secret == (
+        "new-secret-0123456789abcdefghijk",
+        "old-secret-0123456789abcdefghijk",
+    )
     assert app.settings.timeout == 3600 and app.settings.samesite == "Strict"
     assert isinstance(app.backend, SqliteBackend)
     assert app.backend.filename == str(tmp_path / "sessions.db")
@@ -63,7 +66,7 @@ def test_every_setting_is_converted(tmp_path):
     app = load(
         tmp_path,
         """
-        secret = s
+        secret = s-0123456789abcdefghijklmnopqrst
         backend = pickle
         backend.filename = %(here)s/sessions.dat
         backend.fsync = true
@@ -96,41 +99,75 @@ def test_every_setting_is_converted(tmp_path):
     [
         pytest.param("backend = memory\n", "secret", None, id="missing-secret"),
         pytest.param("secret =\nbackend = memory\n", "secret", "", id="empty-secret"),
-        pytest.param("secret = s\ncolour = blue\n", "colour", "blue", id="unknown-key"),
-        pytest.param("secret = s\ntimeout = soon\n", "timeout", "soon", id="bad-number"),
-        pytest.param("secret = s\ntimeout = -5\n", "timeout", "-5", id="negative"),
-        pytest.param("secret = s\nhttponly = maybe\n", "httponly", "maybe", id="bad-bool"),
-        pytest.param("secret = s\nsamesite = Loose\n", "samesite", "Loose", id="bad-choice"),
         pytest.param(
-            "secret = s\non_conflict = ignore\n", "on_conflict", "ignore", id="bad-on-conflict"
+            "secret = s-0123456789abcdefghijklmnopqrst\ncolour = blue\n",
+            "colour",
+            "blue",
+            id="unknown-key",
         ),
         pytest.param(
-            "secret = s\ncleanup_probability = 2\n",
+            "secret = s-0123456789abcdefghijklmnopqrst\ntimeout = soon\n",
+            "timeout",
+            "soon",
+            id="bad-number",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\ntimeout = -5\n",
+            "timeout",
+            "-5",
+            id="negative",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\nhttponly = maybe\n",
+            "httponly",
+            "maybe",
+            id="bad-bool",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\nsamesite = Loose\n",
+            "samesite",
+            "Loose",
+            id="bad-choice",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\non_conflict = ignore\n",
+            "on_conflict",
+            "ignore",
+            id="bad-on-conflict",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\ncleanup_probability = 2\n",
             "cleanup_probability",
             2.0,
             id="probability-over-1",
         ),
-        pytest.param("secret = s\nbackend = nosuch\n", "backend", "nosuch", id="unknown-backend"),
         pytest.param(
-            "secret = s\nbackend = os.path:join\n",
+            "secret = s-0123456789abcdefghijklmnopqrst\nbackend = nosuch\n",
+            "backend",
+            "nosuch",
+            id="unknown-backend",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\nbackend = os.path:join\n",
             "backend",
             "os.path:join",
             id="not-a-backend-class",
         ),
         pytest.param(
-            "secret = s\nbackend = sqlite\nbackend.colour = red\n",
+            "secret = s-0123456789abcdefghijklmnopqrst\nbackend = sqlite\nbackend.colour = red\n",
             "backend.colour",
             "red",
             id="unknown-backend-option",
         ),
         pytest.param(
-            "secret = s\nbackend = sqlite\nbackend.fsync = often\n",
+            "secret = s-0123456789abcdefghijklmnopqrst\nbackend = sqlite\nbackend.fsync = often\n",
             "backend.fsync",
             "often",
             id="bad-backend-option",
         ),
         pytest.param(
-            "secret = s\ncookie_name = __Host-s\ncookie_domain = example.com\n",
+            "secret = s-0123456789abcdefghijklmnopqrst\n"
+            "cookie_name = __Host-s\ncookie_domain = example.com\n",
             "cookie_domain",
             "example.com",
             id="host-prefix-with-domain",

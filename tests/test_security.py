@@ -20,7 +20,7 @@ from sessionstore.ids import new_session_id
 
 from .conftest import SessionClient, consume
 
-SECRET = "test-secret"
+SECRET = "test-secret-0123456789abcdefghij"
 
 
 def sign(value, clock, secret=SECRET, salt=SALT):
@@ -204,7 +204,12 @@ def test_nameless_host_prefix_spoof_is_ignored(clock):
 )
 def test_header_injection_through_configuration_is_refused_at_startup(key, value):
     with pytest.raises(ConfigurationError) as info:
-        SessionMiddleware(lambda e, s: [], secret="s", backend="memory", **{key: value})
+        SessionMiddleware(
+            lambda e, s: [],
+            secret="s-0123456789abcdefghijklmnopqrst",
+            backend="memory",
+            **{key: value},
+        )
     assert info.value.key == key and key in str(info.value)
 
 
@@ -212,9 +217,18 @@ def test_host_prefix_rules_are_enforced():
     for bad in ({"cookie_domain": "example.com"}, {"cookie_path": "/app"}, {"secure": False}):
         with pytest.raises(ConfigurationError):
             SessionMiddleware(
-                lambda e, s: [], secret="s", backend="memory", cookie_name="__Host-s", **bad
+                lambda e, s: [],
+                secret="s-0123456789abcdefghijklmnopqrst",
+                backend="memory",
+                cookie_name="__Host-s",
+                **bad,
             )
-    mw = SessionMiddleware(lambda e, s: [], secret="s", backend="memory", cookie_name="__Host-s")
+    mw = SessionMiddleware(
+        lambda e, s: [],
+        secret="s-0123456789abcdefghijklmnopqrst",
+        backend="memory",
+        cookie_name="__Host-s",
+    )
     assert mw.settings.secure is True
 
 
@@ -265,7 +279,10 @@ def test_ten_thousand_reads_with_random_or_absent_cookies_store_nothing(tmp_path
         return [b""]
 
     mw = SessionMiddleware(
-        app, secret="s", backend="sqlite", backend_options={"filename": str(tmp_path / "s.db")}
+        app,
+        secret="s-0123456789abcdefghijklmnopqrst",
+        backend="sqlite",
+        backend_options={"filename": str(tmp_path / "s.db")},
     )
     rng = random.Random(5)
     alphabet = string.ascii_letters + string.digits + "-_.=;"
@@ -329,7 +346,9 @@ def _property_middleware():
             start_response("200 OK", [])
             return [b""]
 
-        _PROPERTY_MW = SessionMiddleware(app, secret="s", backend="memory", cleanup_probability=0)
+        _PROPERTY_MW = SessionMiddleware(
+            app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory", cleanup_probability=0
+        )
     return _PROPERTY_MW
 
 

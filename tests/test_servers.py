@@ -200,7 +200,12 @@ def test_pickle_planted_in_the_store_is_never_unpickled(server, tmp_path):
 )
 def test_a_missing_driver_names_the_extra_to_install(url, extra):
     with pytest.raises(ConfigurationError) as info:
-        SessionMiddleware(lambda e, s: [], secret="s", backend="sql", backend_options={"url": url})
+        SessionMiddleware(
+            lambda e, s: [],
+            secret="s-0123456789abcdefghijklmnopqrst",
+            backend="sql",
+            backend_options={"url": url},
+        )
     assert info.value.key == "backend.url"
     assert f"sessionstore[{extra}]" in str(info.value)
 
@@ -216,7 +221,12 @@ def test_a_missing_driver_names_the_extra_to_install(url, extra):
 )
 def test_bad_server_options_are_refused_at_startup(backend, options, key):
     with pytest.raises(ConfigurationError) as info:
-        SessionMiddleware(lambda e, s: [], secret="s", backend=backend, backend_options=options)
+        SessionMiddleware(
+            lambda e, s: [],
+            secret="s-0123456789abcdefghijklmnopqrst",
+            backend=backend,
+            backend_options=options,
+        )
     assert info.value.key == key
 
 
@@ -321,7 +331,7 @@ def test_unreachable_server_at_startup_is_a_backend_error():
     with pytest.raises(BackendError, match="Redis"):
         SessionMiddleware(
             lambda e, s: [],
-            secret="s",
+            secret="s-0123456789abcdefghijklmnopqrst",
             backend="redis",
             backend_options={"url": f"redis://127.0.0.1:{closed_port}/0"},
             busy_timeout=1,
