@@ -74,7 +74,7 @@ def request_table(count: int, directory: str) -> None:
         write, cookie = run(mw, "/write", None, n)
         read = run(mw, "/read", cookie, n)[0] - base
         [record] = mw.backend.get_all().values()
-        stored = mw._manager.payloads.loads(record.payload, record.session_id)[0]
+        stored = mw._manager.payloads.loads(record)[0]
         import pickle
 
         ok = pickle.loads(stored["bench"]["n"]) == n

@@ -111,7 +111,7 @@ class Target:
         return self.codec
 
     def data(self, record: Record) -> tuple[AppData, float | None]:
-        return self._codec().loads(record.payload, record.session_id)
+        return self._codec().loads(record)
 
     def change(self, session_id: str, edit: Any) -> Any:
         """Apply ``edit(apps)`` to a session's data by compare-and-swap."""
@@ -126,7 +126,9 @@ class Target:
                 record.created_at,
                 record.accessed_at,
                 record.expires_at,
-                self._codec().dumps(apps, expiry),
+                self._codec().dumps(
+                    apps, expiry, record.session_id, record.created_at, record.expires_at
+                ),
             )
             if self.backend.compare_and_swap(session_id, record.version, new):
                 return result

@@ -61,3 +61,18 @@ class BackendError(SessionStoreError):
         if original_error is not None:
             message = f"{message}: {original_error}"
         super().__init__(message)
+
+
+class DamagedRecord(BackendError):
+    """One stored session cannot be trusted: a bad signature, a payload bound
+    to another id or other times, a field of the wrong type.
+
+    Its visitor gets "no session"; the record is kept for an administrator
+    (``sessionstore check``).  ``session_id`` names it.
+    """
+
+    def __init__(
+        self, session_id: str, reason: str, original_error: BaseException | None = None
+    ) -> None:
+        self.session_id = session_id
+        super().__init__(f"stored session {session_id}: {reason}", original_error)

@@ -17,6 +17,7 @@ from .config import Settings
 from .cookies import CookieCodec
 from .errors import BusyRetry
 from .payload import PayloadCodec
+from .stats import Counters
 
 #: Commit locks are striped: sessions share this many locks by hash.
 _STRIPES = 64
@@ -34,7 +35,8 @@ os.register_at_fork(after_in_child=_renew_locks_after_fork)
 
 class SessionManager:
     """What a middleware's requests share; immutable after start-up except
-    for the commit locks, which are coordination, not state."""
+    for the commit locks, which are coordination, not state, and the
+    counters, which each thread keeps for itself."""
 
     __slots__ = (
         "settings",
@@ -43,6 +45,7 @@ class SessionManager:
         "chance",
         "cookies",
         "payloads",
+        "counters",
         "_locks",
         "__weakref__",
     )
@@ -61,6 +64,8 @@ class SessionManager:
         self.chance = chance
         self.cookies = CookieCodec(settings, clock)
         self.payloads = PayloadCodec(settings.secret)
+        #: What happened since start (``SessionMiddleware.stats()``).
+        self.counters = Counters()
         self._new_locks()
         # A lock held at fork time would stay held in the child: it gets new ones.
         _live.add(self)

@@ -23,6 +23,7 @@ iterates are committed when the server closes the body.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -85,7 +86,7 @@ class SessionMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         session = Session(self._manager, environ)
         environ[self.settings.environ_key] = session
-        response = _Response(self.settings, session, environ, start_response)
+        response = _Response(self._manager, session, environ, start_response)
         try:
             app_iter = self.app(environ, response.start_response)
         except (ConcurrentUpdate, BusyRetry, BackendError) as exc:
@@ -96,6 +97,17 @@ class SessionMiddleware:
             return response.error(exc)
         return response.finish(app_iter)
 
+    def stats(self) -> dict[str, int]:
+        """Counters since start (SPEC section 11): requests that loaded a
+        session, commits, compare-and-swap retries, conflicts, lost updates,
+        busy (503), backend errors, damaged records, sessions created,
+        destroyed and regenerated, and expired sessions removed by cleanup.
+
+        Per process (each worker of a pre-fork server counts its own); cheap
+        enough to poll.
+        """
+        return self._manager.counters.snapshot()
+
     def close(self) -> None:
         """Close the backend (connections, file handles)."""
         self.backend.close()
@@ -105,6 +117,7 @@ class _Response:
     """One request's response: holds the headers until the session is committed."""
 
     __slots__ = (
+        "manager",
         "settings",
         "session",
         "environ",
@@ -122,12 +135,13 @@ class _Response:
 
     def __init__(
         self,
-        settings: Settings,
+        manager: SessionManager,
         session: Session,
         environ: dict[str, Any],
         start_response: StartResponse,
     ) -> None:
-        self.settings = settings
+        self.manager = manager
+        self.settings = manager.settings
         self.session = session
         self.environ = environ
         self.server_start_response = start_response
@@ -192,8 +206,10 @@ class _Response:
             _close(app_iter)
             return [self.replaced_body]
         if iterator is None and type(app_iter) in (list, tuple):
-            # A ready body runs no application code while it is sent: there
-            # can be no late write to commit, so it goes out as it is.
+            # A ready body runs no application code while it is sent; only
+            # writes made after the write() callable sent the headers are
+            # left to commit, and they are committed before it goes out.
+            self.after_body()
             return app_iter
         return _Body(self, app_iter, iterator, buffered)
 
@@ -214,13 +230,17 @@ class _Response:
                     self.replace(exc)
                     return
                 self._touch()
-            secure = self.settings.secure
-            if secure == "auto":
-                secure = self.environ.get("wsgi.url_scheme") == "https"
-            cookie_headers = session._cookie_headers(bool(secure)) if self.ok() else []
+            cookie_headers = session._cookie_headers(self.is_secure()) if self.ok() else []
             headers = _with_session_headers(headers, cookie_headers)
         self.sent = True
+        session._late = True
         self.server_write = self.server_start_response(self.status, headers, self.exc_info)
+
+    def is_secure(self) -> bool:
+        secure = self.settings.secure
+        if secure == "auto":
+            return bool(self.environ.get("wsgi.url_scheme") == "https")
+        return bool(secure)
 
     def _touch(self) -> None:
         try:
@@ -231,6 +251,13 @@ class _Response:
     def replace(self, exc: SessionStoreError) -> None:
         """Answer with an error instead of the application's response."""
         status, headers, body = _error_response(exc, self.settings)
+        counters = self.manager.counters
+        if isinstance(exc, BusyRetry):
+            counters.add("busy")
+        elif isinstance(exc, BackendError):
+            counters.add("backend_errors")
+        # A session ended by another request: the cookie naming it goes too.
+        headers.extend(self.session._cookie_headers(self.is_secure()))
         self.replaced = True
         self.failed = True
         self.sent = True
@@ -242,27 +269,38 @@ class _Response:
         return [self.replaced_body]
 
     def after_body(self) -> None:
-        """Commit writes the application made while the body iterated."""
+        """Commit writes the application made after the headers were sent.
+
+        Runs before the last chunk of the body goes to the server.  A
+        failure raises, so the server aborts the response: a client never
+        receives a complete response whose writes were not stored.
+        Conflicts are merged here (a 409 is no longer possible).
+        """
         session = self.session
         if not self.ok() or not session._dirty():
             return
         if session._record is None:
-            log.warning(
+            log.error(
                 "session data written after the response headers were sent cannot "
-                "start a new session (its cookie can no longer be set); dropped"
+                "start a new session (its cookie can no longer be set); response aborted"
             )
-            return
+            raise SessionStoreError("a write after the headers cannot start a session")
         try:
             session.commit()
         except SessionStoreError:
-            log.exception("commit after the response body failed; its changes are lost")
+            log.exception("commit after the response headers failed; response aborted")
+            raise
 
 
 class _Body:
     """The response body: marks the response failed if iteration raises, and
-    commits late writes when the server closes it."""
+    holds the last chunk back until the writes made while the body iterated
+    are committed, so a client that has the whole response finds them
+    stored whatever the server does after (gunicorn closes the body only
+    after the response is sent).  A streamed body is therefore one chunk
+    behind the application."""
 
-    __slots__ = ("_response", "_app_iter", "_iterator", "_buffered")
+    __slots__ = ("_response", "_app_iter", "_iterator", "_buffered", "_app_closed")
 
     def __init__(
         self,
@@ -275,23 +313,46 @@ class _Body:
         self._app_iter = app_iter
         self._iterator = iterator
         self._buffered = buffered
+        self._app_closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks()
 
     def _chunks(self) -> Iterator[bytes]:
-        yield from self._buffered
+        source = self._app_iter if self._iterator is None else self._iterator
+        last: bytes | None = None
         try:
-            yield from self._app_iter if self._iterator is None else self._iterator
+            for chunk in self._buffered:
+                if last is not None:
+                    yield last
+                last = chunk
+            for chunk in source:
+                if last is not None:
+                    yield last
+                last = chunk
         except Exception:
             self._response.failed = True
             raise
+        self._close_app()
+        self._response.after_body()
+        if last is not None:
+            yield last
+
+    def _close_app(self) -> None:
+        if not self._app_closed:
+            self._app_closed = True
+            _close(self._app_iter)
 
     def close(self) -> None:
+        """The server is done (or gave up early): close the application's
+        body and commit what it wrote if the body did not run to its end."""
+        if self._app_closed:
+            return
         try:
-            _close(self._app_iter)
+            self._close_app()
         finally:
-            self._response.after_body()
+            with contextlib.suppress(SessionStoreError):  # logged; the response is over
+                self._response.after_body()
 
 
 def _close(app_iter: Iterable[bytes]) -> None:

@@ -2,23 +2,20 @@
 
 A Session reads nothing until the application touches it.  It keeps the data
 as read (``_base``), the current view (``_apps``) and a log of this request's
-own changes (``_changes``: per application, an ``empty()`` flag and the keys
-set or deleted).  A commit is a compare-and-swap on the record's version; when
-another request committed in between, the log is replayed on the fresh data
-and the swap tried again, so requests writing different keys never lose each
-other's writes.
+own changes and reads (``_log``, :mod:`sessionstore.changes`).  Committing
+that log is :mod:`sessionstore.commit`'s work.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import commit as protocol
 from .backends.base import Record
-from .errors import BackendError, BusyRetry, ConcurrentUpdate
+from .changes import DELETE, ChangeLog, Op, Set, Update, apply_update, changed_since
+from .errors import ConcurrentUpdate, DamagedRecord
 from .ids import new_session_id
 from .payload import AppData
 from .store import Store
@@ -28,27 +25,6 @@ if TYPE_CHECKING:
     from .manager import SessionManager
 
 log = logging.getLogger("sessionstore")
-
-#: Compare-and-swap attempts before a commit gives up with BusyRetry.
-MAX_ATTEMPTS = 50
-
-
-def _backoff(attempt: int) -> None:
-    """Wait a random moment, growing with each lost race (at most 20 ms), so
-    that requests contending for one session do not starve each other."""
-    if attempt:
-        time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
-
-
-class _Changes:
-    """This request's changes to one application's store."""
-
-    __slots__ = ("cleared", "ops")
-
-    def __init__(self) -> None:
-        self.cleared = False
-        #: key -> pickled value, or None for a deletion.
-        self.ops: dict[str, bytes | None] = {}
 
 
 class Session:
@@ -62,13 +38,15 @@ class Session:
         "_record",
         "_base",
         "_apps",
-        "_changes",
+        "_log",
         "_expiry",
         "_expiry_changed",
         "_is_new",
+        "_new_id",
         "_send_cookie",
         "_clear_cookie",
         "_stale_secret",
+        "_late",
     )
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
@@ -79,14 +57,18 @@ class Session:
         self._record: Record | None = None
         self._base: AppData = {}
         self._apps: AppData = {}
-        self._changes: dict[str, _Changes] = {}
+        self._log = ChangeLog()
         self._expiry: float | None = None
         self._expiry_changed = False
         self._is_new = False
+        #: The id drawn at the first write of a session not stored yet.
+        self._new_id: str | None = None
         self._send_cookie = False
         self._clear_cookie = False
         #: The cookie or the payload was signed with an older secret.
         self._stale_secret = False
+        #: The response headers are gone: a conflict can no longer be a 409.
+        self._late = False
 
     # -- public API -----------------------------------------------------------
 
@@ -96,13 +78,14 @@ class Session:
 
     @property
     def id(self) -> str | None:
-        """The session id, or ``None`` while there is no session."""
+        """The session id; ``None`` while there is no session and nothing was
+        written.  From the first write on, the id it will be stored under."""
         self._load()
-        return None if self._record is None else self._record.session_id
+        return self._new_id if self._record is None else self._record.session_id
 
     @property
     def is_new(self) -> bool:
-        """True when the session was created during this request."""
+        """True when this request created the session, or will at commit."""
         return self._is_new
 
     @property
@@ -136,7 +119,8 @@ class Session:
         """Make the session exist now: id, stored record and cookie."""
         self._load()
         if self._record is None:
-            self._insert(self._manager.clock())
+            self._starting()
+            protocol.insert(self, self._manager.clock())
 
     def set_expiry(self, when: float | datetime) -> None:
         """Expire the session at ``when`` (epoch seconds or an aware datetime).
@@ -162,66 +146,38 @@ class Session:
         self._load()
         self._expiry = float(when)
         self._expiry_changed = True
+        self._starting()
 
     def regenerate(self) -> None:
-        """Give the session a new id, keeping its data; the old id dies at once."""
-        self._load()
-        old = self._record
-        if old is None:
-            return  # no stored session: the next write gets a new id anyway
-        lock = self._manager.commit_lock(old.session_id)
-        try:
-            self._regenerate(old)
-        finally:
-            lock.release()
+        """Give the session a new id, keeping its data; the old id dies at once.
 
-    def _regenerate(self, old: Record) -> None:
-        backend = self._manager.backend
-        for attempt in range(MAX_ATTEMPTS):
-            _backoff(attempt)
-            now = self._manager.clock()
-            new = self._build(new_session_id(), 0, old.created_at, now)
-            if not backend.compare_and_swap(new.session_id, None, new):
-                continue  # id collision: astronomically unlikely, just draw again
-            if backend.compare_and_swap(old.session_id, old.version, None):
-                self._committed(new)
-                self._send_cookie = True
-                return
-            # Another request committed to the old id in between: undo, catch
-            # up with its changes, and try again.
-            backend.compare_and_swap(new.session_id, new.version, None)
-            if not self._catch_up(now):
-                return
-            assert self._record is not None  # _catch_up() returned True
-            old = self._record
-        raise BusyRetry(f"session {old.session_id}: regenerate kept losing to other requests")
+        Commits now (with this request's changes so far).  Call it at login.
+        """
+        self._load()
+        if self._record is None:
+            if self._new_id is not None:
+                self._new_id = new_session_id()  # nothing stored yet: just redraw
+            return
+        protocol.regenerate(self)
 
     def destroy(self) -> None:
         """Delete the session and every store in it; the cookie is cleared."""
         self._load()
         if self._record is not None:
             self._manager.backend.delete(self._record.session_id)
-        self._reset()
-        self._clear_cookie = True
+            self._manager.counters.add("destroyed")
+        self._end()
 
     def commit(self) -> None:
         """Commit this request's changes now (it happens by itself at response time).
 
-        Raises :class:`ConcurrentUpdate` (``on_conflict = error``) or
-        :class:`BusyRetry`; after ConcurrentUpdate this request's changes are
-        dropped and the next access reads the session afresh.
+        Raises :class:`ConcurrentUpdate` (``on_conflict = error``; also when
+        another request ended the session) or :class:`BusyRetry`.  After a
+        ConcurrentUpdate this request's changes are dropped and the next
+        access reads the session afresh.
         """
-        if not self._dirty():
-            return
-        now = self._manager.clock()
-        if self._record is None:
-            self._insert(now)
-        else:
-            lock = self._manager.commit_lock(self._record.session_id)
-            try:
-                self._update(now)
-            finally:
-                lock.release()
+        if self._dirty():
+            protocol.commit(self)
 
     def __repr__(self) -> str:
         if not self._loaded:
@@ -230,38 +186,96 @@ class Session:
 
     # -- used by Store --------------------------------------------------------
 
-    def _read(self, app: str) -> dict[str, bytes]:
+    def _read(self, app: str, key: str | None) -> dict[str, bytes]:
+        """The application's values; the read of ``key`` (``None``: of all
+        keys) is remembered for lost-update detection."""
         self._load()
+        self._log.read(app, key)
         return self._apps.get(app) or {}
 
-    def _writable(self, app: str) -> tuple[dict[str, bytes], _Changes]:
+    def _writable(self, app: str) -> dict[str, bytes]:
         self._load()
-        changes = self._changes.get(app)
-        if changes is None:
+        self._starting()
+        if app not in self._log.apps:
             # Copy on first write: _base keeps what was read.
-            changes = self._changes[app] = _Changes()
             self._apps[app] = dict(self._apps.get(app) or {})
-        return self._apps[app], changes
+        return self._apps[app]
+
+    def _change(self, app: str, key: str, op: Op, data: bytes | None) -> None:
+        values = self._writable(app)
+        self._log.of(app).record(key, op)
+        if data is None:
+            values.pop(key, None)
+        else:
+            values[key] = data
 
     def _write(self, app: str, key: str, data: bytes) -> bool:
-        values, changes = self._writable(app)
-        is_new = key not in values
-        values[key] = changes.ops[key] = data
+        self._load()
+        self._check_size(app, key, data)
+        is_new = key not in (self._apps.get(app) or {})
+        self._change(app, key, Set(data), data)
         return is_new
 
+    def _update(self, app: str, key: str, fn: Any, default: Any) -> Any:
+        self._load()
+        value, data = apply_update(app, key, fn, default, (self._apps.get(app) or {}).get(key))
+        self._check_size(app, key, data)
+        self._change(app, key, Update(fn, default), data)
+        return value
+
     def _remove(self, app: str, key: str) -> bool:
-        if key not in self._read(app):
+        """Delete ``key``: a blind write, not a read (``pop`` reads first)."""
+        self._load()
+        if key not in (self._apps.get(app) or {}):
             return False
-        values, changes = self._writable(app)
-        del values[key]
-        changes.ops[key] = None
+        self._change(app, key, DELETE, None)
         return True
 
     def _clear(self, app: str) -> None:
-        values, changes = self._writable(app)
+        values = self._writable(app)
         values.clear()
-        changes.cleared = True
-        changes.ops.clear()
+        self._log.of(app).clear()
+
+    def _set_values(self, app: str, writes: dict[str, bytes | None], seen: Any) -> None:
+        """Write ``writes`` (None: delete) and commit now; with ``seen``
+        (``{key: bytes or None}``), refuse if any of those keys changed."""
+        self._load()
+        for key, data in writes.items():
+            if data is not None:
+                self._check_size(app, key, data)
+        strict = None
+        if seen is not None:
+            checked = {(app, key): data for key, data in seen.items()}
+            conflicts = changed_since(checked, self._apps)
+            if conflicts:
+                self._manager.counters.add("conflicts")
+                raise ConcurrentUpdate(self.id or "(new)", conflicts)
+            strict = protocol.Strict(checked, self._log.snapshot())
+        for key, data in writes.items():
+            if data is None:
+                if key in (self._apps.get(app) or {}):
+                    self._change(app, key, DELETE, None)
+            else:
+                self._change(app, key, Set(data), data)
+        if self._dirty():
+            protocol.commit(self, strict)
+
+    def _check_size(self, app: str, key: str, data: bytes) -> None:
+        settings = self._manager.settings
+        limit = getattr(settings, "max_value_size", 1 << 20)
+        if len(data) > limit:
+            raise ValueError(
+                f"value of key {key!r} of application {app!r} is {len(data)} bytes "
+                f"pickled; max_value_size is {limit}"
+            )
+        limit = getattr(settings, "max_session_size", 4 << 20)
+        total = len(data) - len((self._apps.get(app) or {}).get(key, b""))
+        total += sum(len(k) + len(v) for values in self._apps.values() for k, v in values.items())
+        if total > limit:
+            raise ValueError(
+                f"storing key {key!r} of application {app!r} would make the session "
+                f"{total} bytes pickled; max_session_size is {limit}"
+            )
 
     # -- loading --------------------------------------------------------------
 
@@ -275,211 +289,98 @@ class Session:
         manager = self._manager
         now = manager.clock()
         for cookie in manager.cookies.read(header):
-            record = manager.backend.get(cookie.session_id)
-            if record is None or record.is_expired(now):
+            record = self._fetch(cookie.session_id)
+            if record is None or record.is_tombstone or record.is_expired(now):
                 continue
-            apps, expiry, stale = manager.payloads.loads_checked(record.payload, record.session_id)
+            try:
+                apps, expiry, stale = manager.payloads.loads_checked(record)
+            except DamagedRecord as exc:
+                self._damaged(exc)
+                continue
             if manager.deadline(record.created_at, record.accessed_at, expiry) <= now:
                 continue  # expired under the current settings
             self._cookie = cookie
-            self._adopt(record, apps, expiry)
+            self._adopt(record, apps, dict(apps), expiry)
+            manager.counters.add("requests")
             # What an older secret signed is re-signed with the newest before
             # the response leaves, so the old secret can be retired.
             self._stale_secret = stale or cookie.stale_secret
             self._send_cookie = cookie.stale_secret
             return
 
-    def _adopt(self, record: Record, apps: AppData, expiry: float | None) -> None:
+    def _fetch(self, session_id: str) -> Record | None:
+        try:
+            return self._manager.backend.get(session_id)
+        except DamagedRecord as exc:
+            self._damaged(exc)
+            return None
+
+    def _damaged(self, exc: DamagedRecord) -> None:
+        """A stored session that cannot be trusted is "no session" for its
+        visitor; it stays untouched for an administrator."""
+        self._manager.counters.add("damaged_records")
+        log.error("%s; treated as no session, kept for `sessionstore check`", exc)
+
+    def _adopt(self, record: Record, base: AppData, apps: AppData, expiry: float | None) -> None:
         self._record = record
-        self._base = apps
-        self._apps = dict(apps)
-        self._expiry = expiry
+        self._base = base
+        self._apps = apps
+        if not self._expiry_changed:
+            self._expiry = expiry
+
+    def _starting(self) -> None:
+        """The first write of a session not stored yet draws its id."""
+        if self._record is None and self._new_id is None:
+            self._new_id = new_session_id()
+            self._is_new = True
 
     def _reset(self) -> None:
         """Forget the stored session: no id, no data, no pending changes."""
         self._record = None
         self._base = {}
         self._apps = {}
-        self._changes = {}
+        self._log = ChangeLog()
         self._expiry = None
         self._expiry_changed = False
         self._is_new = False
+        self._new_id = None
         self._send_cookie = False
 
-    # -- committing -----------------------------------------------------------
+    def _end(self) -> None:
+        """The session is gone (destroyed here or elsewhere): clear the cookie."""
+        self._reset()
+        self._clear_cookie = True
+
+    def _discard(self) -> None:
+        """Drop this request's changes; the next access reads afresh."""
+        self._reset()
+        self._loaded = False
+        self._cookie = None
 
     def _dirty(self) -> bool:
-        return self._loaded and (bool(self._changes) or self._expiry_changed)
-
-    def _build(self, session_id: str, read_version: int, created_at: float, now: float) -> Record:
-        manager = self._manager
-        apps = {app: values for app, values in self._apps.items() if values}
-        return Record(
-            session_id=session_id,
-            version=read_version + 1,
-            created_at=created_at,
-            accessed_at=now,
-            expires_at=manager.deadline(created_at, now, self._expiry),
-            payload=manager.payloads.dumps(apps, self._expiry, session_id),
-        )
-
-    def _insert(self, now: float) -> None:
-        for _ in range(3):
-            record = self._build(new_session_id(), 0, now, now)
-            if self._manager.backend.compare_and_swap(record.session_id, None, record):
-                self._committed(record)
-                self._is_new = True
-                self._send_cookie = True
-                self._clear_cookie = False
-                return
-        raise BackendError("could not allocate an unused session id")
-
-    def _update(self, now: float) -> None:
-        backend = self._manager.backend
-        assert self._record is not None
-        session_id = self._record.session_id
-        for attempt in range(MAX_ATTEMPTS):
-            _backoff(attempt)
-            old = self._record
-            if old is None:
-                return  # destroyed by another request; _catch_up logged it
-            new = self._build(old.session_id, old.version, old.created_at, now)
-            if backend.compare_and_swap(old.session_id, old.version, new):
-                self._committed(new)
-                return
-            if not self._catch_up(now):
-                return
-        raise BusyRetry(f"session {session_id}: too many concurrent updates")
-
-    def _committed(self, record: Record) -> None:
-        if self._expiry_changed:
-            self._send_cookie = True  # the cookie's Max-Age follows the expiry
-        self._record = record
-        self._base = self._apps
-        self._apps = dict(self._apps)  # _writable() copies inner dicts, not this one
-        self._changes = {}
-        self._expiry_changed = False
-        self._refresh_cookie(record.accessed_at)
-        self._maybe_cleanup(record.accessed_at)
-
-    def _catch_up(self, now: float) -> bool:
-        """Re-read the record after a lost swap and replay this request's changes.
-
-        False when the session is gone (destroyed, regenerated or expired by
-        another request): this request's changes are dropped, never written
-        back under the dead id.
-        """
-        old = self._record
-        assert old is not None
-        manager = self._manager
-        fresh = manager.backend.get(old.session_id)
-        if fresh is None or fresh.is_expired(now):
-            log.warning(
-                "session %s ended by another request; dropping this request's changes to %s",
-                old.session_id,
-                sorted(self._changes) or "its expiry",
-            )
-            self._reset()
-            return False
-        fresh_apps, fresh_expiry = manager.payloads.loads(fresh.payload, fresh.session_id)
-        if manager.settings.on_conflict == "error":
-            conflicts = self._conflicts(fresh_apps)
-            if conflicts:
-                self._loaded = False  # the next access reads afresh
-                self._reset()
-                self._cookie = None
-                raise ConcurrentUpdate(old.session_id, conflicts)
-        apps = dict(fresh_apps)
-        for app, changes in self._changes.items():
-            values = {} if changes.cleared else dict(apps.get(app) or {})
-            for key, data in changes.ops.items():
-                if data is None:
-                    values.pop(key, None)
-                else:
-                    values[key] = data
-            apps[app] = values
-        self._record = fresh
-        self._base = fresh_apps
-        self._apps = apps
-        if not self._expiry_changed:
-            self._expiry = fresh_expiry
-        return True
-
-    def _conflicts(self, fresh: AppData) -> list[tuple[str, str | None]]:
-        """Keys this request wrote that another request changed since the read."""
-        found: list[tuple[str, str | None]] = []
-        for app, changes in self._changes.items():
-            then = self._base.get(app) or {}
-            now = fresh.get(app) or {}
-            if changes.cleared and then != now:
-                found.append((app, None))
-                continue
-            found.extend((app, key) for key in changes.ops if then.get(key) != now.get(key))
-        return found
+        return self._loaded and (bool(self._log) or self._expiry_changed)
 
     # -- response time ----------------------------------------------------------
 
     def _touch(self) -> None:
-        """Refresh the idle clock of a session read but not written, at most
-        once per ``touch_interval`` (or at once when an older secret signed it);
-        a lost race is fine: the winner refreshed it."""
-        record = self._record
-        if record is None or self._dirty():
-            return
-        manager = self._manager
-        now = manager.clock()
-        if now - record.accessed_at < manager.settings.touch_interval and not self._stale_secret:
-            return
-        payload = record.payload
-        if self._stale_secret:
-            payload = manager.payloads.dumps(self._base, self._expiry, record.session_id)
-        fresh = Record(
-            record.session_id,
-            record.version + 1,
-            record.created_at,
-            now,
-            manager.deadline(record.created_at, now, self._expiry),
-            payload,
-        )
-        if manager.backend.compare_and_swap(record.session_id, record.version, fresh):
-            self._record = fresh
-            self._stale_secret = False
-            self._refresh_cookie(now)
-            self._maybe_cleanup(now)
-
-    def _refresh_cookie(self, now: float) -> None:
-        cookie = self._cookie
-        interval = self._manager.settings.touch_interval
-        if cookie is None or now - cookie.signed_at >= interval:
-            self._send_cookie = True
-
-    def _maybe_cleanup(self, now: float) -> None:
-        manager = self._manager
-        probability = manager.settings.cleanup_probability
-        if probability and manager.chance() < probability:
-            try:
-                removed = manager.backend.delete_expired(now)
-            except (BackendError, BusyRetry):
-                log.exception("expired-session cleanup failed")
-            else:
-                log.info("removed %d expired sessions", removed)
+        protocol.touch(self)
 
     def _cookie_headers(self, secure: bool) -> list[tuple[str, str]]:
         """Set-Cookie (and Cache-Control) headers this response needs."""
         cookies = self._manager.cookies
+        settings = self._manager.settings
         record = self._record
+        headers = []
         if record is not None and self._send_cookie:
-            settings = self._manager.settings
             if self._expiry is not None:
                 max_age: int | None = max(0, int(self._expiry - self._manager.clock()))
             else:
                 max_age = settings.cookie_max_age
-            headers = [
+            headers.append(
                 ("Set-Cookie", cookies.set_cookie_header(record.session_id, secure, max_age))
-            ]
-            if settings.cache_control:
-                headers.append(("Cache-Control", settings.cache_control))
-            return headers
-        if record is None and self._clear_cookie:
-            return [("Set-Cookie", cookies.delete_cookie_header(secure))]
-        return []
+            )
+        elif record is None and self._clear_cookie:
+            headers.append(("Set-Cookie", cookies.delete_cookie_header(secure)))
+        if headers and settings.cache_control:
+            headers.append(("Cache-Control", settings.cache_control))
+        return headers

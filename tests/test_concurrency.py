@@ -64,7 +64,7 @@ def start_session(port: int) -> str:
 def stored(mw) -> tuple[int, dict[str, dict[str, object]]]:
     """The version and the decoded stores of the middleware's only session."""
     [record] = mw.backend.get_all().values()
-    apps, _ = mw._manager.payloads.loads(record.payload, record.session_id)
+    apps, _ = mw._manager.payloads.loads(record)
     values = {app: {k: load_value(v) for k, v in keys.items()} for app, keys in apps.items()}
     return record.version, values
 
@@ -249,15 +249,19 @@ def test_logout_racing_with_a_write_does_not_resurrect():
     mw, old_id, responses = _race_an_existing_session("/logout")
     assert mw.backend.get(old_id) is None
     assert mw.backend.count() == 0  # the late write was dropped, not stored anew
-    assert "Set-Cookie" not in responses["slow"].headers  # no cookie for the dead id
+    # ...and its request says so: 409, never a 200 for a write that was dropped,
+    # and the cookie naming the dead session is cleared.
+    assert responses["slow"].status_int == 409
+    assert "Max-Age=0" in responses["slow"].headers["Set-Cookie"]
     assert "Max-Age=0" in responses["fast"].headers["Set-Cookie"]
 
 
 def test_regenerate_racing_with_a_write_keeps_the_old_id_dead():
-    mw, old_id, _ = _race_an_existing_session("/login")
-    assert mw.backend.get(old_id) is None
-    [new_id] = mw.backend.get_all()
+    mw, old_id, responses = _race_an_existing_session("/login")
+    assert mw.backend.get(old_id).is_tombstone  # no session, to everyone
+    [new_id] = [i for i, r in mw.backend.get_all().items() if not r.is_tombstone]
     assert new_id != old_id
+    assert responses["slow"].status_int == 409  # its write went with the old id
 
 
 @pytest.mark.parametrize("on_conflict", ["merge", "error"])

@@ -48,14 +48,18 @@ def test_session_attributes_before_any_write(client):
 
 
 def test_first_write_creates_id_record_and_cookie(client, clock):
-    (sid, is_new, exists, created), response = client.run(
-        lambda s: (write(s), s.id, s.is_new, s.exists, s.created_at)[1:]
-    )
-    # Inside the request the id is not allocated until commit...
-    assert (sid, is_new, exists, created) == (None, False, False, None)
-    # ...which happened before the response left.
+    def handler(session):
+        before = session.id
+        write(session)
+        return before, session.id, session.is_new, session.exists, session.created_at
+
+    (before, sid, is_new, exists, created), response = client.run(handler)
+    # Inside the request the id is drawn at the first write, and stored at commit...
+    assert before is None and len(sid) == 44
+    assert (is_new, exists, created) == (True, False, None)
+    # ...which happened before the response left, under that id.
     assert "Set-Cookie" in response.headers
-    assert client.backend.count() == 1
+    assert list(client.backend.get_all()) == [sid]
     result = client.run(lambda s: (s.id, s.is_new, s.exists, s.created_at, s.expires_at))[0]
     assert len(result[0]) == 44 and result[1:] == (False, True, clock.now, clock.now + 86400)
 
@@ -317,7 +321,7 @@ def test_regenerate_keeps_data_and_kills_the_old_id(client):
     old_id = client.run(lambda s: s.id)[0]
     new_id, response = client.run(lambda s: (s.regenerate(), s.id)[1])
     assert new_id != old_id and "Set-Cookie" in response.headers
-    assert client.backend.get(old_id) is None
+    assert client.backend.get(old_id).is_tombstone  # "no session" to everyone
     assert client.run(read)[0] == "v"
     # Replaying the old cookie gets nothing.
     client.web.reset()

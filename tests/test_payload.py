@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sessionstore import BackendError
+from sessionstore.backends.base import Record
+from sessionstore.errors import DamagedRecord
 from sessionstore.payload import PayloadCodec, _derive, _Mac
 
 from .conftest import SessionClient
@@ -22,12 +24,41 @@ def test_the_precomputed_mac_is_hmac_sha256(secret, message):
 
 def test_a_payload_changed_in_the_store_is_verified_again():
     ours, theirs = PayloadCodec(("ours",)), PayloadCodec(("theirs",))
-    good = ours.dumps({"a": {"k": b"v"}}, None, "sid")
-    assert ours.loads(good, "sid") == ({"a": {"k": b"v"}}, None)
-    planted = theirs.dumps({"a": {"k": b"evil"}}, None, "sid")
+    good = _record(ours.dumps({"a": {"k": b"v"}}, None, "sid", 1.0, 2.0))
+    assert ours.loads(good) == ({"a": {"k": b"v"}}, None)
+    planted = _record(theirs.dumps({"a": {"k": b"evil"}}, None, "sid", 1.0, 2.0))
     with pytest.raises(BackendError, match="bad signature"):
-        ours.loads(planted, "sid")
-    assert ours.loads(good, "sid") == ({"a": {"k": b"v"}}, None)
+        ours.loads(planted)
+    assert ours.loads(good) == ({"a": {"k": b"v"}}, None)
+
+
+def _record(payload, session_id="sid", created_at=1.0, expires_at=2.0):
+    return Record(session_id, 1, created_at, created_at, expires_at, payload)
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        pytest.param({"session_id": "other"}, id="copied-to-another-id"),
+        pytest.param({"created_at": 0.5}, id="created-earlier"),
+        pytest.param({"expires_at": 3.0}, id="expiry-extended"),
+    ],
+)
+def test_a_payload_is_bound_to_its_id_and_times(moved):
+    """Whoever can write to the store cannot move a signed payload to another
+    session, or give it a longer life by editing the record's times."""
+    codec = PayloadCodec(("ours",))
+    payload = codec.dumps({"a": {"k": b"v"}}, None, "sid", 1.0, 2.0)
+    for fresh in (codec, PayloadCodec(("ours",))):  # remembered, and read afresh
+        with pytest.raises(DamagedRecord):
+            fresh.loads(_record(payload, **{"session_id": "sid", **moved}))
+        assert fresh.loads(_record(payload)) == ({"a": {"k": b"v"}}, None)
+
+
+def test_no_two_commits_store_the_same_bytes():
+    codec = PayloadCodec(("ours",))
+    same = [codec.dumps({"a": {"k": b"v"}}, None, "sid", 1.0, 2.0) for _ in range(2)]
+    assert same[0] != same[1]
 
 
 def test_a_failed_request_leaves_nothing_behind_for_the_next_one(clock):

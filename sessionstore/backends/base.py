@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import BackendError, ConfigurationError
+from ..errors import ConfigurationError, DamagedRecord
 
 
 class Record(NamedTuple):
@@ -37,6 +37,14 @@ class Record(NamedTuple):
     def is_expired(self, now: float) -> bool:
         return self.expires_at <= now
 
+    @property
+    def is_tombstone(self) -> bool:
+        """A marker left for a short while under an id that ``regenerate()``
+        retired (an empty payload: a real one never is).  It is "no session"
+        to everyone; a concurrent ``regenerate()`` of the same session reads
+        it to tell a login that won from a logout."""
+        return not self.payload
+
 
 def checked_record(
     session_id: object,
@@ -50,15 +58,15 @@ def checked_record(
 
     Storage is not trusted to hand back what was written (a TEXT value in a
     REAL column, an integer where the payload belongs, a hand-edited row): a
-    field of the wrong type or a non-finite time is a :class:`BackendError`
+    field of the wrong type or a non-finite time is a :class:`DamagedRecord`
     naming the id, never a ``TypeError`` deeper down or a huge allocation
     (``bytes(10**9)``).  ``memoryview`` and ``bytearray`` payloads become bytes.
     """
     shown = session_id if isinstance(session_id, str) else repr(session_id)[:80]
     if not isinstance(session_id, str):
-        raise BackendError(f"stored session {shown}: the id is not text")
+        raise DamagedRecord(shown, "the id is not text")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise BackendError(f"stored session {shown}: bad version {version!r:.40}")
+        raise DamagedRecord(shown, f"bad version {version!r:.40}")
     times = []
     for name, value in (
         ("created_at", created_at),
@@ -66,14 +74,14 @@ def checked_record(
         ("expires_at", expires_at),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BackendError(f"stored session {shown}: {name} is not a number")
+            raise DamagedRecord(shown, f"{name} is not a number")
         if not math.isfinite(value):
-            raise BackendError(f"stored session {shown}: {name} is not finite")
+            raise DamagedRecord(shown, f"{name} is not finite")
         times.append(float(value))
     if isinstance(payload, (bytearray, memoryview)):
         payload = bytes(payload)
     if not isinstance(payload, bytes):
-        raise BackendError(f"stored session {shown}: the payload is not bytes")
+        raise DamagedRecord(shown, "the payload is not bytes")
     return Record(session_id, version, times[0], times[1], times[2], payload)
 
 
@@ -155,15 +163,21 @@ class Backend(abc.ABC):
     def delete_all(self) -> int:
         """Delete every session; the number deleted."""
 
-    def delete_expired(self, now: float | None = None) -> int:
+    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         """Delete the sessions expired at ``now``; the number deleted.
 
-        Each deletion is conditional on the version seen expired, so a
-        session refreshed in the meantime survives.
+        With ``limit``, delete at most that many (requests clean up in small
+        batches).  Each deletion is conditional on the version seen expired,
+        so a session refreshed in the meantime survives.
         """
         now = time.time() if now is None else now
-        expired = [r for r in self.iter_records() if r.is_expired(now)]
-        return sum(self.compare_and_swap(r.session_id, r.version, None) for r in expired)
+        deleted = 0
+        for record in self.iter_records():
+            if limit is not None and deleted >= limit:
+                break
+            if record.is_expired(now):
+                deleted += self.compare_and_swap(record.session_id, record.version, None)
+        return deleted
 
     def count(self) -> int:
         """How many sessions are stored, expired ones included."""

@@ -445,7 +445,7 @@ class PickleBackend(Backend):
                 self._live = 0
             return count
 
-    def delete_expired(self, now: float | None = None) -> int:
+    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         now = time.time() if now is None else now
         with self._locked(exclusive=True):
             return self._delete_ids(

@@ -324,7 +324,7 @@ class SqlBackend(Backend):
     def delete_all(self) -> int:
         return self._rowcount(self.table.delete())
 
-    def delete_expired(self, now: float | None = None) -> int:
+    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         now = time.time() if now is None else now
         return self._rowcount(self.table.delete().where(self.table.c.expires_at <= now))
 

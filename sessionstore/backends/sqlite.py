@@ -234,7 +234,7 @@ class SqliteBackend(Backend):
         with self._conn() as conn:
             return conn.execute("DELETE FROM sessions").rowcount
 
-    def delete_expired(self, now: float | None = None) -> int:
+    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         now = time.time() if now is None else now
         with self._conn() as conn:
             sql = "DELETE FROM sessions WHERE expires_at <= ?"

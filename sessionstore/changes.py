@@ -1,0 +1,224 @@
+"""The change log: what one request did to a session, kept so it can be replayed.
+
+A request works on a snapshot of the stored session.  When its commit loses
+the compare-and-swap to another request, the commit re-reads the record and
+replays this log on the fresh data instead of writing back the stale snapshot.
+
+Per application the log holds an ``empty()`` flag and, per key, the
+operations in the order they were made:
+
+* ``Set(data)``: the pickled value; replay stores the same bytes.
+* ``Delete``: replay removes the key (absent already is fine).
+* ``Update(fn, default)``: replay applies ``fn`` again to the fresh value, so
+  two concurrent ``update()`` calls on one key compose instead of one
+  overwriting the other.
+
+A ``Set`` or ``Delete`` makes the earlier operations on that key irrelevant,
+and ``empty()`` makes every earlier operation of the application irrelevant,
+so they are dropped: a key's list only ever starts with one of them, followed
+by updates.
+
+The log also remembers what the request *read* (the key, or the whole
+application for ``keys()``, ``len()`` and the like).  A plain read-then-``set``
+of a key that another request changed after it was read is a lost update:
+logged under ``on_conflict = merge``, refused under ``error``.  A blind write
+(of a key never read) conflicts with nothing, and an ``update()`` never
+conflicts: it is replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .errors import SessionStoreError
+from .payload import AppData, dump_value, load_value
+
+#: Marks an application whose every key was read (``keys()``, ``len()``...).
+ALL: Any = None
+
+
+class Set(NamedTuple):
+    data: bytes
+
+
+class Delete(NamedTuple):
+    pass
+
+
+class Update(NamedTuple):
+    fn: Callable[[Any], Any]
+    default: Any
+
+
+Op = Set | Delete | Update
+DELETE = Delete()
+
+
+class UpdateFailed(SessionStoreError):
+    """An ``update()`` function raised (or returned something unpicklable)
+    while its change was replayed on fresh data; nothing was committed.
+
+    ``app`` and ``key`` name the update; the function's exception is chained.
+    """
+
+    def __init__(self, app: str, key: str, reason: str) -> None:
+        self.app = app
+        self.key = key
+        super().__init__(f"update() of key {key!r} of application {app!r} failed: {reason}")
+
+
+def apply_update(
+    app: str, key: str, fn: Callable[[Any], Any], default: Any, data: bytes | None
+) -> tuple[Any, bytes]:
+    """Run ``fn`` on the value stored as ``data`` (or on ``default``); the
+    new value and its pickle.  A failure is an :class:`UpdateFailed`."""
+    current = default if data is None else load_value(data)
+    try:
+        value = fn(current)
+    except Exception as exc:
+        raise UpdateFailed(app, key, f"the function raised {exc!r}") from exc
+    try:
+        return value, dump_value(value)
+    except Exception as exc:
+        raise UpdateFailed(app, key, f"its result is not picklable ({exc})") from exc
+
+
+class AppChanges:
+    """One application's part of the log."""
+
+    __slots__ = ("cleared", "ops")
+
+    def __init__(self) -> None:
+        self.cleared = False
+        self.ops: dict[str, list[Op]] = {}
+
+    def record(self, key: str, op: Op) -> None:
+        if isinstance(op, Update) and key in self.ops:
+            self.ops[key].append(op)
+        else:
+            self.ops[key] = [op]
+
+    def clear(self) -> None:
+        self.cleared = True
+        self.ops.clear()
+
+    def copy(self) -> AppChanges:
+        clone = AppChanges()
+        clone.cleared = self.cleared
+        clone.ops = {key: list(ops) for key, ops in self.ops.items()}
+        return clone
+
+    def replay(self, app: str, fresh: dict[str, bytes]) -> dict[str, bytes]:
+        """These changes applied to ``fresh`` (which is not modified)."""
+        values = {} if self.cleared else dict(fresh)
+        for key, ops in self.ops.items():
+            for op in ops:
+                if isinstance(op, Set):
+                    values[key] = op.data
+                elif isinstance(op, Update):
+                    values[key] = apply_update(app, key, op.fn, op.default, values.get(key))[1]
+                else:
+                    values.pop(key, None)
+        return values
+
+    def overwrites(self) -> list[str | None]:
+        """Keys whose stored value this log replaces without replaying a
+        function on it (``None`` stands for the whole application)."""
+        found: list[str | None] = [None] if self.cleared else []
+        found.extend(key for key, ops in self.ops.items() if not isinstance(ops[0], Update))
+        return found
+
+
+class ChangeLog:
+    """Per application, what this request changed and what it read."""
+
+    __slots__ = ("apps", "reads")
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppChanges] = {}
+        #: app -> keys read, or ALL when the whole application was read.
+        self.reads: dict[str, set[str] | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.apps)
+
+    def of(self, app: str) -> AppChanges:
+        changes = self.apps.get(app)
+        if changes is None:
+            changes = self.apps[app] = AppChanges()
+        return changes
+
+    def read(self, app: str, key: str | None) -> None:
+        """Remember a read of ``key`` (``None``: of the whole application)."""
+        if app not in self.reads:
+            self.reads[app] = ALL if key is None else {key}
+            return
+        keys = self.reads[app]
+        if keys is None:
+            return  # already read whole
+        if key is None:
+            self.reads[app] = ALL
+        else:
+            keys.add(key)
+
+    def snapshot(self) -> ChangeLog:
+        clone = ChangeLog()
+        clone.apps = {app: changes.copy() for app, changes in self.apps.items()}
+        clone.reads = {app: (None if k is None else set(k)) for app, k in self.reads.items()}
+        return clone
+
+    def forget_reads(self) -> None:
+        """After a catch-up the fresh data is what the request builds on."""
+        self.reads = {}
+
+    def replay(self, fresh: AppData) -> AppData:
+        """This request's changes applied to another request's data."""
+        apps = dict(fresh)
+        for app, changes in self.apps.items():
+            apps[app] = changes.replay(app, fresh.get(app) or {})
+        return apps
+
+    def lost_updates(self, base: AppData, fresh: AppData) -> list[tuple[str, str | None]]:
+        """Keys this request read, then overwrote, that another request
+        changed in between (``(app, None)``: an ``empty()``)."""
+        found: list[tuple[str, str | None]] = []
+        for app, changes in self.apps.items():
+            if app not in self.reads:
+                continue
+            read = self.reads[app]
+            then = base.get(app) or {}
+            now = fresh.get(app) or {}
+            for key in changes.overwrites():
+                if key is None:
+                    # empty(): every key read (or any, after a whole read) counts.
+                    keys = set(then) | set(now) if read is None else read
+                    if any(then.get(k) != now.get(k) for k in keys):
+                        found.append((app, None))
+                elif (read is None or key in read) and then.get(key) != now.get(key):
+                    found.append((app, key))
+        return found
+
+
+def changed_since(
+    seen: dict[tuple[str, str], bytes | None], fresh: AppData
+) -> list[tuple[str, str | None]]:
+    """The ``(app, key)`` pairs whose value in ``fresh`` is not what was seen."""
+    return [
+        (app, key) for (app, key), data in seen.items() if (fresh.get(app) or {}).get(key) != data
+    ]
+
+
+__all__ = [
+    "ALL",
+    "DELETE",
+    "AppChanges",
+    "ChangeLog",
+    "Delete",
+    "Set",
+    "Update",
+    "UpdateFailed",
+    "apply_update",
+    "changed_since",
+    "dump_value",
+]

@@ -1,0 +1,292 @@
+"""The commit protocol: how one request's changes reach the backend.
+
+Every stored session has a version; every commit is one
+``compare_and_swap(id, version read, new record)``.  When it loses (another
+request committed in between), :func:`_catch_up` re-reads the record and
+replays this request's change log on the fresh data
+(:mod:`sessionstore.changes`), then the swap is tried again, at most
+``MAX_ATTEMPTS`` times with a growing random pause.
+
+What a lost swap can reveal, and what happens then:
+
+* the record is gone, expired, or a regenerate tombstone: the session ended
+  under this request (a logout, a login elsewhere).  Its changes are never
+  written back under the dead id: :class:`SessionEnded` (a 409 that clears
+  the cookie), except for a ``regenerate()`` that lost to another
+  ``regenerate()`` (a double-clicked login): it keeps its own new id;
+* a key this request read and then overwrote was changed in between: a lost
+  update, logged (``merge``) or refused (``error``, before the headers);
+* keys checked by ``set_values()`` changed since ``using()``: refused;
+* an ``update()`` function fails on the fresh value: nothing is committed.
+
+Nothing here keeps state between requests: the state is the Session's.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from .backends.base import Record
+from .changes import ChangeLog, changed_since
+from .errors import BackendError, BusyRetry, ConcurrentUpdate
+from .ids import new_session_id
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger("sessionstore")
+
+#: Compare-and-swap attempts before a commit gives up with BusyRetry.
+MAX_ATTEMPTS = 50
+#: Expired sessions removed by one request that draws cleanup, at most.
+CLEANUP_BATCH = 100
+#: How long the id retired by ``regenerate()`` keeps its tombstone (seconds).
+TOMBSTONE_LIFETIME = 60.0
+
+
+class SessionEnded(ConcurrentUpdate):
+    """The session was destroyed (or its id retired) by another request
+    while this one was running; this request's changes were dropped."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id, [])
+        self.args = (f"session {session_id} was ended by another request; changes dropped",)
+
+
+class Strict(NamedTuple):
+    """What ``set_values()`` checks: the values seen at ``using()``, and the
+    change log as it was before the collection's writes joined it."""
+
+    seen: dict[tuple[str, str], bytes | None]
+    log_before: ChangeLog
+
+
+def backoff(attempt: int) -> None:
+    """Wait a random moment, growing with each lost race (at most 20 ms), so
+    that requests contending for one session do not starve each other."""
+    if attempt:
+        time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
+
+
+def commit(session: Session, strict: Strict | None = None) -> None:
+    """Commit ``session``'s pending changes (see the module docstring)."""
+    now = session._manager.clock()
+    if session._record is None:
+        insert(session, now)
+        return
+    lock = session._manager.commit_lock(session._record.session_id)
+    try:
+        _update(session, now, strict)
+    finally:
+        lock.release()
+
+
+def build(
+    session: Session, session_id: str, read_version: int, created_at: float, now: float
+) -> Record:
+    """The record that stores ``session``'s current view under ``session_id``."""
+    manager = session._manager
+    apps = {app: values for app, values in session._apps.items() if values}
+    expires_at = manager.deadline(created_at, now, session._expiry)
+    return Record(
+        session_id=session_id,
+        version=read_version + 1,
+        created_at=created_at,
+        accessed_at=now,
+        expires_at=expires_at,
+        payload=manager.payloads.dumps(apps, session._expiry, session_id, created_at, expires_at),
+    )
+
+
+def insert(session: Session, now: float) -> None:
+    """Store a new session under the id drawn at its first write."""
+    backend = session._manager.backend
+    for _ in range(3):
+        session_id = session._new_id or new_session_id()
+        record = build(session, session_id, 0, now, now)
+        if backend.compare_and_swap(session_id, None, record):
+            session._manager.counters.add("created")
+            session._is_new = True
+            session._send_cookie = True
+            session._clear_cookie = False
+            _committed(session, record)
+            return
+        session._new_id = None  # taken: astronomically unlikely, draw again
+    raise BackendError("could not allocate an unused session id")
+
+
+def _update(session: Session, now: float, strict: Strict | None) -> None:
+    backend = session._manager.backend
+    counters = session._manager.counters
+    for attempt in range(MAX_ATTEMPTS):
+        backoff(attempt)
+        old = session._record
+        assert old is not None
+        new = build(session, old.session_id, old.version, old.created_at, now)
+        if backend.compare_and_swap(old.session_id, old.version, new):
+            _committed(session, new)
+            return
+        counters.add("retries")
+        _catch_up(session, now, strict)
+    raise BusyRetry(f"session {session.id}: too many concurrent updates")
+
+
+def regenerate(session: Session) -> None:
+    """Move the stored session to a new id (with this request's changes) and
+    retire the old id at once, by compare-and-swap."""
+    manager = session._manager
+    old = session._record
+    assert old is not None
+    lock = manager.commit_lock(old.session_id)
+    try:
+        _regenerate(session)
+    finally:
+        lock.release()
+
+
+def _regenerate(session: Session) -> None:
+    manager = session._manager
+    backend = manager.backend
+    for attempt in range(MAX_ATTEMPTS):
+        backoff(attempt)
+        old = session._record
+        assert old is not None
+        now = manager.clock()
+        new = build(session, new_session_id(), 0, old.created_at, now)
+        if not backend.compare_and_swap(new.session_id, None, new):
+            continue  # id collision: astronomically unlikely, just draw again
+        tombstone = Record(
+            old.session_id, old.version + 1, old.created_at, now, now + TOMBSTONE_LIFETIME, b""
+        )
+        if backend.compare_and_swap(old.session_id, old.version, tombstone):
+            _regenerated(session, new)
+            return
+        manager.counters.add("retries")
+        fresh = backend.get(old.session_id)
+        if fresh is not None and fresh.is_tombstone and not fresh.is_expired(now):
+            # Another regenerate() of this session won (a double-clicked
+            # login): keep our new id, holding what we read plus our changes.
+            _regenerated(session, new)
+            return
+        backend.compare_and_swap(new.session_id, new.version, None)
+        _catch_up(session, now, None, fresh)
+    raise BusyRetry(f"session {session.id}: regenerate kept losing to other requests")
+
+
+def _regenerated(session: Session, record: Record) -> None:
+    session._manager.counters.add("regenerated")
+    session._send_cookie = True
+    _committed(session, record)
+
+
+def _committed(session: Session, record: Record) -> None:
+    session._manager.counters.add("commits")
+    if session._expiry_changed:
+        session._send_cookie = True  # the cookie's Max-Age follows the expiry
+    session._record = record
+    session._new_id = None
+    session._base = session._apps
+    session._apps = dict(session._apps)  # writes copy inner dicts, not this one
+    session._log = ChangeLog()
+    session._expiry_changed = False
+    refresh_cookie(session, record.accessed_at)
+    maybe_cleanup(session, record.accessed_at)
+
+
+def _catch_up(
+    session: Session, now: float, strict: Strict | None, fresh: Record | None = None
+) -> None:
+    """Re-read the record after a lost swap and replay this request's changes
+    on it; raises when they must not be committed."""
+    manager = session._manager
+    old = session._record
+    assert old is not None
+    if fresh is None:
+        fresh = manager.backend.get(old.session_id)
+    if fresh is None or fresh.is_tombstone or fresh.is_expired(now):
+        log.warning(
+            "session %s ended by another request; dropping this request's changes to %s",
+            old.session_id,
+            sorted(session._log.apps) or "its expiry",
+        )
+        session._end()
+        raise SessionEnded(old.session_id)
+    fresh_apps, fresh_expiry = manager.payloads.loads(fresh)
+    if strict is not None:
+        view = strict.log_before.replay(fresh_apps)
+        conflicts = changed_since(strict.seen, view)
+        if conflicts:
+            session._log = strict.log_before
+            session._adopt(fresh, fresh_apps, view, fresh_expiry)
+            manager.counters.add("conflicts")
+            raise ConcurrentUpdate(old.session_id, conflicts)
+    lost = session._log.lost_updates(session._base, fresh_apps)
+    if lost:
+        if manager.settings.on_conflict == "error" and not session._late:
+            session._discard()
+            manager.counters.add("conflicts")
+            raise ConcurrentUpdate(old.session_id, lost)
+        manager.counters.add("lost_updates", len(lost))
+        for app, key in lost:
+            log.warning(
+                "session %s: lost update of %s (changed by another request after this "
+                "one read it; this request's value wins)",
+                old.session_id,
+                f"application {app!r}, key {key!r}" if key else f"every key of {app!r}",
+            )
+    try:
+        apps = session._log.replay(fresh_apps)
+    except Exception:
+        session._discard()
+        raise
+    session._adopt(fresh, fresh_apps, apps, fresh_expiry)
+
+
+def touch(session: Session) -> None:
+    """Refresh the idle clock of a session read but not written, at most once
+    per ``touch_interval`` (or at once when an older secret signed it).  A
+    compare-and-swap, so it never reverts a write; a lost race is fine: the
+    winner refreshed it."""
+    record = session._record
+    if record is None or session._dirty():
+        return
+    manager = session._manager
+    now = manager.clock()
+    if now - record.accessed_at < manager.settings.touch_interval and not session._stale_secret:
+        return
+    expires_at = manager.deadline(record.created_at, now, session._expiry)
+    payload = manager.payloads.dumps(
+        session._base, session._expiry, record.session_id, record.created_at, expires_at
+    )
+    fresh = Record(
+        record.session_id, record.version + 1, record.created_at, now, expires_at, payload
+    )
+    if manager.backend.compare_and_swap(record.session_id, record.version, fresh):
+        session._record = fresh
+        session._stale_secret = False
+        refresh_cookie(session, now)
+        maybe_cleanup(session, now)
+
+
+def refresh_cookie(session: Session, now: float) -> None:
+    cookie = session._cookie
+    interval = session._manager.settings.touch_interval
+    if cookie is None or now - cookie.signed_at >= interval:
+        session._send_cookie = True
+
+
+def maybe_cleanup(session: Session, now: float) -> None:
+    """Now and then, remove a small batch of expired sessions."""
+    manager = session._manager
+    probability = manager.settings.cleanup_probability
+    if probability and manager.chance() < probability:
+        try:
+            removed = manager.backend.delete_expired(now, limit=CLEANUP_BATCH)
+        except (BackendError, BusyRetry):
+            log.exception("expired-session cleanup failed")
+        else:
+            manager.counters.add("cleanup_deleted", removed)
+            log.info("removed %d expired sessions", removed)
