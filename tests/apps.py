@@ -1,12 +1,18 @@
 """A small WSGI application driven by its URL, for HTTP and multi-process tests.
 
 ``/write?app=A&key=K&value=V``, ``/incr?app=A&key=K``, ``/read?app=A&key=K``,
-``/dump`` (JSON of every store), ``/destroy``, ``/regenerate``, ``/id``.
+``/append?app=A&key=K&value=V`` (``update()``), ``/append-plain?...`` (the same
+as a plain get-then-set), ``/dump`` (JSON of every store), ``/destroy``,
+``/regenerate``, ``/id``.
+
+``python -m gunicorn 'tests.apps:from_environment()'`` serves it with the
+backend named by ``SESSIONSTORE_TEST_BACKEND`` (JSON: kind, options, settings).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import parse_qs
 
 from sessionstore import SessionMiddleware
@@ -25,6 +31,11 @@ def command_app(environ, start_response):
         value = store.get_default(query["key"], 0) + 1
         store.set(query["key"], value)
         body = str(value)
+    elif path == "/append":
+        body = str(len(store.update(query["key"], lambda items: [*items, query["value"]], [])))
+    elif path == "/append-plain":
+        store.set(query["key"], [*store.get_default(query["key"], []), query["value"]])
+        body = "ok"
     elif path == "/read":
         body = repr(store.get_default(query["key"]))
     elif path == "/dump":
@@ -53,3 +64,9 @@ def make_app(backend, filename=None, options=None, **settings):
     return SessionMiddleware(
         command_app, secret=SECRET, backend=backend, backend_options=options, **settings
     )
+
+
+def from_environment():
+    """The command app configured by ``SESSIONSTORE_TEST_BACKEND`` (for gunicorn)."""
+    config = json.loads(os.environ["SESSIONSTORE_TEST_BACKEND"])
+    return make_app(config["kind"], options=config["options"], **config.get("settings", {}))

@@ -1,0 +1,473 @@
+"""Two requests on one session, interleaved deterministically, on every backend.
+
+Request A runs the application; at the point under test the application
+runs request B through the same middleware with the same cookie, to its end,
+then carries on.  So B always commits between A's read and A's commit: the
+race is the same every run, on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import secrets
+
+import pytest
+from webtest import TestApp
+
+from sessionstore import ConcurrentUpdate, SessionMiddleware
+
+from .conftest import consume
+from .test_servers import _unavailable, make_backend, options_for
+
+SECRET = "test-secret-for-interleaved-requests"
+BACKENDS = ["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    """(backend name, options) for a middleware; servers on their own prefix/table."""
+    name = request.param
+    if name == "memory":
+        yield "memory", None
+    elif name in ("pickle", "sqlite"):
+        yield name, {"filename": str(tmp_path / f"sessions.{name}")}
+    else:
+        unique = secrets.token_hex(4)
+        probe = make_backend(name, unique)
+        try:
+            probe.setup()
+        except Exception as exc:
+            _unavailable(name, exc)
+        yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
+        probe.delete_all()
+        probe.close()
+
+
+class Interleaved:
+    """A middleware whose application runs ``steps[path](session, run_b)``.
+
+    ``run_b(path)`` sends request B (with the cookie A came with) and
+    returns its response.  Responses keep their cookies like a browser.
+    """
+
+    def __init__(self, backend, **settings):
+        kind, options = backend
+        settings.setdefault("cleanup_probability", 0)
+        self.steps = {}
+        self.results = {}
+        self.mw = SessionMiddleware(
+            self._app, secret=SECRET, backend=kind, backend_options=options, **settings
+        )
+        self.web = TestApp(self.mw)
+
+    def _app(self, environ, start_response):
+        path = environ["PATH_INFO"]
+        cookie = environ.get("HTTP_COOKIE", "")
+
+        def run_b(b_path):
+            other = TestApp(self.mw)
+            return other.get(b_path, headers={"Cookie": cookie}, expect_errors=True)
+
+        self.results[path] = self.steps[path](environ["session"], run_b)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    def get(self, path, **kwargs):
+        return self.web.get(path, expect_errors=True, **kwargs)
+
+    def stored(self, app="a"):
+        """The application's data as a fresh request sees it."""
+        self.steps["/peek"] = lambda s, _: s.store(app).dump()
+        self.get("/peek")
+        return self.results["/peek"]
+
+    def close(self):
+        self.mw.close()
+
+
+@pytest.fixture
+def pair(backend):
+    made = []
+
+    def make(**settings):
+        made.append(Interleaved(backend, **settings))
+        return made[-1]
+
+    yield make
+    for interleaved in made:
+        interleaved.close()
+
+
+def _start(pair, **settings):
+    site = pair(**settings)
+    site.steps["/start"] = lambda s, _: s.store("a").set("items", ["start"])
+    assert site.get("/start").status_int == 200
+    return site
+
+
+def append(item):
+    return lambda items: [*items, item]
+
+
+# -- update(): concurrent read-modify-write of one key composes ---------------------
+
+
+def test_concurrent_updates_of_one_key_both_survive(pair):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").update("items", append("b"), [])
+
+    def a(session, run_b):
+        seen = session.store("a").update("items", append("a"), [])
+        assert run_b("/b").status_int == 200
+        return seen
+
+    site.steps["/a"] = a
+    response = site.get("/a")
+    assert response.status_int == 200
+    assert site.results["/a"] == ["start", "a"]  # what A computed and returned
+    assert site.stored() == {"items": ["start", "b", "a"]}  # A's fn ran again on B's value
+    assert site.mw.stats()["retries"] >= 1
+
+
+def test_an_update_function_failing_on_replay_stores_nothing(pair, caplog):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", 42)
+
+    def a(session, run_b):
+        store = session.store("a")
+        store.update("items", append("a"), [])
+        store.set("other", "written with the update")
+        run_b("/b")
+
+    site.steps["/a"] = a
+    with caplog.at_level(logging.ERROR, "sessionstore"):
+        response = site.get("/a")
+    assert response.status_int == 500
+    assert site.stored() == {"items": 42}  # nothing of A
+    assert "key 'items' of application 'a'" in caplog.text
+
+
+def test_a_plain_get_then_set_is_a_logged_lost_update_under_merge(pair, caplog):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", ["start", "b"])
+
+    def a(session, run_b):
+        store = session.store("a")
+        items = store.get("items")
+        run_b("/b")
+        store.set("items", [*items, "a"])
+
+    site.steps["/a"] = a
+    with caplog.at_level(logging.WARNING, "sessionstore"):
+        assert site.get("/a").status_int == 200
+    assert site.stored() == {"items": ["start", "a"]}  # the later commit wins...
+    assert "lost update of application 'a', key 'items'" in caplog.text  # ...and says so
+    assert site.mw.stats()["lost_updates"] == 1
+
+
+def test_a_plain_get_then_set_is_a_409_under_error(pair):
+    site = _start(pair, on_conflict="error")
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", ["start", "b"])
+
+    def a(session, run_b):
+        store = session.store("a")
+        items = store.get("items")
+        run_b("/b")
+        store.set("items", [*items, "a"])
+        store.set("elsewhere", 1)
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 409
+    assert site.stored() == {"items": ["start", "b"]}  # nothing of A
+    assert site.mw.stats()["conflicts"] == 1
+
+
+def test_a_blind_set_conflicts_with_nothing_under_error(pair):
+    site = _start(pair, on_conflict="error")
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", ["b"])
+
+    def a(session, run_b):
+        run_b("/b")
+        session.store("a").set("items", ["a"])  # never read: no lost update
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.stored() == {"items": ["a"]}
+
+
+def test_empty_after_reading_everything_conflicts_under_error(pair):
+    site = _start(pair, on_conflict="error")
+    site.steps["/b"] = lambda s, _: s.store("a").set("added", 1)
+
+    def a(session, run_b):
+        store = session.store("a")
+        assert store.keys() == ["items"]
+        run_b("/b")
+        store.empty()
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 409
+    assert site.stored() == {"items": ["start"], "added": 1}
+
+
+def test_replay_keeps_this_requests_deletes_and_empties(pair):
+    site = _start(pair)
+    site.steps["/seed"] = lambda s, _: [s.store("b").set("x", 1), s.store("a").set("gone", 1)]
+    site.get("/seed")
+    site.steps["/other"] = lambda s, _: s.store("c").set("from-b", 1)
+
+    def a(session, run_b):
+        session.store("a").delete("gone")
+        session.store("b").empty()
+        run_b("/other")
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.stored("a") == {"items": ["start"]}
+    assert site.stored("b") == {}
+    assert site.stored("c") == {"from-b": 1}
+
+
+# -- using() / set_values(): STM commits -----------------------------------------
+
+
+def test_set_values_commits_now(pair):
+    site = _start(pair)
+
+    def a(session, _):
+        store = session.store("a")
+        collection = store.using("items", "missing")
+        assert dict(collection) == {"items": ["start"]}
+        collection["items"] = [*collection["items"], "a"]
+        collection["new"] = 1
+        collection.commit()
+        # Stored before the response: another request sees it already.
+        return (store.get("items"), session.id)
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.results["/a"][0] == ["start", "a"]
+    assert site.stored() == {"items": ["start", "a"], "new": 1}
+
+
+def test_set_values_refuses_when_a_key_read_changed(pair):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", ["start", "b"])
+
+    def a(session, run_b):
+        store = session.store("a")
+        collection = store.using("items")
+        run_b("/b")
+        collection["items"] = [*collection["items"], "a"]
+        collection["also"] = "with it"
+        try:
+            store.set_values(collection)
+        except ConcurrentUpdate as exc:
+            # Nothing was written; the store now shows the other request's value.
+            return exc.keys, store.get("items"), store.get_default("also")
+        return "committed"
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.results["/a"] == ([("a", "items")], ["start", "b"], None)
+    assert site.stored() == {"items": ["start", "b"]}
+
+
+def test_set_values_ignores_a_concurrent_write_to_another_key(pair):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").set("unrelated", "b")
+
+    def a(session, run_b):
+        var = session.store("a").usevar("items")
+        run_b("/b")
+        var.set([*var.value, "a"])
+        var.commit()
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.stored() == {"items": ["start", "a"], "unrelated": "b"}
+
+
+def test_set_values_with_a_plain_mapping_only_sets(pair):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", ["b"])
+
+    def a(session, run_b):
+        run_b("/b")
+        session.store("a").set_values({"items": ["a"], "n": 1})
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.stored() == {"items": ["a"], "n": 1}
+
+
+# -- logins, logouts and double clicks ---------------------------------------------
+
+
+def test_a_write_racing_a_logout_is_a_409_and_never_resurrects(pair):
+    site = _start(pair)
+    site.steps["/logout"] = lambda s, _: s.destroy()
+
+    def a(session, run_b):
+        session.store("a").update("items", append("a"), [])
+        assert run_b("/logout").status_int == 200
+
+    site.steps["/a"] = a
+    response = site.get("/a")
+    assert response.status_int == 409
+    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert site.stored() == {}
+    live = [r for r in site.mw.backend.get_all().values() if not r.is_tombstone]
+    assert live == []
+
+
+def test_a_double_clicked_login_stays_logged_in_with_the_cart(pair):
+    site = _start(pair)
+    cookies = {}
+
+    def login(who):
+        def step(session, _):
+            session.store("a").items()  # the pre-login cart is read...
+            session.regenerate()
+            session.store("user").set("name", who)
+            return session.id
+
+        return step
+
+    site.steps["/login-b"] = login("b")
+    first = login("a")
+
+    def a(session, run_b):
+        session.store("a").get("items")
+        response = run_b("/login-b")
+        assert response.status_int == 200
+        cookies["b"] = response.headers["Set-Cookie"]
+        return first(session, run_b)
+
+    site.steps["/login-a"] = a
+    old_cookie = site.web.cookies["session"]
+    response = site.get("/login-a")
+    assert response.status_int == 200
+    # Whichever response the browser keeps, it names a live, logged-in session
+    # holding the pre-login cart; the pre-login id is dead.
+    for header in (response.headers["Set-Cookie"], cookies["b"]):
+        value = header.split(";")[0].split("=", 1)[1]
+        browser = TestApp(site.mw)
+        browser.set_cookie("session", value)
+        site.web = browser
+        assert site.stored("a") == {"items": ["start"]}
+        assert site.stored("user")["name"] in ("a", "b")
+    site.web = TestApp(site.mw)
+    site.web.set_cookie("session", old_cookie)
+    assert site.stored("a") == {}
+
+
+# -- writes while the body iterates, and after write() -------------------------------
+
+
+def _drive(mw, app_cookie, check):
+    """Run a request like a server: iterate the whole body, call ``check()``
+    (the client now has the whole response), then close the body."""
+    statuses = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "HTTP_COOKIE": app_cookie,
+        "wsgi.url_scheme": "http",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+    }
+
+    def start_response(status, headers, exc_info=None):
+        statuses.append(status)
+        return lambda data: None
+
+    body = mw(environ, start_response)
+    chunks = list(body)
+    seen = check()
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+    return statuses, chunks, seen
+
+
+@pytest.mark.parametrize("shape", ["generator", "write-callable"])
+def test_writes_after_the_headers_are_stored_before_the_client_has_the_body(backend, shape):
+    kind, options = backend
+
+    def app(environ, start_response):
+        store = environ["session"].store("a")
+        if shape == "generator":
+
+            def body():
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                yield b"first "
+                store.update("items", append("during the body"), [])
+                yield b"last"
+
+            return body()
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"sent by write() ")
+        store.update("items", append("after write()"), [])
+        return [b"last"]
+
+    mw = SessionMiddleware(app, secret=SECRET, backend=kind, backend_options=options)
+    try:
+        setup = TestApp(
+            SessionMiddleware(
+                lambda e, s: (e["session"].store("a").set("items", []), s("200 OK", []), [])[2],
+                secret=SECRET,
+                backend=mw.backend,
+            )
+        )
+        setup.get("/")
+        cookie = f"session={setup.cookies['session']}"
+        [session_id] = [i for i, r in mw.backend.get_all().items() if not r.is_tombstone]
+        reader = mw._manager.payloads
+
+        def check():
+            return pickle.loads(reader.loads(mw.backend.get(session_id))[0]["a"]["items"])
+
+        statuses, chunks, stored = _drive(mw, cookie, check)
+        assert statuses == ["200 OK"]
+        assert b"".join(chunks).endswith(b"last")
+        # Stored by the time the client had the whole body, before close().
+        assert stored == ["during the body" if shape == "generator" else "after write()"]
+    finally:
+        mw.close()
+
+
+def test_a_write_after_the_headers_that_cannot_commit_aborts_the_body(pair):
+    site = _start(pair)
+    mw = site.mw
+
+    def app(environ, start_response):
+        session = environ["session"]
+        session.store("a").get("items")
+
+        def body():
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"first"
+            mw.backend.delete(session.id)  # a logout elsewhere, mid-body
+            session.store("a").set("items", ["late"])
+            yield b"last"
+
+        return body()
+
+    inner = SessionMiddleware(app, secret=SECRET, backend=mw.backend)
+    cookie = f"session={site.web.cookies['session']}"
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "HTTP_COOKIE": cookie,
+        "wsgi.url_scheme": "http",
+    }
+    body = inner(environ, lambda status, headers, exc_info=None: None)
+    received = []
+    with pytest.raises(ConcurrentUpdate):
+        for chunk in body:
+            received.append(chunk)
+    consume(body)
+    assert received == [b"first"]  # the client never gets a complete 200
+    assert [r for r in mw.backend.get_all().values() if not r.is_tombstone] == []
