@@ -1,0 +1,214 @@
+"""The cart example under real servers: 8 clients appending to one session.
+
+Threads through waitress (one process) and pre-fork workers through gunicorn
+(four processes), on every backend.  Each client appends its own items to
+one list; afterwards every item whose request was answered 200 must be in
+the list, and no item whose request failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from webtest.http import StopableWSGIServer
+
+from .apps import make_app
+from .test_concurrency import Client, run_threads, start_session
+from .test_servers import _unavailable, make_backend, options_for
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS, APPENDS = 8, 25
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"])
+def store(request, tmp_path):
+    """(kind, options) of a store, servers on their own prefix or table."""
+    name = request.param
+    if name == "memory":
+        yield "memory", None
+    elif name in ("pickle", "sqlite"):
+        yield name, {"filename": str(tmp_path / f"sessions.{name}")}
+    else:
+        unique = secrets.token_hex(4)
+        probe = make_backend(name, unique)
+        try:
+            probe.setup()
+        except Exception as exc:
+            _unavailable(name, exc)
+        yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
+        probe.delete_all()
+        probe.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def serve():
+    """Start a server on a store: ``serve("waitress"|"gunicorn", store, **settings)``."""
+    running = []
+
+    def start(how, store, **settings):
+        kind, options = store
+        settings.setdefault("cleanup_probability", 0)
+        if how == "waitress":
+            app = make_app(kind, options=options, **settings)
+            server = StopableWSGIServer.create(app, threads=8)
+            running.append(lambda: (server.shutdown(), app.close()))
+            return server.effective_port, app
+        if kind == "memory":
+            pytest.skip("the memory backend is one process")
+        port = _free_port()
+        env = dict(
+            os.environ,
+            SESSIONSTORE_TEST_BACKEND=json.dumps(
+                {"kind": kind, "options": options, "settings": settings}
+            ),
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                "4",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "tests.apps:from_environment()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        running.append(lambda: _stop(proc))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return port, None
+            except OSError:
+                time.sleep(0.05)  # polling a child process for its socket; no clock to inject
+        raise AssertionError("gunicorn did not start in 30 s")
+
+    yield start
+    for stop in running:
+        stop()
+
+
+def _stop(proc):
+    proc.terminate()
+    proc.wait(timeout=30)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def append_concurrently(port, cookie, path):
+    """CLIENTS threads x APPENDS requests; the statuses, and the items answered 200."""
+    statuses: Counter = Counter()
+    acknowledged, failed = set(), set()
+    lock = threading.Lock()
+
+    def client(n):
+        conn = Client(port, cookie)
+        try:
+            for i in range(APPENDS):
+                item = f"c{n}-{i}"
+                status, _, _ = conn.get(f"{path}?app=shop&key=cart&value={item}")
+                with lock:
+                    statuses[status] += 1
+                    (acknowledged if status == 200 else failed).add(item)
+        finally:
+            conn.close()
+
+    run_threads(client, CLIENTS)
+    return statuses, acknowledged, failed
+
+
+def cart(port, cookie):
+    conn = Client(port, cookie)
+    try:
+        status, _, body = conn.get("/dump")
+    finally:
+        conn.close()
+    assert status == 200
+    return json.loads(body)["apps"].get("shop", {}).get("cart", [])
+
+
+@pytest.mark.parametrize("how", ["waitress", "gunicorn"])
+def test_concurrent_update_appends_are_never_lost(serve, store, how):
+    port, _ = serve(how, store)
+    cookie = start_session(port)
+    statuses, acknowledged, failed = append_concurrently(port, cookie, "/append")
+    found = cart(port, cookie)
+    assert statuses[200] > 0 and set(statuses) <= {200, 503}
+    assert acknowledged <= set(found)  # every 200 is stored...
+    assert not failed & set(found)  # ...and no failed request's item
+    assert len(found) == len(set(found))  # nothing applied twice
+
+
+def test_plain_get_then_set_under_error_loses_nothing_acknowledged(serve, store):
+    port, _ = serve("waitress", store, on_conflict="error")
+    cookie = start_session(port)
+    statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
+    found = cart(port, cookie)
+    assert set(statuses) <= {200, 409, 503}
+    assert statuses[409] > 0  # they did collide...
+    assert acknowledged <= set(found)  # ...and not one acknowledged append was lost
+    assert not failed & set(found)
+
+
+@pytest.mark.parametrize("name", ["sqlite", "postgresql"])
+def test_plain_get_then_set_under_error_across_processes(serve, name, tmp_path):
+    """The same through gunicorn's pre-fork workers, on one embedded and one
+    server backend (every backend runs it through waitress above)."""
+    if name == "sqlite":
+        store = ("sqlite", {"filename": str(tmp_path / "sessions.db")})
+    else:
+        unique = secrets.token_hex(4)
+        probe = make_backend(name, unique)
+        try:
+            probe.setup()
+        except Exception as exc:
+            _unavailable(name, exc)
+        probe.close()
+        store = ("sql", options_for(name, unique))
+    port, _ = serve("gunicorn", store, on_conflict="error")
+    cookie = start_session(port)
+    statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
+    found = cart(port, cookie)
+    assert set(statuses) <= {200, 409, 503} and statuses[409] > 0
+    assert acknowledged <= set(found)
+    assert not failed & set(found)
+
+
+def test_plain_get_then_set_under_merge_logs_every_lost_update(serve, store, caplog):
+    port, app = serve("waitress", store)
+    cookie = start_session(port)
+    with caplog.at_level(logging.WARNING, "sessionstore"):
+        statuses, acknowledged, _ = append_concurrently(port, cookie, "/append-plain")
+    missing = acknowledged - set(cart(port, cookie))
+    assert statuses[200] == CLIENTS * APPENDS
+    # The overwrites happen (this is what update() is for), and each is logged.
+    assert missing
+    lost = app.stats()["lost_updates"]
+    assert lost > 0 and caplog.text.count("lost update of application 'shop', key 'cart'") == lost
