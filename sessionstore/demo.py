@@ -90,8 +90,8 @@ def shop(session: Any, form: dict[str, str]) -> Response:
 def shop_add(session: Any, form: dict[str, str]) -> Response:
     item = form.get("item", "")
     if item in PRODUCTS:
-        store = session.store("shop")
-        store["cart"] = store.get_default("cart", []) + [item]
+        # update(): two tabs adding at once both land (SPEC section 6).
+        session.store("shop").update("cart", lambda cart: [*cart, item], [])
     return _redirect("/shop")
 
 

@@ -6,7 +6,7 @@
 
     def app(environ, start_response):
         cart = environ["session"].store("shop")
-        cart["items"] = cart.get("items", []) + ["book"]
+        cart.update("items", lambda items: items + ["book"], [])
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
@@ -18,7 +18,7 @@ Each request gets a lazy :class:`~sessionstore.session.Session` in
 until the session is committed, so a failed commit can still turn into an
 error response (409 on a conflict, 503 when the backend is busy, 500 when it
 is broken) and nothing half-written is stored.  Writes made while the body
-iterates are committed when the server closes the body.
+iterates are committed before its last chunk is handed to the server.
 """
 
 from __future__ import annotations
