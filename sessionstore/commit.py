@@ -91,13 +91,18 @@ def build(
     manager = session._manager
     apps = {app: values for app, values in session._apps.items() if values}
     expires_at = manager.deadline(created_at, now, session._expiry)
+    binding = session._binding
+    payload = manager.payloads.dumps(
+        apps, session._expiry, session_id, created_at, expires_at, binding
+    )
     return Record(
         session_id=session_id,
         version=read_version + 1,
         created_at=created_at,
         accessed_at=now,
         expires_at=expires_at,
-        payload=manager.payloads.dumps(apps, session._expiry, session_id, created_at, expires_at),
+        payload=payload,
+        user=None if binding is None else binding.user,
     )
 
 
@@ -192,6 +197,7 @@ def _committed(session: Session, record: Record) -> None:
     session._apps = dict(session._apps)  # writes copy inner dicts, not this one
     session._log = ChangeLog()
     session._expiry_changed = False
+    session._binding_changed = False
     refresh_cookie(session, record.accessed_at)
     maybe_cleanup(session, record.accessed_at)
 
@@ -214,13 +220,14 @@ def _catch_up(
         )
         session._end()
         raise SessionEnded(old.session_id)
-    fresh_apps, fresh_expiry = manager.payloads.loads(fresh)
+    decoded = manager.payloads.decode(fresh)
+    fresh_apps = decoded.apps
     if strict is not None:
         view = strict.log_before.replay(fresh_apps)
         conflicts = changed_since(strict.seen, view)
         if conflicts:
             session._log = strict.log_before
-            session._adopt(fresh, fresh_apps, view, fresh_expiry)
+            session._adopt(fresh, decoded, view)
             manager.counters.add("conflicts")
             raise ConcurrentUpdate(old.session_id, conflicts)
     lost = session._log.lost_updates(session._base, fresh_apps)
@@ -242,7 +249,7 @@ def _catch_up(
     except Exception:
         session._discard()
         raise
-    session._adopt(fresh, fresh_apps, apps, fresh_expiry)
+    session._adopt(fresh, decoded, apps)
 
 
 def touch(session: Session) -> None:
@@ -259,10 +266,15 @@ def touch(session: Session) -> None:
         return
     expires_at = manager.deadline(record.created_at, now, session._expiry)
     payload = manager.payloads.dumps(
-        session._base, session._expiry, record.session_id, record.created_at, expires_at
+        session._base,
+        session._expiry,
+        record.session_id,
+        record.created_at,
+        expires_at,
+        session._binding,
     )
-    fresh = Record(
-        record.session_id, record.version + 1, record.created_at, now, expires_at, payload
+    fresh = record._replace(
+        version=record.version + 1, accessed_at=now, expires_at=expires_at, payload=payload
     )
     if manager.backend.compare_and_swap(record.session_id, record.version, fresh):
         session._record = fresh

@@ -30,12 +30,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from . import users
 from .backends import load_backend
 from .backends.base import Backend
 from .config import Settings
 from .errors import BackendError, BusyRetry, ConcurrentUpdate, SessionStoreError
 from .manager import SessionManager
 from .session import Session
+from .users import UserSession
 
 log = logging.getLogger("sessionstore")
 
@@ -107,6 +109,18 @@ class SessionMiddleware:
         enough to poll.
         """
         return self._manager.counters.snapshot()
+
+    def sessions_of(self, user_id: str) -> list[UserSession]:
+        """The live sessions bound to ``user_id`` (``session.bind_user()``),
+        newest first: id, created, last access, expiry, and the user agent
+        and address of the request that bound it."""
+        return users.sessions_of(self._manager, user_id)
+
+    def destroy_user(self, user_id: str, keep: str | None = None) -> int:
+        """Destroy every session of ``user_id`` except ``keep`` (a session id,
+        e.g. the current one after a password change); how many.  Each is
+        dead at once, and no request in flight brings it back."""
+        return users.destroy_user(self._manager, user_id, keep)
 
     def close(self) -> None:
         """Close the backend (connections, file handles)."""

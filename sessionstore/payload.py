@@ -1,8 +1,10 @@
 """Signed payloads: how a session's data is stored in any backend.
 
 A payload is ``HMAC-SHA256(key, body) + body`` where ``body`` is a pickle of
-``(FORMAT, session_id, created_at, expires_at, explicit_expiry, token, apps)``
-and ``apps`` is ``{app: {key: pickled value}}``.  The key is derived from each
+``(FORMAT, session_id, created_at, expires_at, explicit_expiry, token,
+binding, apps)``: ``binding`` is ``None`` or a :class:`Binding` (the user the
+session is bound to, with the user agent and address of the request that
+bound it) and ``apps`` is ``{app: {key: pickled value}}``.  The key is derived from each
 configured secret, and the MAC is checked before anything is unpickled, so
 whoever can write to the storage (a shared Redis, a database table, the
 pickle file) but does not know the secret cannot make us unpickle what they
@@ -39,7 +41,7 @@ import hmac
 import math
 import os
 import pickle
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import DamagedRecord
 
@@ -87,13 +89,33 @@ class _Mac:
         return outer.digest()
 
 
+class Binding(NamedTuple):
+    """Who a session belongs to (``session.bind_user()``) and the request
+    that bound it: kept in the signed payload, never in application data."""
+
+    user: str
+    agent: str
+    address: str
+    bound_at: float
+
+
+class Decoded(NamedTuple):
+    """A verified payload."""
+
+    apps: AppData
+    expiry: float | None
+    binding: Binding | None
+    #: An older secret signed it: re-sign before the response leaves.
+    stale: bool
+
+
 class PayloadCodec:
     """Signs and verifies stored payloads; ``secrets`` newest first."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self._macs = [_Mac(_derive(s)) for s in secrets]
-        #: session id -> (payload, apps, expiry, stale, created_at, expires_at)
-        self._memo: dict[str, tuple[bytes, AppData, float | None, bool, float, float]] = {}
+        #: session id -> (payload, what it decoded to, created_at, expires_at)
+        self._memo: dict[str, tuple[bytes, Decoded, float, float]] = {}
 
     def dumps(
         self,
@@ -102,46 +124,41 @@ class PayloadCodec:
         session_id: str,
         created_at: float,
         expires_at: float,
+        binding: Binding | None = None,
     ) -> bytes:
-        """Sign ``apps`` and ``expiry``, bound to the id and times of the
-        record they will be stored in, and remember the result."""
+        """Sign ``apps``, ``expiry`` and ``binding``, bound to the id and
+        times of the record they will be stored in; remember the result."""
         token = os.urandom(TOKEN_SIZE)
-        body = pickle.dumps(
-            (FORMAT, session_id, created_at, expires_at, expiry, token, apps), PROTOCOL
-        )
+        plain = None if binding is None else tuple(binding)  # no class name in storage
+        fields = (FORMAT, session_id, created_at, expires_at, expiry, token, plain, apps)
+        body = pickle.dumps(fields, PROTOCOL)
         payload = self._macs[0](body) + body
-        self._remember(session_id, payload, apps, expiry, False, created_at, expires_at)
+        decoded = Decoded(apps, expiry, binding, False)
+        self._remember(session_id, payload, decoded, created_at, expires_at)
         return payload
 
     def _remember(
-        self,
-        session_id: str,
-        payload: bytes,
-        apps: AppData,
-        expiry: float | None,
-        stale: bool,
-        created_at: float,
-        expires_at: float,
+        self, session_id: str, payload: bytes, decoded: Decoded, created: float, expires: float
     ) -> None:
         if len(payload) <= MEMO_MAX_PAYLOAD:
             memo = self._memo
             if len(memo) >= MEMO_SESSIONS and session_id not in memo:
                 memo.clear()
-            memo[session_id] = (payload, apps, expiry, stale, created_at, expires_at)
+            memo[session_id] = (payload, decoded, created, expires)
 
     def loads(self, record: Record) -> tuple[AppData, float | None]:
         """Verify then unpickle; a bad payload is a :class:`DamagedRecord`."""
-        apps, expiry, _ = self.loads_checked(record)
-        return apps, expiry
+        decoded = self.decode(record)
+        return decoded.apps, decoded.expiry
 
-    def loads_checked(self, record: Record) -> tuple[AppData, float | None, bool]:
-        """Like :meth:`loads`, and also whether an older secret signed it."""
+    def decode(self, record: Record) -> Decoded:
+        """Verify then unpickle everything; a bad payload is a :class:`DamagedRecord`."""
         session_id, payload = record.session_id, record.payload
         known = self._memo.get(session_id)
         if known is not None and known[0] == payload:
-            if known[4] != record.created_at or known[5] != record.expires_at:
+            if known[2] != record.created_at or known[3] != record.expires_at:
                 raise DamagedRecord(session_id, "its times differ from the signed ones")
-            return known[1], known[2], known[3]
+            return known[1]
         mac, body = payload[:MAC_SIZE], payload[MAC_SIZE:]
         signer = -1
         for index, sign in enumerate(self._macs):
@@ -156,21 +173,19 @@ class PayloadCodec:
             fields = pickle.loads(body)
         except Exception as exc:
             raise DamagedRecord(session_id, "cannot be read", exc) from exc
-        apps, expiry = self._check(record, fields)
-        self._remember(
-            session_id, payload, apps, expiry, signer > 0, record.created_at, record.expires_at
-        )
-        return apps, expiry, signer > 0
+        decoded = self._check(record, fields, signer > 0)
+        self._remember(session_id, payload, decoded, record.created_at, record.expires_at)
+        return decoded
 
     @staticmethod
-    def _check(record: Record, fields: object) -> tuple[AppData, float | None]:
+    def _check(record: Record, fields: object, stale: bool) -> Decoded:
         session_id = record.session_id
         if not isinstance(fields, tuple) or not fields or fields[0] != FORMAT:
             fmt = fields[0] if isinstance(fields, tuple) and fields else None
             raise DamagedRecord(session_id, f"unknown payload format {fmt!r:.20}")
-        if len(fields) != 7:
+        if len(fields) != 8:
             raise DamagedRecord(session_id, "malformed payload")
-        _, bound_id, created_at, expires_at, expiry, _token, apps = fields
+        _, bound_id, created_at, expires_at, expiry, _token, binding, apps = fields
         if bound_id != session_id:
             raise DamagedRecord(session_id, "its payload belongs to another session")
         if created_at != record.created_at or expires_at != record.expires_at:
@@ -179,7 +194,11 @@ class PayloadCodec:
             raise DamagedRecord(session_id, "bad explicit expiry")
         if not isinstance(apps, dict):
             raise DamagedRecord(session_id, "malformed payload")
-        return apps, expiry
+        if binding is not None:
+            if not (isinstance(binding, tuple) and len(binding) == 4):
+                raise DamagedRecord(session_id, "malformed user binding")
+            binding = Binding(*binding)
+        return Decoded(apps, expiry, binding, stale)
 
 
 def dump_value(value: Any) -> bytes:

@@ -17,7 +17,7 @@ from .backends.base import Record
 from .changes import DELETE, ChangeLog, Op, Set, Update, apply_update, changed_since
 from .errors import ConcurrentUpdate, DamagedRecord
 from .ids import new_session_id
-from .payload import AppData
+from .payload import AppData, Binding, Decoded
 from .store import Store
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ class Session:
         "_clear_cookie",
         "_stale_secret",
         "_late",
+        "_binding",
+        "_binding_changed",
     )
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
@@ -69,6 +71,8 @@ class Session:
         self._stale_secret = False
         #: The response headers are gone: a conflict can no longer be a 409.
         self._late = False
+        self._binding: Binding | None = None
+        self._binding_changed = False
 
     # -- public API -----------------------------------------------------------
 
@@ -109,6 +113,42 @@ class Session:
         """When the session expires (epoch seconds), as of its last commit."""
         self._load()
         return None if self._record is None else self._record.expires_at
+
+    @property
+    def user(self) -> str | None:
+        """The user this session is bound to, or ``None``."""
+        self._load()
+        return None if self._binding is None else self._binding.user
+
+    def bind_user(self, user_id: str | None) -> None:
+        """Bind the session to ``user_id`` (call it at login, after
+        :meth:`regenerate`); ``None`` unbinds.
+
+        Committed like any write and kept through ``regenerate()``.  The
+        user agent and address of this request are kept with the binding
+        for :meth:`SessionMiddleware.sessions_of`.
+        """
+        if user_id is not None and not (isinstance(user_id, str) and 0 < len(user_id) <= 255):
+            raise ValueError("bind_user() takes a user id of 1 to 255 characters, or None")
+        self._load()
+        if user_id is None:
+            binding = None
+        else:
+            environ = self._environ
+            binding = Binding(
+                user_id,
+                str(environ.get("HTTP_USER_AGENT", ""))[:256],
+                str(environ.get("REMOTE_ADDR", ""))[:64],
+                self._manager.clock(),
+            )
+            same = self._binding
+            if same is not None and same[:3] == binding[:3]:
+                return  # nothing changes: no write
+        if binding is None and self._binding is None:
+            return
+        self._binding = binding
+        self._binding_changed = True
+        self._starting()
 
     def apps(self) -> list[str]:
         """Names of the applications whose stores hold data."""
@@ -293,18 +333,18 @@ class Session:
             if record is None or record.is_tombstone or record.is_expired(now):
                 continue
             try:
-                apps, expiry, stale = manager.payloads.loads_checked(record)
+                decoded = manager.payloads.decode(record)
             except DamagedRecord as exc:
                 self._damaged(exc)
                 continue
-            if manager.deadline(record.created_at, record.accessed_at, expiry) <= now:
+            if manager.deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
                 continue  # expired under the current settings
             self._cookie = cookie
-            self._adopt(record, apps, dict(apps), expiry)
+            self._adopt(record, decoded, dict(decoded.apps))
             manager.counters.add("requests")
             # What an older secret signed is re-signed with the newest before
             # the response leaves, so the old secret can be retired.
-            self._stale_secret = stale or cookie.stale_secret
+            self._stale_secret = decoded.stale or cookie.stale_secret
             self._send_cookie = cookie.stale_secret
             return
 
@@ -321,12 +361,17 @@ class Session:
         self._manager.counters.add("damaged_records")
         log.error("%s; treated as no session, kept for `sessionstore check`", exc)
 
-    def _adopt(self, record: Record, base: AppData, apps: AppData, expiry: float | None) -> None:
+    def _adopt(self, record: Record, decoded: Decoded, apps: AppData) -> None:
+        """Build on ``record`` from now on; ``apps`` is the view (its data
+        with this request's changes replayed).  What this request changed of
+        the expiry and the binding stays."""
         self._record = record
-        self._base = base
+        self._base = decoded.apps
         self._apps = apps
         if not self._expiry_changed:
-            self._expiry = expiry
+            self._expiry = decoded.expiry
+        if not self._binding_changed:
+            self._binding = decoded.binding
 
     def _starting(self) -> None:
         """The first write of a session not stored yet draws its id."""
@@ -342,6 +387,8 @@ class Session:
         self._log = ChangeLog()
         self._expiry = None
         self._expiry_changed = False
+        self._binding = None
+        self._binding_changed = False
         self._is_new = False
         self._new_id = None
         self._send_cookie = False
@@ -358,7 +405,7 @@ class Session:
         self._cookie = None
 
     def _dirty(self) -> bool:
-        return self._loaded and (bool(self._log) or self._expiry_changed)
+        return self._loaded and (bool(self._log) or self._expiry_changed or self._binding_changed)
 
     # -- response time ----------------------------------------------------------
 

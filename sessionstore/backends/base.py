@@ -33,6 +33,9 @@ class Record(NamedTuple):
     accessed_at: float
     expires_at: float
     payload: bytes
+    #: The user the session is bound to (``session.bind_user()``), for the
+    #: index behind ``sessions_of()``; the signed payload has the last word.
+    user: str | None = None
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at <= now
@@ -182,6 +185,14 @@ class Backend(abc.ABC):
     def count(self) -> int:
         """How many sessions are stored, expired ones included."""
         return sum(1 for _ in self.iter_records())
+
+    def user_sessions(self, user: str) -> list[Record]:
+        """The stored records bound to ``user`` (expired ones included).
+
+        Backends keep an index from user to session ids, updated in the same
+        atomic step as the record, so this costs O(sessions of the user);
+        this fallback scans everything."""
+        return [record for record in self.iter_records() if record.user == user]
 
     def __enter__(self) -> Backend:
         return self

@@ -1,0 +1,93 @@
+"""A user's sessions: listed, and destroyed ("log out everywhere").
+
+``session.bind_user(user_id)`` puts the user into the session's signed
+payload, and ``Record.user`` beside it, where each backend indexes it in the
+same atomic step as the record.  The index only finds candidates: each one
+is loaded and verified, and listed only when its signed payload names the
+same user and it is live.  Cost: O(sessions of the user).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, NamedTuple
+
+from .errors import DamagedRecord
+
+if TYPE_CHECKING:
+    from .manager import SessionManager
+
+log = logging.getLogger("sessionstore")
+
+#: Rounds of ``destroy_user``: a login racing it adds at most a session a round.
+DESTROY_ROUNDS = 5
+
+
+class UserSession(NamedTuple):
+    """One live session of a user, as ``sessions_of()`` lists it."""
+
+    session_id: str
+    created_at: float
+    accessed_at: float
+    expires_at: float
+    #: The ``User-Agent`` and ``REMOTE_ADDR`` of the request that bound it.
+    user_agent: str
+    address: str
+    bound_at: float
+
+
+def sessions_of(manager: SessionManager, user: str) -> list[UserSession]:
+    """The live sessions bound to ``user``, newest first."""
+    found = []
+    now = manager.clock()
+    for record in manager.backend.user_sessions(user):
+        if record.is_tombstone or record.is_expired(now):
+            continue
+        try:
+            decoded = manager.payloads.decode(record)
+        except DamagedRecord as exc:
+            manager.counters.add("damaged_records")
+            log.error("%s; not listed for its user", exc)
+            continue
+        binding = decoded.binding
+        if binding is None or binding.user != user:
+            continue  # the index is a hint; the signed payload decides
+        if manager.deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
+            continue
+        found.append(
+            UserSession(
+                record.session_id,
+                record.created_at,
+                record.accessed_at,
+                record.expires_at,
+                binding.agent,
+                binding.address,
+                binding.bound_at,
+            )
+        )
+    found.sort(key=lambda s: (s.created_at, s.accessed_at), reverse=True)
+    return found
+
+
+def destroy_user(manager: SessionManager, user: str, keep: str | None = None) -> int:
+    """Destroy every session bound to ``user`` except ``keep``; how many.
+
+    Each one dies at once, as with ``destroy()``: a request in flight on it
+    finds it gone at commit and answers 409, never bringing it back.  The
+    index is read again until nothing but ``keep`` is left, so a login that
+    raced the first round (a ``regenerate()`` moving a session to a new id)
+    is caught by the next.
+    """
+    backend = manager.backend
+    destroyed = 0
+    for _ in range(DESTROY_ROUNDS):
+        doomed = [r for r in backend.user_sessions(user) if r.session_id != keep]
+        if not doomed:
+            break
+        for record in doomed:
+            if backend.delete(record.session_id) and not record.is_tombstone:
+                destroyed += 1
+    else:
+        log.warning("user %s kept getting new sessions while being logged out", user)
+    manager.counters.add("destroyed", destroyed)
+    return destroyed

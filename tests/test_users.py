@@ -1,0 +1,143 @@
+"""A user's sessions, listed and destroyed (SPEC section 12), on every backend."""
+
+from __future__ import annotations
+
+import pytest
+from webtest import TestApp
+
+from sessionstore import SessionMiddleware
+
+from .conftest import Clock
+from .test_atomic import SECRET, backend  # noqa: F401 - the backend fixture
+
+
+class Site:
+    """A middleware whose application runs ``fn(session)`` from the test, with
+    one TestApp per "device" (its own cookie jar, user agent and address)."""
+
+    def __init__(self, backend, clock, **settings):
+        kind, options = backend
+        self.clock = clock
+        self.mw = SessionMiddleware(
+            self._app,
+            secret=SECRET,
+            backend=kind,
+            backend_options=options,
+            clock=clock,
+            cleanup_probability=0,
+            **settings,
+        )
+        self.devices = {}
+
+    def _app(self, environ, start_response):
+        environ["test.out"].append(environ["test.fn"](environ["session"]))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    def run(self, device, fn, **kwargs):
+        web = self.devices.setdefault(device, TestApp(self.mw))
+        out = []
+        environ = {
+            "test.fn": fn,
+            "test.out": out,
+            "HTTP_USER_AGENT": f"Browser on {device}",
+            "REMOTE_ADDR": f"192.0.2.{len(self.devices)}",
+        }
+        response = web.get("/", extra_environ=environ, expect_errors=True, **kwargs)
+        return (out[0] if out else None), response
+
+
+def login(user):
+    def step(session):
+        session.store("shop").set("cart", ["book"])
+        session.regenerate()
+        session.bind_user(user)
+        return session.id
+
+    return step
+
+
+#: Backends whose user index is in place (the rest follow).
+INDEXED = {"memory"}
+
+
+@pytest.fixture
+def site(backend, request):  # noqa: F811 - the fixture imported above
+    if request.node.callspec.params["backend"] not in INDEXED:
+        pytest.skip("no user index on this backend yet")
+    made = Site(backend, Clock())
+    yield made
+    made.mw.close()
+
+
+def test_sessions_of_lists_each_device_newest_first(site):
+    ids = []
+    for device in ("laptop", "phone", "tablet"):
+        ids.append(site.run(device, login("alice"))[0])
+        site.clock.advance(10)
+    site.run("other", login("bob"))
+    listed = site.mw.sessions_of("alice")
+    assert [s.session_id for s in listed] == ids[::-1]
+    newest = listed[0]
+    assert newest.user_agent == "Browser on tablet" and newest.address == "192.0.2.3"
+    assert newest.created_at == newest.bound_at and newest.expires_at > site.clock()
+    assert [s.session_id for s in site.mw.sessions_of("nobody")] == []
+    assert site.run("laptop", lambda s: s.user)[0] == "alice"
+
+
+def test_destroy_user_keeps_one_and_ends_the_rest_at_once(site):
+    ids = {device: site.run(device, login("alice"))[0] for device in ("laptop", "phone", "pc")}
+    site.run("other", login("bob"))
+    assert site.mw.destroy_user("alice", keep=ids["laptop"]) == 2
+    assert [s.session_id for s in site.mw.sessions_of("alice")] == [ids["laptop"]]
+    # The other devices have no session any more: their next request starts afresh.
+    assert site.run("phone", lambda s: (s.id, s.user))[0] == (None, None)
+    assert site.run("laptop", lambda s: s.store("shop").get("cart"))[0] == ["book"]
+    assert len(site.mw.sessions_of("bob")) == 1
+    assert site.mw.destroy_user("alice") == 1
+    assert site.mw.sessions_of("alice") == []
+
+
+def test_the_binding_survives_regenerate_and_unbinding_removes_it(site):
+    first = site.run("laptop", login("alice"))[0]
+    second = site.run("laptop", lambda s: (s.regenerate(), s.id)[1])[0]
+    assert second != first
+    assert [s.session_id for s in site.mw.sessions_of("alice")] == [second]
+    site.run("laptop", lambda s: s.bind_user(None))
+    assert site.mw.sessions_of("alice") == []
+    assert site.run("laptop", lambda s: (s.user, s.store("shop").get("cart")))[0] == (
+        None,
+        ["book"],
+    )
+
+
+def test_expired_and_destroyed_sessions_are_never_listed(site):
+    site.run("laptop", login("alice"))
+    kept = site.run("phone", login("alice"))[0]
+    site.run("laptop", lambda s: s.destroy())
+    assert [s.session_id for s in site.mw.sessions_of("alice")] == [kept]
+    site.clock.advance(86400 + 1)  # the idle timeout
+    assert site.mw.sessions_of("alice") == []
+
+
+def test_binding_the_same_user_again_writes_nothing(site):
+    site.run("laptop", login("alice"))
+    before = site.mw.stats()["commits"]
+    site.run("laptop", lambda s: s.bind_user("alice"))
+    assert site.mw.stats()["commits"] == before
+
+
+def test_a_request_in_flight_never_brings_a_destroyed_session_back(site):
+    sid = site.run("laptop", login("alice"))[0]
+
+    def write_while_logged_out_everywhere(session):
+        session.store("shop").update("cart", lambda cart: [*cart, "pen"], [])
+        assert site.mw.destroy_user("alice") == 1  # e.g. a password change elsewhere
+        return session.id
+
+    _, response = site.run("laptop", write_while_logged_out_everywhere)
+    assert response.status_int == 409
+    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert site.mw.sessions_of("alice") == []
+    record = site.mw.backend.get(sid)
+    assert record is None
