@@ -15,8 +15,8 @@ class Site:
     """A middleware whose application runs ``fn(session)`` from the test, with
     one TestApp per "device" (its own cookie jar, user agent and address)."""
 
-    def __init__(self, backend, clock, **settings):
-        kind, options = backend
+    def __init__(self, store, clock, **settings):
+        kind, options = store
         self.clock = clock
         self.mw = SessionMiddleware(
             self._app,
