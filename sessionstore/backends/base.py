@@ -6,6 +6,19 @@ management methods (``setup``, ``add``, ``get``, ``get_all``, ``delete``,
 ``delete_many``, ``delete_all``) plus ``delete_expired``, ``close`` and one
 concurrency primitive, :meth:`Backend.compare_and_swap`, on which sessions
 build their commits.
+
+Honest outcomes (SPEC section 6): a network backend whose compare-and-swap
+was sent but whose reply never came (the connection broke, a read timed out)
+raises :class:`OutcomeUnknown` from its wire-level swap and lets
+:meth:`Backend.settle` decide by reading the record back over a fresh
+connection.  A commit is identified by its record: the stored version equals
+``record.version`` *and* the stored payload bytes equal ``record.payload``
+(every payload carries a random per-commit token, so two commits never write
+the same bytes).  For a delete, "applied" means the id is absent.  Applied is a
+success; not applied with the version still the expected one is sent once
+more; anything else is a lost swap (False), exactly as if another request had
+committed first.  A swap whose outcome stays unknown raises
+:class:`BusyRetry` naming the session.
 """
 
 from __future__ import annotations
@@ -16,7 +29,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import BackendError, ConfigurationError
+from ..errors import BackendError, BusyRetry, ConfigurationError
+
+#: Times :meth:`Backend.settle` sends one compare-and-swap whose outcome stays unknown.
+SEND_ATTEMPTS = 2
+
+
+class OutcomeUnknown(Exception):  # noqa: N818 - a state, not a failure of ours
+    """A compare-and-swap was sent and no reply came back; raised by a
+    backend's wire-level swap for :meth:`Backend.settle` to resolve."""
 
 
 class Record(NamedTuple):
@@ -77,6 +98,16 @@ def checked_record(
     return Record(session_id, version, times[0], times[1], times[2], payload)
 
 
+def is_applied(stored: Record | None, record: Record | None) -> bool:
+    """Whether ``stored`` (read back) is the result of writing ``record``
+    (``None``: a delete, applied when nothing is stored)."""
+    if record is None:
+        return stored is None
+    return (
+        stored is not None and stored.version == record.version and stored.payload == record.payload
+    )
+
+
 class Backend(abc.ABC):
     """Base class of the storage backends.
 
@@ -125,6 +156,36 @@ class Backend(abc.ABC):
         False.  The caller sets ``record.version`` (read version + 1).
         """
 
+    def settle(
+        self,
+        session_id: str,
+        expected_version: int | None,
+        record: Record | None,
+        swap: Callable[[], bool],
+    ) -> bool:
+        """Run ``swap`` (one compare-and-swap on the wire) with an unknown
+        outcome resolved by reading back (see the module docstring).
+
+        After an unknown outcome, a swap that then loses is read back too: a
+        late copy of the first send may have applied it, and it must count as
+        this commit's success, never be replayed on top of itself.
+        """
+        uncertain = False
+        for _ in range(SEND_ATTEMPTS):
+            try:
+                if swap():
+                    return True
+                if not uncertain:
+                    return False
+            except OutcomeUnknown:
+                uncertain = True
+            stored = self.get(session_id)  # on a fresh connection; may raise BusyRetry
+            if is_applied(stored, record):
+                return True
+            if (None if stored is None else stored.version) != expected_version:
+                return False  # another commit came first: a plain lost swap
+        raise BusyRetry(f"session {session_id}: the store did not confirm the commit")
+
     # -- management ----------------------------------------------------------
 
     @abc.abstractmethod
@@ -155,14 +216,21 @@ class Backend(abc.ABC):
     def delete_all(self) -> int:
         """Delete every session; the number deleted."""
 
-    def delete_expired(self, now: float | None = None) -> int:
+    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         """Delete the sessions expired at ``now``; the number deleted.
 
-        Each deletion is conditional on the version seen expired, so a
-        session refreshed in the meantime survives.
+        ``limit`` bounds the records examined and deleted in one call (a
+        request's cleanup passes a small one); ``None`` deletes every expired
+        session.  Each deletion is conditional on the version seen expired,
+        so a session refreshed in the meantime survives.
         """
         now = time.time() if now is None else now
-        expired = [r for r in self.iter_records() if r.is_expired(now)]
+        expired = []
+        for seen, record in enumerate(self.iter_records()):
+            if limit is not None and seen >= limit:
+                break
+            if record.is_expired(now):
+                expired.append(record)
         return sum(self.compare_and_swap(r.session_id, r.version, None) for r in expired)
 
     def count(self) -> int:
