@@ -234,7 +234,7 @@ class RedisBackend(Backend):
     # -- Backend ---------------------------------------------------------------------
 
     def setup(self) -> None:
-        self._call(self._own().ping)
+        self._call(lambda: self._own().ping())
 
     def close(self) -> None:
         # Every thread's connection too: they all come from this pool.
@@ -316,7 +316,7 @@ class RedisBackend(Backend):
                 yield record
 
     def delete(self, session_id: str) -> int:
-        return int(self._call(self._own().delete, self._key(session_id)))
+        return int(self._call(lambda: self._own().delete(self._key(session_id))))
 
     def delete_many(self, session_ids: Iterable[str]) -> int:
         keys = [self._key(i) for i in dict.fromkeys(session_ids)]
