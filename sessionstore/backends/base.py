@@ -19,12 +19,19 @@ success; not applied with the version still the expected one is sent once
 more; anything else is a lost swap (False), exactly as if another request had
 committed first.  A swap whose outcome stays unknown raises
 :class:`BusyRetry` naming the session.
+
+A swap sent to a stalled server can sit in its socket buffer and run after
+the client gave up.  Network backends therefore *fence* each swap: it carries
+a deadline on the server's clock (:class:`ServerClock`) past which the server
+refuses it, so a swap given up on cannot apply much later behind the
+middleware's back.
 """
 
 from __future__ import annotations
 
 import abc
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
@@ -96,6 +103,41 @@ def checked_record(
     if not isinstance(payload, bytes):
         raise BackendError(f"stored session {shown}: the payload is not bytes")
     return Record(session_id, version, times[0], times[1], times[2], payload)
+
+
+class ServerClock:
+    """The database server's clock, estimated here: ``read()`` asks the
+    server for its time (epoch seconds), once a minute at most.
+
+    ``deadline(seconds)`` is the server time ``seconds`` from now, for a
+    swap's fence.  The offset is measured against the monotonic clock, so a
+    step of this machine's wall clock does not move deadlines.
+    """
+
+    RECALIBRATE = 60.0
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self._read = read
+        self._offset: float | None = None
+        self._measured = 0.0
+        self._lock = threading.Lock()
+
+    def deadline(self, seconds: float) -> float:
+        now = time.monotonic()
+        offset = self._offset
+        if offset is None or now - self._measured > self.RECALIBRATE:
+            offset = self.calibrate()
+        return now + offset + seconds
+
+    def calibrate(self) -> float:
+        """Measure the offset now (after a fence refused a fresh swap)."""
+        with self._lock:
+            before = time.monotonic()
+            server = self._read()
+            after = time.monotonic()
+            self._offset = server - (before + after) / 2
+            self._measured = after
+            return self._offset
 
 
 def is_applied(stored: Record | None, record: Record | None) -> bool:

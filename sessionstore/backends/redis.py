@@ -14,7 +14,9 @@ management command.  The prefix must be non-empty (an empty one would make
 The compare-and-swap runs as one Lua script on the server, so it is atomic
 however many machines write.  Its outcome is settled by reading back when the
 reply is lost (:meth:`Backend.settle`); redis-py's own retries are off, since
-a blind resend of a swap that had applied would report it lost.
+a blind resend of a swap that had applied would report it lost.  The script
+refuses (-1) a swap arriving after its fence, a deadline on the server's
+``TIME`` (see :mod:`.base`).
 
 Timeouts: every round trip (and every connect) may take half of
 ``busy_timeout``; the other half is for reading back a swap whose reply never
@@ -42,7 +44,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BackendError, BusyRetry, ConfigurationError
-from .base import Backend, OutcomeUnknown, Record, checked_record
+from .base import Backend, OutcomeUnknown, Record, ServerClock, checked_record
 
 try:
     import redis
@@ -62,9 +64,14 @@ _SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{1,128}")
 _FIELDS = (b"v", b"c", b"a", b"e", b"p")
 
 # KEYS[1] the key; ARGV: expected version ('' = must be absent), 'put' or
-# 'del', then for 'put': version, created, accessed, expires, payload, and the
-# key's expiry time in milliseconds.
+# 'del', the fence (server time in ms after which the swap is refused: -1),
+# then for 'put': version, created, accessed, expires, payload, and the key's
+# expiry time in milliseconds.
 _CAS = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+    return -1
+end
 local current = redis.call('HGET', KEYS[1], 'v')
 if ARGV[1] == '' then
     if current then return 0 end
@@ -75,8 +82,8 @@ if ARGV[2] == 'del' then
     redis.call('DEL', KEYS[1])
     return 1
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[3], 'c', ARGV[4], 'a', ARGV[5], 'e', ARGV[6], 'p', ARGV[7])
-redis.call('PEXPIREAT', KEYS[1], ARGV[8])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'c', ARGV[5], 'a', ARGV[6], 'e', ARGV[7], 'p', ARGV[8])
+redis.call('PEXPIREAT', KEYS[1], ARGV[9])
 return 1
 """
 
@@ -146,6 +153,12 @@ class RedisBackend(Backend):
         )
         self._cas = self._client.register_script(_CAS)
         self._local = threading.local()
+        self._server_clock = ServerClock(self._server_time)
+        self._wire = wire
+
+    def _server_time(self) -> float:
+        seconds, micros = self._call(lambda: self._own().time())
+        return float(seconds) + micros / 1e6
 
     def _own(self) -> redis.Redis:
         """This thread's client on a connection of its own (per process)."""
@@ -246,12 +259,13 @@ class RedisBackend(Backend):
     ) -> bool:
         expected = "" if expected_version is None else str(expected_version)
         if record is None:
-            args: list[Any] = [expected, "del"]
+            args: list[Any] = [expected, "del", 0]
         else:
             expire_ms = int((record.expires_at + EXPIRY_GRACE) * 1000)
             args = [
                 expected,
                 "put",
+                0,
                 record.version,
                 repr(record.created_at),
                 repr(record.accessed_at),
@@ -262,12 +276,19 @@ class RedisBackend(Backend):
         key = self._key(session_id)
 
         def swap() -> bool:
-            try:
-                return bool(self._cas(keys=[key], args=args, client=self._own()))
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-                raise OutcomeUnknown(session_id) from exc
-            except redis_errors.RedisError as exc:
-                raise self._failure(exc) from exc
+            for fresh_clock in (False, True):
+                args[2] = int(self._server_clock.deadline(self._wire) * 1000)
+                try:
+                    done = int(self._cas(keys=[key], args=args, client=self._own()))
+                except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                    raise OutcomeUnknown(session_id) from exc
+                except redis_errors.RedisError as exc:
+                    raise self._failure(exc) from exc
+                if done >= 0:
+                    return done == 1
+                if not fresh_clock:
+                    self._server_clock.calibrate()  # refused on arrival: the clocks moved
+            raise BusyRetry(f"Redis at {self._shown}: swaps arrive after their deadline")
 
         return self.settle(session_id, expected_version, record, swap)
 
@@ -345,13 +366,16 @@ class RedisBackend(Backend):
 
             def purge(batch: list[Record] = expired) -> list[Any]:
                 pipe = self._client.pipeline(transaction=False)
+                fence = int(self._server_clock.deadline(self._wire) * 1000)
                 for r in batch:
                     self._cas(
-                        keys=[self._key(r.session_id)], args=[str(r.version), "del"], client=pipe
+                        keys=[self._key(r.session_id)],
+                        args=[str(r.version), "del", fence],
+                        client=pipe,
                     )
                 return pipe.execute()
 
-            deleted += sum(int(done) for done in self._call(purge))
+            deleted += sum(int(done) == 1 for done in self._call(purge))
         return deleted
 
     def count(self) -> int:

@@ -16,9 +16,10 @@ runs the management operations.  A pooled connection the server has dropped
 (a restart, an idle timeout) fails its first statement; the pool is then
 discarded and the statement runs once more on a fresh connection, except a
 compare-and-swap, whose outcome is then unknown: it is settled by reading back
-(:meth:`Backend.settle`).  Every wait is bounded by ``busy_timeout``
-(:mod:`.sqlconnect`); a server that does not answer in time is
-:class:`BusyRetry`.  Connections are never shared across ``fork``.
+(:meth:`Backend.settle`).  A swap (but not the insert of a new session) is
+fenced: it applies only while the server's clock is before its deadline.
+Every wait is bounded by ``busy_timeout`` (:mod:`.sqlconnect`); a server that
+does not answer in time is :class:`BusyRetry`.  Connections are never shared across ``fork``.
 
 Storage format: one row per session, columns ``id`` (the session id, primary
 key), ``version`` (grows by one per commit), ``created_at``, ``accessed_at``,
@@ -48,7 +49,7 @@ from typing import Any, TypeVar
 
 from ..config import as_bool
 from ..errors import BackendError, BusyRetry, ConfigurationError
-from .base import Backend, OutcomeUnknown, Record, checked_record
+from .base import Backend, OutcomeUnknown, Record, ServerClock, checked_record
 
 try:
     import sqlalchemy as sa
@@ -123,6 +124,9 @@ class SqlBackend(Backend):
         self._engine = self._create_engine()
         self._pid = os.getpid()
         self._prepare_statements()
+        self._server_clock = ServerClock(
+            lambda: float(self._execute(self._select_now, {}, fetch=True)[0])
+        )
 
     def _prepare_statements(self) -> None:
         """Build and compile the per-request statements once: building and
@@ -136,7 +140,15 @@ class SqlBackend(Backend):
             "payload": sa.bindparam("b_payload"),
         }
         this_id = t.c.id == sa.bindparam("b_id")
-        this_version = sa.and_(this_id, t.c.version == sa.bindparam("b_expected"))
+        if family_of(self._engine.url) == "mysql":
+            server_now: Any = sa.func.unix_timestamp(sa.func.now(sa.literal_column("6")))
+        else:
+            server_now = sa.extract("epoch", sa.func.clock_timestamp())
+        this_version = sa.and_(
+            this_id,
+            t.c.version == sa.bindparam("b_expected"),
+            server_now <= sa.bindparam("b_deadline"),  # the fence (see .base)
+        )
         dialect = self._engine.dialect
 
         def compiled(statement: Any) -> str:
@@ -148,6 +160,7 @@ class SqlBackend(Backend):
         self._swap_one = compiled(t.update().where(this_version).values(**values))
         self._delete_swap = compiled(t.delete().where(this_version))
         self._delete_one = compiled(t.delete().where(this_id))
+        self._select_now = compiled(sa.select(server_now))
 
     def _create_engine(self) -> sa.engine.Engine:
         url = sa.engine.make_url(self.url)
@@ -284,12 +297,12 @@ class SqlBackend(Backend):
         else:
             sql, params = self._swap_one, self._values(record)
         params["b_expected"] = expected_version
-        return self.settle(
-            session_id,
-            expected_version,
-            record,
-            lambda: bool(self._execute(sql, params, swap=session_id) == 1),
-        )
+
+        def swap() -> bool:
+            params["b_deadline"] = self._server_clock.deadline(self.busy_timeout / 2)
+            return bool(self._execute(sql, params, swap=session_id) == 1)
+
+        return self.settle(session_id, expected_version, record, swap)
 
     def _insert(self, record: Record, swap: bool = False) -> bool:
         """Insert a new session; False when its id exists (the key refused it)."""
