@@ -8,7 +8,8 @@ half is for reading back a compare-and-swap whose reply was lost
 * psycopg 3: connections are :class:`_TimedConnection`, whose every wait for
   the server ends after ``wire`` seconds (psycopg has a timeout on its wait
   loop but no option for it); the connection is then closed, since a reply
-  may still come.  libpq's ``connect_timeout`` (whole seconds, at least 2).
+  may still come.  A connect ends after ``wire`` seconds too (libpq's own
+  ``connect_timeout``, whole seconds and at least 2, stays as a backstop).
   On the server, ``statement_timeout`` and ``lock_timeout`` a little shorter,
   so a live but busy server answers "busy" before the client gives up.
 * PyMySQL: ``connect_timeout``, ``read_timeout`` and ``write_timeout``;
@@ -22,6 +23,7 @@ have been applied unseen.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +44,22 @@ def _timed_psycopg_connection(wire: float) -> Any:
 
     class TimedConnection(psycopg.Connection[Any]):
         """A psycopg connection whose waits for the server end after ``wire`` s."""
+
+        @classmethod
+        def _connect_gen(cls, conninfo: str = "") -> Any:
+            # psycopg resumes this generator every 0.1 s while it waits for
+            # the server, so it can end a connect libpq would let run 2 s.
+            deadline = time.monotonic() + wire
+            steps = super()._connect_gen(conninfo)
+            try:
+                step = next(steps)
+                while True:
+                    if time.monotonic() > deadline:
+                        steps.close()
+                        raise pg_errors.ConnectionTimeout("connection timeout expired")
+                    step = steps.send((yield step))
+            except StopIteration as done:
+                return done.value
 
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             try:
