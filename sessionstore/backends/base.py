@@ -6,17 +6,45 @@ management methods (``setup``, ``add``, ``get``, ``get_all``, ``delete``,
 ``delete_many``, ``delete_all``) plus ``delete_expired``, ``close`` and one
 concurrency primitive, :meth:`Backend.compare_and_swap`, on which sessions
 build their commits.
+
+Honest outcomes (SPEC section 6): a network backend whose compare-and-swap
+was sent but whose reply never came (the connection broke, a read timed out)
+raises :class:`OutcomeUnknown` from its wire-level swap and lets
+:meth:`Backend.settle` decide by reading the record back over a fresh
+connection.  A commit is identified by its record: the stored version equals
+``record.version`` *and* the stored payload bytes equal ``record.payload``
+(every payload carries a random per-commit token, so two commits never write
+the same bytes).  For a delete, "applied" means the id is absent.  Applied is a
+success; not applied with the version still the expected one is sent once
+more; anything else is a lost swap (False), exactly as if another request had
+committed first.  A swap whose outcome stays unknown raises
+:class:`BusyRetry` naming the session.
+
+A swap sent to a stalled server can sit in its socket buffer and run after
+the client gave up.  Network backends therefore *fence* each swap: it carries
+a deadline on the server's clock (:class:`ServerClock`) past which the server
+refuses it, so a swap given up on cannot apply much later behind the
+middleware's back.
 """
 
 from __future__ import annotations
 
 import abc
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import ConfigurationError, DamagedRecord
+from ..errors import BackendError, BusyRetry, ConfigurationError, DamagedRecord
+
+#: Times :meth:`Backend.settle` sends one compare-and-swap whose outcome stays unknown.
+SEND_ATTEMPTS = 2
+
+
+class OutcomeUnknown(Exception):  # noqa: N818 - a state, not a failure of ours
+    """A compare-and-swap was sent and no reply came back; raised by a
+    backend's wire-level swap for :meth:`Backend.settle` to resolve."""
 
 
 class Record(NamedTuple):
@@ -88,6 +116,51 @@ def checked_record(
     return Record(session_id, version, times[0], times[1], times[2], payload)
 
 
+class ServerClock:
+    """The database server's clock, estimated here: ``read()`` asks the
+    server for its time (epoch seconds), once a minute at most.
+
+    ``deadline(seconds)`` is the server time ``seconds`` from now, for a
+    swap's fence.  The offset is measured against the monotonic clock, so a
+    step of this machine's wall clock does not move deadlines.
+    """
+
+    RECALIBRATE = 60.0
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self._read = read
+        self._offset: float | None = None
+        self._measured = 0.0
+        self._lock = threading.Lock()
+
+    def deadline(self, seconds: float) -> float:
+        now = time.monotonic()
+        offset = self._offset
+        if offset is None or now - self._measured > self.RECALIBRATE:
+            offset = self.calibrate()
+        return now + offset + seconds
+
+    def calibrate(self) -> float:
+        """Measure the offset now (after a fence refused a fresh swap)."""
+        with self._lock:
+            before = time.monotonic()
+            server = self._read()
+            after = time.monotonic()
+            self._offset = server - (before + after) / 2
+            self._measured = after
+            return self._offset
+
+
+def is_applied(stored: Record | None, record: Record | None) -> bool:
+    """Whether ``stored`` (read back) is the result of writing ``record``
+    (``None``: a delete, applied when nothing is stored)."""
+    if record is None:
+        return stored is None
+    return (
+        stored is not None and stored.version == record.version and stored.payload == record.payload
+    )
+
+
 class Backend(abc.ABC):
     """Base class of the storage backends.
 
@@ -136,6 +209,36 @@ class Backend(abc.ABC):
         False.  The caller sets ``record.version`` (read version + 1).
         """
 
+    def settle(
+        self,
+        session_id: str,
+        expected_version: int | None,
+        record: Record | None,
+        swap: Callable[[], bool],
+    ) -> bool:
+        """Run ``swap`` (one compare-and-swap on the wire) with an unknown
+        outcome resolved by reading back (see the module docstring).
+
+        After an unknown outcome, a swap that then loses is read back too: a
+        late copy of the first send may have applied it, and it must count as
+        this commit's success, never be replayed on top of itself.
+        """
+        uncertain = False
+        for _ in range(SEND_ATTEMPTS):
+            try:
+                if swap():
+                    return True
+                if not uncertain:
+                    return False
+            except OutcomeUnknown:
+                uncertain = True
+            stored = self.get(session_id)  # on a fresh connection; may raise BusyRetry
+            if is_applied(stored, record):
+                return True
+            if (None if stored is None else stored.version) != expected_version:
+                return False  # another commit came first: a plain lost swap
+        raise BusyRetry(f"session {session_id}: the store did not confirm the commit")
+
     # -- management ----------------------------------------------------------
 
     @abc.abstractmethod
@@ -169,18 +272,19 @@ class Backend(abc.ABC):
     def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         """Delete the sessions expired at ``now``; the number deleted.
 
-        With ``limit``, delete at most that many (requests clean up in small
-        batches).  Each deletion is conditional on the version seen expired,
+        ``limit`` bounds the records examined and deleted in one call (a
+        request's cleanup passes a small one); ``None`` deletes every expired
+        session.  Each deletion is conditional on the version seen expired,
         so a session refreshed in the meantime survives.
         """
         now = time.time() if now is None else now
-        deleted = 0
-        for record in self.iter_records():
-            if limit is not None and deleted >= limit:
+        expired = []
+        for seen, record in enumerate(self.iter_records()):
+            if limit is not None and seen >= limit:
                 break
             if record.is_expired(now):
-                deleted += self.compare_and_swap(record.session_id, record.version, None)
-        return deleted
+                expired.append(record)
+        return sum(self.compare_and_swap(r.session_id, r.version, None) for r in expired)
 
     def count(self) -> int:
         """How many sessions are stored, expired ones included."""

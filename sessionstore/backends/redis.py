@@ -1,11 +1,29 @@
 """The ``redis`` backend: sessions shared by several machines through Redis.
 
-Each session is a hash at ``<prefix><id>`` with fields ``v`` (version),
-``c``, ``a``, ``e`` (created, accessed, expires) and ``p`` (the signed
-payload).  The compare-and-swap runs as one Lua script on the server, so it is
-atomic however many machines write.  A key expires by itself
+Storage format: each session is a hash at ``<prefix><id>`` with fields ``v``
+(version, a decimal integer), ``c``, ``a``, ``e`` (created, accessed, expires:
+``repr`` of a float) and ``p`` (the signed payload).  Invariants: ``v`` is
+present in every session hash and only ever grows; the key expires by itself
 ``EXPIRY_GRACE`` seconds after its session does (the middleware never loads an
-expired session; the grace leaves ``purge`` something to count).
+expired session; the grace leaves ``purge`` something to count).  Only hashes
+under the prefix whose name ends in a session id and that hold ``v`` are
+sessions: anything else under the prefix is foreign and left alone by every
+management command.  The prefix must be non-empty (an empty one would make
+``purge --all`` a ``FLUSHDB``).
+
+The compare-and-swap runs as one Lua script on the server, so it is atomic
+however many machines write.  Its outcome is settled by reading back when the
+reply is lost (:meth:`Backend.settle`); redis-py's own retries are off, since
+a blind resend of a swap that had applied would report it lost.  The script
+refuses (-1) a swap arriving after its fence, a deadline on the server's
+``TIME`` (see :mod:`.base`).
+
+Timeouts: every round trip (and every connect) may take half of
+``busy_timeout``; the other half is for reading back a swap whose reply never
+came.  A timeout is :class:`BusyRetry`.  A connection the server closed (a
+restart, an idle ``timeout``, ``CLIENT KILL``) is reconnected once,
+transparently.  Expired sessions are removed by Redis itself (TTL): a request's
+cleanup (``delete_expired`` with a ``limit``) does nothing; ``purge`` scans.
 
 Each thread talks to Redis over a connection of its own, held for as long as
 the thread lives: taking one from the shared pool and putting it back cost a
@@ -17,20 +35,22 @@ hiredis reply parser too).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BackendError, BusyRetry, ConfigurationError
-from .base import Backend, Record
+from .base import Backend, OutcomeUnknown, Record, ServerClock, checked_record
 
 try:
     import redis
     from redis import exceptions as redis_errors
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ConfigurationError(
         "backend", "redis", "needs redis-py: pip install 'sessionstore[redis]'"
@@ -39,11 +59,19 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 #: Seconds a key outlives its session before Redis drops it.
 EXPIRY_GRACE = 300
 _BATCH = 500
+_T = TypeVar("_T")
+_SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{1,128}")
+_FIELDS = (b"v", b"c", b"a", b"e", b"p")
 
 # KEYS[1] the key; ARGV: expected version ('' = must be absent), 'put' or
-# 'del', then for 'put': version, created, accessed, expires, payload, and the
-# key's expiry time in milliseconds.
+# 'del', the fence (server time in ms after which the swap is refused: -1),
+# then for 'put': version, created, accessed, expires, payload, and the key's
+# expiry time in milliseconds.
 _CAS = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+    return -1
+end
 local current = redis.call('HGET', KEYS[1], 'v')
 if ARGV[1] == '' then
     if current then return 0 end
@@ -54,31 +82,45 @@ if ARGV[2] == 'del' then
     redis.call('DEL', KEYS[1])
     return 1
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[3], 'c', ARGV[4], 'a', ARGV[5], 'e', ARGV[6], 'p', ARGV[7])
-redis.call('PEXPIREAT', KEYS[1], ARGV[8])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'c', ARGV[5], 'a', ARGV[6], 'e', ARGV[7], 'p', ARGV[8])
+redis.call('PEXPIREAT', KEYS[1], ARGV[9])
 return 1
 """
 
 
 def _as_url(key: str, value: object) -> str:
     if not isinstance(value, str) or urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(key, value, "expected a redis://, rediss:// or unix:// URL")
+        raise ConfigurationError(
+            key, _shown(value), "expected a redis://, rediss:// or unix:// URL"
+        )
     return value
 
 
 def _as_prefix(key: str, value: object) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[\x21-\x7e]{0,100}", value):
-        raise ConfigurationError(key, value, "expected up to 100 printable characters")
+    if not isinstance(value, str) or not re.fullmatch(r"[\x21-\x7e]{1,100}", value):
+        raise ConfigurationError(key, value, "expected 1 to 100 printable characters")
     return value
 
 
-def _shown(url: str) -> str:
+def _shown(url: object) -> object:
     """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
+    if not isinstance(url, str):
+        return url
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<a malformed URL>"
+    if password:
+        user, _, host = parts.netloc.rpartition("@")
+        user = user.split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
     return url
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` as a SCAN pattern matching itself only."""
+    return "".join(c if c.isalnum() else "\\" + c for c in text)
 
 
 def _text(value: Any) -> str:
@@ -99,15 +141,26 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(busy_timeout=busy_timeout)
         self.url = url
-        self.prefix = prefix
+        self.prefix = _as_prefix("backend.prefix", prefix)
+        self._shown = str(_shown(url))
+        wire = busy_timeout / 2
         # redis-py's pool notices a fork and opens new connections in the child.
         self._client = redis.Redis.from_url(
-            url, socket_timeout=busy_timeout, socket_connect_timeout=busy_timeout
+            url,
+            socket_timeout=wire,
+            socket_connect_timeout=wire,
+            retry=Retry(NoBackoff(), 0),  # our retries know which commands are safe
         )
         self._cas = self._client.register_script(_CAS)
         self._local = threading.local()
+        self._server_clock = ServerClock(self._server_time)
+        self._wire = wire
 
-    def _own(self) -> redis.Redis[bytes]:
+    def _server_time(self) -> float:
+        seconds, micros = self._call(lambda: self._own().time())
+        return float(seconds) + micros / 1e6
+
+    def _own(self) -> redis.Redis:
         """This thread's client on a connection of its own (per process)."""
         local = self._local
         pid = os.getpid()
@@ -116,17 +169,28 @@ class RedisBackend(Backend):
                 connection_pool=self._client.connection_pool, single_connection_client=True
             )
             local.pid = pid
-        client: redis.Redis[bytes] = local.client
+        client: redis.Redis = local.client
         return client
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (redis_errors.TimeoutError, redis_errors.BusyLoadingError) as exc:
-            raise BusyRetry(f"Redis at {_shown(self.url)} did not answer in time: {exc}") from exc
-        except redis_errors.RedisError as exc:
-            raise BackendError(f"Redis at {_shown(self.url)} failed", exc) from exc
+    def _call(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Run ``work(*args)`` (safe to repeat), reconnecting once after a
+        dropped connection; errors translated."""
+        for attempt in range(2):
+            try:
+                return work(*args)
+            except redis_errors.ConnectionError as exc:
+                # redis-py closed the broken connection: the next command opens one.
+                if attempt == 0:
+                    continue
+                raise self._failure(exc) from exc
+            except redis_errors.RedisError as exc:
+                raise self._failure(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failure(self, exc: Exception) -> BackendError | BusyRetry:
+        if isinstance(exc, (redis_errors.TimeoutError, redis_errors.BusyLoadingError)):
+            return BusyRetry(f"Redis at {self._shown} did not answer in time: {exc}")
+        return BackendError(f"Redis at {self._shown} failed", exc)
 
     def _key(self, session_id: str) -> str:
         return self.prefix + session_id
@@ -135,30 +199,55 @@ class RedisBackend(Backend):
         if not fields:
             return None
         try:
-            return Record(
+            values = [fields[name] for name in _FIELDS]
+            return checked_record(
                 session_id,
-                int(fields[b"v"]),
-                float(fields[b"c"]),
-                float(fields[b"a"]),
-                float(fields[b"e"]),
-                bytes(fields[b"p"]),
+                int(values[0]),
+                float(values[1]),
+                float(values[2]),
+                float(values[3]),
+                values[4],
             )
         except (KeyError, ValueError) as exc:
-            raise BackendError(
-                f"Redis key {self._key(session_id)} is not a readable session", exc
-            ) from exc
+            raise BackendError(f"stored session {session_id}: not a readable session", exc) from exc
 
-    def _keys(self) -> Iterator[str]:
-        pattern = self.prefix.replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "*"
-        with self._errors():
-            for key in self._client.scan_iter(match=pattern, count=_BATCH):
-                yield _text(key)
+    def _session_keys(self) -> Iterator[list[bytes]]:
+        """Batches of the keys that are sessions (see the module docstring)."""
+        pattern = _glob_escaped(self.prefix) + "*"
+        start = len(self.prefix.encode())
+        batch: list[bytes] = []
+
+        def checked(keys: list[bytes]) -> list[bytes]:
+            def probe() -> list[Any]:
+                pipe = self._client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.hexists(key, "v")
+                return pipe.execute()
+
+            return [key for key, has in zip(keys, self._call(probe), strict=True) if has]
+
+        cursor = 0
+        while True:
+            cursor, keys = self._call(self._scan, cursor, pattern)
+            batch += [k for k in keys if _SESSION_ID.fullmatch(k, start)]
+            if len(batch) >= _BATCH or (cursor == 0 and batch):
+                if found := checked(batch):
+                    yield found
+                batch = []
+            if cursor == 0:
+                return
+
+    def _scan(self, cursor: int, pattern: str) -> tuple[int, list[bytes]]:
+        cursor, keys = self._client.scan(cursor, match=pattern, count=_BATCH, _type="hash")
+        return cursor, [k if isinstance(k, bytes) else k.encode() for k in keys]
+
+    def _delete_keys(self, keys: list[bytes] | list[str]) -> int:
+        return int(self._client.delete(*keys))
 
     # -- Backend ---------------------------------------------------------------------
 
     def setup(self) -> None:
-        with self._errors():
-            self._client.ping()
+        self._call(lambda: self._own().ping())
 
     def close(self) -> None:
         # Every thread's connection too: they all come from this pool.
@@ -170,12 +259,13 @@ class RedisBackend(Backend):
     ) -> bool:
         expected = "" if expected_version is None else str(expected_version)
         if record is None:
-            args: list[Any] = [expected, "del"]
+            args: list[Any] = [expected, "del", 0]
         else:
             expire_ms = int((record.expires_at + EXPIRY_GRACE) * 1000)
             args = [
                 expected,
                 "put",
+                0,
                 record.version,
                 repr(record.created_at),
                 repr(record.accessed_at),
@@ -183,17 +273,33 @@ class RedisBackend(Backend):
                 record.payload,
                 expire_ms,
             ]
-        with self._errors():
-            return bool(self._cas(keys=[self._key(session_id)], args=args, client=self._own()))
+        key = self._key(session_id)
+
+        def swap() -> bool:
+            for fresh_clock in (False, True):
+                args[2] = int(self._server_clock.deadline(self._wire) * 1000)
+                try:
+                    done = int(self._cas(keys=[key], args=args, client=self._own()))
+                except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                    raise OutcomeUnknown(session_id) from exc
+                except redis_errors.RedisError as exc:
+                    raise self._failure(exc) from exc
+                if done >= 0:
+                    return done == 1
+                if not fresh_clock:
+                    self._server_clock.calibrate()  # refused on arrival: the clocks moved
+            raise BusyRetry(f"Redis at {self._shown}: swaps arrive after their deadline")
+
+        return self.settle(session_id, expected_version, record, swap)
 
     def get(self, session_id: str) -> Record | None:
-        with self._errors():
-            fields = self._own().hgetall(self._key(session_id))
+        fields = self._call(lambda: self._own().hgetall(self._key(session_id)))
         return self._record(session_id, fields)
 
     def add(self, record: Record) -> None:
         key = self._key(record.session_id)
-        with self._errors():
+
+        def store() -> None:
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(key)
             pipe.hset(
@@ -209,44 +315,71 @@ class RedisBackend(Backend):
             pipe.pexpireat(key, int((record.expires_at + EXPIRY_GRACE) * 1000))
             pipe.execute()
 
-    def iter_records(self) -> Iterator[Record]:
-        batch: list[str] = []
-        for key in self._keys():
-            batch.append(key)
-            if len(batch) >= _BATCH:
-                yield from self._fetch(batch)
-                batch = []
-        if batch:
-            yield from self._fetch(batch)
+        self._call(store)
 
-    def _fetch(self, keys: list[str]) -> Iterator[Record]:
-        with self._errors():
+    def iter_records(self) -> Iterator[Record]:
+        for keys in self._session_keys():
+            yield from self._fetch(keys)
+
+    def _fetch(self, keys: list[bytes]) -> Iterator[Record]:
+        def fetch() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)
-            results = pipe.execute()
-        for key, fields in zip(keys, results, strict=True):
-            record = self._record(key[len(self.prefix) :], fields)
+            return pipe.execute()
+
+        start = len(self.prefix.encode())
+        for key, fields in zip(keys, self._call(fetch), strict=True):
+            if fields and b"v" not in fields:
+                continue  # no longer a session (replaced since the scan)
+            record = self._record(_text(key[start:]), fields)
             if record is not None:  # expired or deleted since the scan
                 yield record
 
     def delete(self, session_id: str) -> int:
-        with self._errors():
-            return int(self._client.delete(self._key(session_id)))
+        return int(self._call(lambda: self._own().delete(self._key(session_id))))
 
     def delete_many(self, session_ids: Iterable[str]) -> int:
         keys = [self._key(i) for i in dict.fromkeys(session_ids)]
         deleted = 0
-        with self._errors():
-            for start in range(0, len(keys), _BATCH):
-                deleted += int(self._client.delete(*keys[start : start + _BATCH]))
+        for start in range(0, len(keys), _BATCH):
+            chunk = keys[start : start + _BATCH]
+            deleted += self._call(self._delete_keys, chunk)
         return deleted
 
     def delete_all(self) -> int:
-        return self.delete_many([key[len(self.prefix) :] for key in self._keys()])
+        return sum(self._call(self._delete_keys, keys) for keys in self._session_keys())
+
+    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
+        """Redis drops a session's key by itself (TTL), so a request's cleanup
+        (``limit`` given) does nothing at all.  Without ``limit`` (``purge``),
+        the sessions expired but still in their grace period are deleted, a
+        batch at a time, each only at the version seen expired."""
+        if limit is not None:
+            return 0
+        now = time.time() if now is None else now
+        deleted = 0
+        for keys in self._session_keys():
+            expired = [r for r in self._fetch(keys) if r.is_expired(now)]
+            if not expired:
+                continue
+
+            def purge(batch: list[Record] = expired) -> list[Any]:
+                pipe = self._client.pipeline(transaction=False)
+                fence = int(self._server_clock.deadline(self._wire) * 1000)
+                for r in batch:
+                    self._cas(
+                        keys=[self._key(r.session_id)],
+                        args=[str(r.version), "del", fence],
+                        client=pipe,
+                    )
+                return pipe.execute()
+
+            deleted += sum(int(done) == 1 for done in self._call(purge))
+        return deleted
 
     def count(self) -> int:
-        return sum(1 for _ in self._keys())
+        return sum(len(keys) for keys in self._session_keys())
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {_shown(self.url)} prefix={self.prefix!r}>"
+        return f"<RedisBackend {self._shown} prefix={self.prefix!r}>"

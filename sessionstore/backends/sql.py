@@ -14,8 +14,19 @@ compiled once for the database's dialect and executed on the pooled driver
 connection; SQLAlchemy still opens, pools and configures the connections and
 runs the management operations.  A pooled connection the server has dropped
 (a restart, an idle timeout) fails its first statement; the pool is then
-discarded and the statement runs once more on a fresh connection.
-Connections are never shared across ``fork``.
+discarded and the statement runs once more on a fresh connection, except a
+compare-and-swap, whose outcome is then unknown: it is settled by reading back
+(:meth:`Backend.settle`).  A swap (but not the insert of a new session) is
+fenced: it applies only while the server's clock is before its deadline.
+Every wait is bounded by ``busy_timeout`` (:mod:`.sqlconnect`); a server that
+does not answer in time is :class:`BusyRetry`.  Connections are never shared across ``fork``.
+
+Storage format: one row per session, columns ``id`` (the session id, primary
+key), ``version`` (grows by one per commit), ``created_at``, ``accessed_at``,
+``expires_at`` (epoch seconds, indexed for cleanup) and ``payload`` (the
+signed bytes).  ``setup()`` creates the table and index when missing, safely
+when several processes start at once.  Cleanup deletes expired rows at most
+``limit`` (or ``_BATCH``) per statement.
 
 ``fsync`` (default false) matches the embedded backends: a commit that
 returned survives the application being killed, and on PostgreSQL it is
@@ -38,7 +49,7 @@ from typing import Any, TypeVar
 
 from ..config import as_bool
 from ..errors import BackendError, BusyRetry, ConfigurationError
-from .base import Backend, Record
+from .base import Backend, OutcomeUnknown, Record, ServerClock, checked_record
 
 try:
     import sqlalchemy as sa
@@ -48,9 +59,19 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         "backend", "sql", "needs SQLAlchemy: pip install 'sessionstore[postgresql]' or [mysql]"
     ) from exc
 
+from .sqlconnect import answered_busy, bound_engine, family_of, no_answer
+
 _BATCH = 500
 _T = TypeVar("_T")
-_DRIVERS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def masked(url: object) -> str:
+    """``url`` with its password replaced by ``***``, for messages."""
+    text = str(url)
+    try:
+        return str(sa.engine.make_url(text).render_as_string(hide_password=True))
+    except (sa_errors.ArgumentError, ValueError):
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", text)
 
 
 def _as_url(key: str, value: object) -> str:
@@ -59,9 +80,9 @@ def _as_url(key: str, value: object) -> str:
     try:
         url = sa.engine.make_url(value)
     except sa_errors.ArgumentError as exc:
-        raise ConfigurationError(key, value, "not an SQLAlchemy URL") from exc
-    if url.get_backend_name() not in _DRIVERS:
-        raise ConfigurationError(key, value, "expected a postgresql:// or mysql:// URL")
+        raise ConfigurationError(key, masked(value), "not an SQLAlchemy URL") from exc
+    if not family_of(url):
+        raise ConfigurationError(key, masked(value), "expected a postgresql:// or mysql:// URL")
     return value
 
 
@@ -87,7 +108,7 @@ class SqlBackend(Backend):
         super().__init__(busy_timeout=busy_timeout)
         self.url = url
         self.fsync = fsync
-        self._shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+        self._shown = masked(url)
         metadata = sa.MetaData()
         self.table = sa.Table(
             _as_table("backend.table", table),
@@ -103,6 +124,9 @@ class SqlBackend(Backend):
         self._engine = self._create_engine()
         self._pid = os.getpid()
         self._prepare_statements()
+        self._server_clock = ServerClock(
+            lambda: float(self._execute(self._select_now, {}, fetch=True)[0])
+        )
 
     def _prepare_statements(self) -> None:
         """Build and compile the per-request statements once: building and
@@ -116,7 +140,15 @@ class SqlBackend(Backend):
             "payload": sa.bindparam("b_payload"),
         }
         this_id = t.c.id == sa.bindparam("b_id")
-        this_version = sa.and_(this_id, t.c.version == sa.bindparam("b_expected"))
+        if family_of(self._engine.url) == "mysql":
+            server_now: Any = sa.func.unix_timestamp(sa.func.now(sa.literal_column("6")))
+        else:
+            server_now = sa.extract("epoch", sa.func.clock_timestamp())
+        this_version = sa.and_(
+            this_id,
+            t.c.version == sa.bindparam("b_expected"),
+            server_now <= sa.bindparam("b_deadline"),  # the fence (see .base)
+        )
         dialect = self._engine.dialect
 
         def compiled(statement: Any) -> str:
@@ -128,44 +160,19 @@ class SqlBackend(Backend):
         self._swap_one = compiled(t.update().where(this_version).values(**values))
         self._delete_swap = compiled(t.delete().where(this_version))
         self._delete_one = compiled(t.delete().where(this_id))
+        self._select_now = compiled(sa.select(server_now))
 
     def _create_engine(self) -> sa.engine.Engine:
         url = sa.engine.make_url(self.url)
-        family = _DRIVERS.get(url.get_backend_name(), "")
         try:
-            engine = sa.create_engine(
-                url,
-                isolation_level="AUTOCOMMIT",
-                # Nothing is ever left open to roll back on return to the pool.
-                pool_reset_on_return=None,
-                pool_timeout=self.busy_timeout,
-            )
+            return bound_engine(url, self.busy_timeout, self.fsync)
         except (ImportError, sa_errors.NoSuchModuleError) as exc:
-            extra = "postgresql" if family == "postgresql" else "mysql"
+            extra = "postgresql" if family_of(url) == "postgresql" else "mysql"
             raise ConfigurationError(
                 "backend.url",
                 self._shown,
                 f"its driver is not installed: pip install 'sessionstore[{extra}]' ({exc})",
             ) from exc
-        timeout_ms = max(1, int(self.busy_timeout * 1000))
-
-        @sa.event.listens_for(engine, "connect")
-        def limit_lock_waits(dbapi_connection: Any, record: Any) -> None:
-            # How long a statement may wait for a row lock before BusyRetry.
-            cursor = dbapi_connection.cursor()
-            if family == "postgresql":
-                cursor.execute(f"SET lock_timeout = {timeout_ms}")
-                if not self.fsync:
-                    cursor.execute("SET synchronous_commit = off")
-            else:
-                cursor.execute(
-                    f"SET SESSION innodb_lock_wait_timeout = {max(1, round(self.busy_timeout))}"
-                )
-            cursor.close()
-            if family == "postgresql" and not dbapi_connection.autocommit:
-                dbapi_connection.commit()
-
-        return engine
 
     def _run(self, work: Callable[[sa.engine.Connection], _T]) -> _T:
         """Run ``work`` on a pooled connection, database errors translated."""
@@ -175,16 +182,21 @@ class SqlBackend(Backend):
                 with self._engine.connect() as conn:
                     return work(conn)
             except sa_errors.DBAPIError as exc:
-                if exc.connection_invalidated and attempt == 0:
+                timed_out = no_answer(exc.orig or exc)
+                if exc.connection_invalidated and attempt == 0 and not timed_out:
                     continue  # SQLAlchemy discarded the pool: once more, on a fresh one
                 raise self._failure(exc.orig or exc) from exc
             except sa_errors.SQLAlchemyError as exc:
                 raise BackendError(f"database {self._shown} failed", exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _execute(self, sql: str, params: dict[str, Any], fetch: bool = False) -> Any:
+    def _execute(
+        self, sql: str, params: dict[str, Any], fetch: bool = False, swap: str | None = None
+    ) -> Any:
         """Run one compiled statement on a pooled driver connection: the row
-        (``fetch``) or the row count."""
+        (``fetch``) or the row count.  ``swap`` (the session id) marks a
+        compare-and-swap: a connection lost after sending it raises
+        :class:`OutcomeUnknown` instead of sending it again."""
         self._check_fork()
         dialect = self._engine.dialect
         for attempt in range(2):
@@ -205,15 +217,19 @@ class SqlBackend(Backend):
                 cursor.execute(sql, params)
                 return cursor.fetchone() if fetch else cursor.rowcount
             except dialect.loaded_dbapi.Error as exc:
-                if dialect.is_disconnect(exc, conn.dbapi_connection, cursor):
-                    conn.invalidate(exc)
-                    if attempt == 0:
-                        # A pooled connection the server had dropped (a restart,
-                        # an idle timeout): the others are as stale.  Running the
-                        # statement again is safe: a compare-and-swap that did
-                        # apply loses the second time and the session catches up.
-                        self._engine.dispose()
-                        continue
+                if answered_busy(exc) or not dialect.is_disconnect(
+                    exc, conn.dbapi_connection, cursor
+                ):
+                    raise self._failure(exc) from exc
+                conn.invalidate(exc)
+                if not no_answer(exc):
+                    # A connection the server had dropped (a restart, an idle
+                    # timeout): the other pooled ones are as stale.
+                    self._engine.dispose()
+                if swap is not None:
+                    raise OutcomeUnknown(swap) from exc
+                if attempt == 0 and not no_answer(exc):
+                    continue
                 raise self._failure(exc) from exc
             finally:
                 conn.close()  # back to the pool, or gone if invalidated
@@ -226,17 +242,16 @@ class SqlBackend(Backend):
             self._pid = os.getpid()
 
     def _failure(self, error: BaseException) -> BackendError | BusyRetry:
-        message = str(error).lower()
-        if "lock" in message and ("timeout" in message or "wait" in message):
-            return BusyRetry(f"{self._shown}: a row stayed locked")
+        if answered_busy(error):
+            return BusyRetry(f"{self._shown}: a row stayed locked or the server was busy")
+        if no_answer(error):
+            return BusyRetry(f"{self._shown} did not answer in time")
         return BackendError(f"database {self._shown} failed", error)
 
     @staticmethod
     def _row(row: Any) -> Record:
         """A record from a row in column order (id, version, times, payload)."""
-        return Record(
-            row[0], int(row[1]), float(row[2]), float(row[3]), float(row[4]), bytes(row[5])
-        )
+        return checked_record(row[0], row[1], row[2], row[3], row[4], row[5])
 
     @staticmethod
     def _values(record: Record) -> dict[str, Any]:
@@ -252,7 +267,19 @@ class SqlBackend(Backend):
     # -- Backend -------------------------------------------------------------------
 
     def setup(self) -> None:
-        self._run(lambda conn: self.table.metadata.create_all(conn, checkfirst=True))
+        """Create the table and its index when missing.  Several processes
+        starting at once race between "is it there?" and "create it": the
+        loser's error is ignored once the table is found to exist."""
+        for attempt in range(3):
+            try:
+                self._run(lambda conn: self.table.metadata.create_all(conn, checkfirst=True))
+                return
+            except BackendError:
+                if attempt == 2 or not self._run(self._has_table):
+                    raise
+
+    def _has_table(self, conn: sa.engine.Connection) -> bool:
+        return bool(sa.inspect(conn).has_table(self.table.name))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -263,19 +290,26 @@ class SqlBackend(Backend):
         if expected_version is None:
             if record is None:
                 return self.get(session_id) is None
-            return self._insert(record)
+            return self.settle(session_id, None, record, lambda: self._insert(record, swap=True))
         params: dict[str, Any]
         if record is None:
             sql, params = self._delete_swap, {"b_id": session_id}
         else:
             sql, params = self._swap_one, self._values(record)
         params["b_expected"] = expected_version
-        return bool(self._execute(sql, params) == 1)
 
-    def _insert(self, record: Record) -> bool:
+        def swap() -> bool:
+            params["b_deadline"] = self._server_clock.deadline(self.busy_timeout / 2)
+            return bool(self._execute(sql, params, swap=session_id) == 1)
+
+        return self.settle(session_id, expected_version, record, swap)
+
+    def _insert(self, record: Record, swap: bool = False) -> bool:
         """Insert a new session; False when its id exists (the key refused it)."""
         try:
-            self._execute(self._insert_one, self._values(record))
+            self._execute(
+                self._insert_one, self._values(record), swap=record.session_id if swap else None
+            )
         except BackendError as exc:
             if isinstance(exc.__cause__, self._engine.dialect.loaded_dbapi.IntegrityError):
                 return False
@@ -322,11 +356,33 @@ class SqlBackend(Backend):
         return deleted
 
     def delete_all(self) -> int:
-        return self._rowcount(self.table.delete())
+        return self._delete_batches(None, None)
 
     def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         now = time.time() if now is None else now
-        return self._rowcount(self.table.delete().where(self.table.c.expires_at <= now))
+        return self._delete_batches(self.table.c.expires_at <= now, limit)
+
+    def _delete_batches(self, condition: Any, limit: int | None) -> int:
+        """Delete the rows matching ``condition`` (all: ``None``), at most
+        ``limit`` of them (``None``: every one), ``_BATCH`` per statement, so
+        no statement holds locks or runs for long."""
+        t, deleted = self.table, 0
+        while limit is None or deleted < limit:
+            size = _BATCH if limit is None else min(_BATCH, limit - deleted)
+            if family_of(self._engine.url) == "mysql":
+                statement = t.delete().with_dialect_options(mysql_limit=size)
+                if condition is not None:
+                    statement = statement.where(condition)
+            else:
+                chosen = sa.select(t.c.id).limit(size).with_for_update(skip_locked=True)
+                if condition is not None:
+                    chosen = chosen.where(condition)
+                statement = t.delete().where(t.c.id.in_(chosen.scalar_subquery()))
+            count = self._rowcount(statement)
+            deleted += count
+            if count < size:
+                break
+        return deleted
 
     def count(self) -> int:
         query = sa.select(sa.func.count()).select_from(self.table)

@@ -1,0 +1,165 @@
+"""Honest outcomes on Redis, PostgreSQL and MariaDB (SPEC section 6), through
+the fault-injecting proxy of ``tests/proxy.py``.
+
+What the visitor sees must match what is stored: a 200 means the write is
+there, a 409/500/503 means it is not, whatever happens to the connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import pytest
+from webtest import TestApp
+
+from .apps import make_app
+from .proxy import FaultProxy
+from .test_servers import URLS, _proxied_url, kind_of, make_backend, options_for, server
+
+pytestmark = pytest.mark.server
+
+__all__ = ["server"]  # the fixture, shared with test_servers
+
+BUSY = 1.0  # busy_timeout of these tests: small, so stalls stay short
+ROUNDS = 20
+DEFAULT_PORTS = {"redis": 6379, "postgresql": 5432, "mysql": 3306}
+
+
+def swap_pattern(name: str, unique: str) -> bytes:
+    """Bytes found in the compare-and-swap command of ``name``'s backend
+    (and in no read)."""
+    return b"EVALSHA" if name == "redis" else f"UPDATE sessions_{unique}".encode()
+
+
+def connect_limit(name: str) -> float:
+    """The most one connect may take: half of busy_timeout, or libpq's floor."""
+    return 2.0 if name == "postgresql" else BUSY / 2
+
+
+@pytest.fixture
+def proxied(server):
+    """(name, unique, proxy, app) with the app's backend behind the proxy."""
+    name, unique = server
+    proxy = FaultProxy(urlsplit(URLS[name]).port or DEFAULT_PORTS[name])
+    options = options_for(name, unique)
+    options["url"] = _proxied_url(name, proxy.port)
+    app = make_app(kind_of(name), options=options, busy_timeout=BUSY, on_conflict="error")
+    yield name, unique, proxy, app
+    proxy.close()
+    app.close()
+
+
+def stored_value(name: str, unique: str, web: TestApp) -> str:
+    """The value of a/k stored for this visitor, read around the proxy."""
+    direct = make_app(kind_of(name), options=options_for(name, unique))
+    try:
+        other = TestApp(direct, cookiejar=web.cookiejar)
+        return other.get("/read", {"app": "a", "key": "k"}).text
+    finally:
+        direct.close()
+
+
+def test_a_stalled_server_answers_503_in_time_and_recovers(proxied):
+    name, unique, proxy, app = proxied
+    web = TestApp(app)
+    assert web.get("/write", {"app": "a", "key": "k", "value": "before"}).status_int == 200
+    proxy.stall()
+    statuses = Counter()
+    for path in ("/write", "/read"):
+        started = time.monotonic()
+        response = web.get(path, {"app": "a", "key": "k", "value": "during"}, expect_errors=True)
+        elapsed = time.monotonic() - started
+        statuses[response.status_int] += 1
+        assert response.status_int == 503, response.text
+        assert response.headers["Retry-After"] == "1"
+        assert elapsed < BUSY + 1, elapsed
+    proxy.resume()
+    assert stored_value(name, unique, web) == "'before'"
+    assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
+    assert web.get("/read", {"app": "a", "key": "k"}).text == "'after'"
+
+
+def test_a_commit_stalled_on_the_wire_is_never_applied_after_its_503(proxied):
+    """The swap itself waits in front of a stalled server; the request gives
+    up with 503.  When the server resumes and finally runs the swap, the
+    fence refuses it: the 503 stays true."""
+    name, unique, proxy, app = proxied
+    web = TestApp(app)
+    assert web.get("/write", {"app": "a", "key": "k", "value": "before"}).status_int == 200
+    proxy.stall(on=swap_pattern(name, unique))
+    started = time.monotonic()
+    response = web.get("/write", {"app": "a", "key": "k", "value": "lost"}, expect_errors=True)
+    elapsed = time.monotonic() - started
+    assert response.status_int == 503, response.text
+    assert elapsed < BUSY + connect_limit(name) + 0.5, elapsed
+    time.sleep(BUSY / 2 + 0.2)  # the server's clock passes the fence, as a real stall's would
+    proxy.resume()  # the held swap reaches the server now
+    deadline = time.monotonic() + 5
+    while not all(link.closed for link in proxy.links) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server runs what was held, then sees the client gone
+    assert all(link.closed for link in proxy.links)
+    assert stored_value(name, unique, web) == "'before'"
+    assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
+
+
+def test_a_lost_reply_after_the_commit_is_never_misreported(proxied):
+    name, unique, proxy, app = proxied
+    web = TestApp(app)
+    assert web.get("/write", {"app": "a", "key": "k", "value": "start"}).status_int == 200
+    outcomes = Counter()
+    for round_ in range(ROUNDS):
+        value = f"v{round_}"
+        proxy.drop_reply_after(swap_pattern(name, unique))
+        response = web.get("/write", {"app": "a", "key": "k", "value": value}, expect_errors=True)
+        stored = stored_value(name, unique, web) == repr(value)
+        ok = response.status_int == 200
+        if stored == ok:
+            outcomes["stored and 200" if ok else "absent and error"] += 1
+        else:
+            outcomes[f"mismatch: {response.status_int}, stored={stored}"] += 1
+    print(f"{name}: {ROUNDS} rounds, {proxy.dropped} replies dropped: {dict(outcomes)}")
+    assert proxy.dropped == ROUNDS
+    assert not [outcome for outcome in outcomes if outcome.startswith("mismatch")]
+    assert outcomes["stored and 200"] == ROUNDS  # the read-back finds every applied commit
+
+
+def test_a_cut_connection_costs_no_request(proxied):
+    name, unique, proxy, app = proxied
+    web = TestApp(app)
+    for round_ in range(5):
+        assert web.get("/write", {"app": "a", "key": "k", "value": str(round_)}).status_int == 200
+        proxy.cut()
+    assert web.get("/read", {"app": "a", "key": "k"}).text == "'4'"
+
+
+def test_a_server_gone_and_back_needs_no_restart(proxied):
+    name, unique, proxy, app = proxied
+    web = TestApp(app)
+    assert web.get("/write", {"app": "a", "key": "k", "value": "before"}).status_int == 200
+    proxy.stop()
+    response = web.get("/write", {"app": "a", "key": "k", "value": "gone"}, expect_errors=True)
+    assert response.status_int in (500, 503)
+    proxy.start()
+    assert web.get("/read", {"app": "a", "key": "k"}).text == "'before'"
+    assert web.get("/write", {"app": "a", "key": "k", "value": "back"}).status_int == 200
+    assert stored_value(name, unique, web) == "'back'"
+
+
+@pytest.mark.parametrize("server", ["redis"], indirect=True)
+def test_redis_connection_killed_by_the_server_costs_no_request(server):
+    """(SQL: test_servers' dropped pooled connection test.)"""
+    name, unique = server
+    app = make_app("redis", options=options_for(name, unique), busy_timeout=BUSY)
+    web = TestApp(app)
+    try:
+        assert web.get("/write", {"app": "a", "key": "k", "value": "1"}).status_int == 200
+        admin = make_backend(name, unique)
+        ours = app.backend._own().client_id()  # this thread's connection, no other
+        assert admin._client.client_kill_filter(_id=ours) == 1
+        assert web.get("/write", {"app": "a", "key": "k", "value": "2"}).status_int == 200
+        assert web.get("/read", {"app": "a", "key": "k"}).text == "'2'"
+        admin.close()
+    finally:
+        app.close()
