@@ -208,7 +208,9 @@ def test_plain_get_then_set_under_merge_logs_every_lost_update(serve, store, cap
         statuses, acknowledged, _ = append_concurrently(port, cookie, "/append-plain")
     missing = acknowledged - set(cart(port, cookie))
     assert statuses[200] == CLIENTS * APPENDS
-    # The overwrites happen (this is what update() is for), and each is logged.
-    assert missing
+    # Overwrites happen (this is what update() is for; almost every run), and
+    # none goes unlogged: an acknowledged append is missing only if a lost
+    # update was logged and counted.
     lost = app.stats()["lost_updates"]
-    assert lost > 0 and caplog.text.count("lost update of application 'shop', key 'cart'") == lost
+    assert caplog.text.count("lost update of application 'shop', key 'cart'") == lost
+    assert lost > 0 or not missing
