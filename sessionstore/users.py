@@ -10,12 +10,15 @@ same user and it is live.  Cost: O(sessions of the user).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import DamagedRecord
 
 if TYPE_CHECKING:
+    from .backends.base import Backend
     from .manager import SessionManager
+    from .payload import PayloadCodec
 
 log = logging.getLogger("sessionstore")
 
@@ -38,21 +41,38 @@ class UserSession(NamedTuple):
 
 def sessions_of(manager: SessionManager, user: str) -> list[UserSession]:
     """The live sessions bound to ``user``, newest first."""
-    found = []
-    now = manager.clock()
-    for record in manager.backend.user_sessions(user):
+    found = list_user(manager.backend, manager.payloads, user, manager.clock(), manager.deadline)
+    damaged = sum(1 for entry in found if entry is None)
+    if damaged:
+        manager.counters.add("damaged_records", damaged)
+    return [entry for entry in found if entry is not None]
+
+
+def list_user(
+    backend: Backend,
+    payloads: PayloadCodec,
+    user: str,
+    now: float,
+    deadline: Callable[[float, float, float | None], float] | None = None,
+) -> list[UserSession | None]:
+    """The live sessions of ``user`` in ``backend``, newest first, verified
+    with ``payloads`` (``None`` stands for each damaged one, logged);
+    ``deadline`` recomputes expiry under current settings."""
+    found: list[UserSession] = []
+    damaged: list[None] = []
+    for record in backend.user_sessions(user):
         if record.is_tombstone or record.is_expired(now):
             continue
         try:
-            decoded = manager.payloads.decode(record)
+            decoded = payloads.decode(record)
         except DamagedRecord as exc:
-            manager.counters.add("damaged_records")
             log.error("%s; not listed for its user", exc)
+            damaged.append(None)
             continue
         binding = decoded.binding
         if binding is None or binding.user != user:
             continue  # the index is a hint; the signed payload decides
-        if manager.deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
+        if deadline and deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
             continue
         found.append(
             UserSession(
@@ -66,10 +86,17 @@ def sessions_of(manager: SessionManager, user: str) -> list[UserSession]:
             )
         )
     found.sort(key=lambda s: (s.created_at, s.accessed_at), reverse=True)
-    return found
+    return [*found, *damaged]
 
 
 def destroy_user(manager: SessionManager, user: str, keep: str | None = None) -> int:
+    """See :func:`destroy_all_of`; counted in ``stats()``."""
+    destroyed = destroy_all_of(manager.backend, user, keep)
+    manager.counters.add("destroyed", destroyed)
+    return destroyed
+
+
+def destroy_all_of(backend: Backend, user: str, keep: str | None = None) -> int:
     """Destroy every session bound to ``user`` except ``keep``; how many.
 
     Each one dies at once, as with ``destroy()``: a request in flight on it
@@ -78,7 +105,6 @@ def destroy_user(manager: SessionManager, user: str, keep: str | None = None) ->
     raced the first round (a ``regenerate()`` moving a session to a new id)
     is caught by the next.
     """
-    backend = manager.backend
     destroyed = 0
     for _ in range(DESTROY_ROUNDS):
         doomed = [r for r in backend.user_sessions(user) if r.session_id != keep]
@@ -89,5 +115,4 @@ def destroy_user(manager: SessionManager, user: str, keep: str | None = None) ->
                 destroyed += 1
     else:
         log.warning("user %s kept getting new sessions while being logged out", user)
-    manager.counters.add("destroyed", destroyed)
     return destroyed
