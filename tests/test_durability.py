@@ -122,18 +122,26 @@ def test_corrupt_file_is_reported_at_startup_and_left_untouched(tmp_path, kind, 
     assert path.read_bytes() == before
 
 
-def test_pickle_damage_in_the_middle_is_reported_and_never_overwritten(tmp_path):
+def test_pickle_damage_found_while_running_is_reported_and_never_overwritten(tmp_path):
     path = tmp_path / "sessions.dat"
-    filled("pickle", path, count=20)
+    filled("pickle", path, count=2)
+    backend = PickleBackend(str(path))
+    backend.setup()  # indexed while intact
+    writer = PickleBackend(str(path))
+    for _ in range(20):
+        writer.add(make_record())
+    writer.close()
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    backend = PickleBackend(str(path))
-    with pytest.raises(BackendError, match="corrupt"):
-        backend.setup()
     record = make_record()
-    with pytest.raises(BackendError, match="corrupt"):
+    with pytest.raises(BackendError, match=r"sessions.dat is damaged at byte \d+") as info:
         backend.compare_and_swap(record.session_id, None, record)
+    offset = int(str(info.value).split("at byte ")[1].split(":")[0])
+    assert offset <= len(data) // 2 < offset + 300
+    with pytest.raises(BackendError, match="damaged"):
+        backend.get(record.session_id)
+    backend.close()
     assert path.read_bytes() == bytes(data)
 
 
@@ -183,7 +191,7 @@ def test_zero_length_file_is_an_empty_store(tmp_path, kind):
     again.close()
 
 
-def test_planted_pickle_in_the_file_is_never_unpickled(tmp_path):
+def test_planted_pickle_in_the_file_is_never_unpickled(tmp_path, caplog):
     """A frame whose pickle would run code is refused, not executed."""
     import pickle
     import struct
@@ -201,8 +209,11 @@ def test_planted_pickle_in_the_file_is_never_unpickled(tmp_path):
     with open(path, "ab") as out:
         out.write(struct.pack(">II", len(body), zlib.crc32(body)) + body)
         out.write(struct.pack(">II", len(body), zlib.crc32(body)) + body)
-    with pytest.raises(BackendError, match="refused global"):
-        PickleBackend(str(path)).setup()
+    backend = PickleBackend(str(path))
+    with caplog.at_level("ERROR", "sessionstore"):
+        backend.setup()  # the file is set aside, nothing is unpickled
+    backend.close()
+    assert "refused global" in caplog.text
     assert not marker.exists()
 
 
