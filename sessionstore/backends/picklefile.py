@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
@@ -61,7 +61,6 @@ log = logging.getLogger("sessionstore")
 _COMPACT_SLACK = 1 << 20
 #: Expired sessions deleted per lock hold by an unlimited delete_expired().
 _PURGE_BATCH = 1000
-_MARK = 16  # bytes re-read before each operation to notice an in-place rewrite
 
 
 def open_nofollow(path: str, flags: int) -> int:
@@ -112,7 +111,9 @@ class PickleBackend(Backend):
         # What the index reflects: which file, and how many of its bytes.
         self._file_id: tuple[int, int] | None = None
         self._offset = 0
-        self._mark = b""  # the last bytes indexed
+        #: (position, the 8-byte header (length + CRC) of a frame indexed
+        #: last): re-read before each operation to notice an in-place rewrite.
+        self._mark: tuple[int, bytes] | None = None
         self._index: dict[str, Record] = {}
         self._sizes: dict[str, int] = {}  # frame size of each live record
         self._live = 0  # sum of self._sizes, kept up to date
@@ -237,15 +238,16 @@ class PickleBackend(Backend):
             self._tail = None
 
     def _mark_holds(self) -> bool:
-        if not self._mark:
+        if self._mark is None:
             return True
         assert self._fd is not None
-        return os.pread(self._fd, len(self._mark), self._offset - len(self._mark)) == self._mark
+        position, header = self._mark
+        return os.pread(self._fd, len(header), position) == header
 
     def _reset_index(self, file_id: tuple[int, int] | None) -> None:
         self._file_id = file_id
         self._offset = 0
-        self._mark = b""
+        self._mark = None
         self._index = {}
         self._sizes = {}
         self._live = 0
@@ -286,17 +288,18 @@ class PickleBackend(Backend):
             if header is None:
                 self._fail(seen, 0, "not a sessionstore pickle file (bad header)")
             pos = header
+        last = -1
         try:
-            for _, end, frame in picklelog.iter_frames(data, pos):
-                self._apply(frame, end - pos)
-                pos = end
+            for start, end, frame in picklelog.iter_frames(data, pos):
+                self._apply(frame, end - start)
+                pos, last = end, start
         except Damaged as exc:
             self._fail(seen, self._offset + exc.offset, exc.reason)
         except Exception as exc:
             self._fail(seen, self._offset + pos, f"unreadable frame ({exc})")
+        if last >= 0:
+            self._mark = (self._offset + last, data[last : last + 8])
         self._offset += pos
-        if pos:
-            self._mark = (self._mark + data[max(0, pos - _MARK) : pos])[-_MARK:]
         if self._offset < st.st_size:
             self._tail = (self._file_id, self._offset, st.st_size)
             log.info("%s: an unfinished write at byte %d", self.filename, self._offset)
@@ -317,7 +320,7 @@ class PickleBackend(Backend):
         else:
             raise ValueError(f"unknown frame kind {frame[0]!r:.40}")
 
-    def _fail(self, seen: tuple[int, int, int, int], offset: int, reason: str) -> Any:
+    def _fail(self, seen: tuple[int, int, int, int], offset: int, reason: str) -> NoReturn:
         error = BackendError(
             f"session file {self.filename} is damaged at byte {offset}: {reason}; "
             "it is left untouched (see `sessionstore check` and `salvage`)"
@@ -359,7 +362,7 @@ class PickleBackend(Backend):
                 os.ftruncate(self._fd, self._offset)
             raise BackendError(f"cannot write to session file {self.filename}", exc) from exc
         self._offset += len(frames)
-        self._mark = (self._mark + frames[-_MARK:])[-_MARK:]
+        self._mark = (self._offset - len(frames), frames[:8])
 
     def _cut_torn_tail(self, st: os.stat_result) -> None:
         assert self._fd is not None
@@ -413,7 +416,7 @@ class PickleBackend(Backend):
         st = os.fstat(self._fd)
         self._file_id = (st.st_dev, st.st_ino)
         self._offset = st.st_size
-        self._mark = b""
+        self._mark = None
         self._tail = None
         self._lineage = (token, generation + 1)
 
@@ -479,6 +482,7 @@ class PickleBackend(Backend):
         os.link(self.filename, aside)
         self._rewrite(b"".join(encode_put(r) for r in records.values()))
         self._corrupt = None
+        self._file_id = None  # the next sync indexes the new file
         log.error(
             "%s; it is kept as %s and a new file holds the %d sessions that could be read",
             error,

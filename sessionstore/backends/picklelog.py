@@ -172,7 +172,7 @@ def salvage(data: bytes) -> tuple[dict[str, Record], list[Damaged]]:
         if found is None:
             if classify_tail(data, pos) is not None:
                 break
-            problems.append(Damaged(pos, "bad frame"))
+            problems.append(Damaged(pos, _why(data, pos)))
             pos = next_frame(data, pos + 1)
             continue
         end, frame = found
