@@ -500,6 +500,7 @@ class PickleBackend(Backend):
             return
         except BackendError as exc:
             if self._corrupt is None or getattr(exc, "offset", 0) == 0:
+                self.close()
                 raise  # not our file at all, or unreadable: refuse
         # Damaged frames after a valid header: set the file aside, under the
         # exclusive lock (another process may have done it meanwhile).

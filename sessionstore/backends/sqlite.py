@@ -231,6 +231,8 @@ class SqliteBackend(Backend):
         generation = self._generation
         conn = local.conn = self._open()
         local.generation = generation
+        if generation and not self.read_only:
+            conn.executescript(_SCHEMA)  # the file was deleted or replaced
         with self._lock:
             self._connections.append(conn)
         return conn
