@@ -356,7 +356,7 @@ def test_sigkill_during_compaction_loses_nothing_and_leaves_no_temp_file(tmp_pat
     mid_compaction = 0
     for _ in range(50):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.compaction_child", str(path), str(step)],
+            [sys.executable, "-m", "tests.compaction_child", "crash-loop", str(path), str(step)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -391,3 +391,35 @@ def test_sigkill_during_compaction_loses_nothing_and_leaves_no_temp_file(tmp_pat
     # Compaction takes a good part of the child's time: many kills land in one.
     assert mid_compaction >= 5, mid_compaction  # 15 of 50 when measured
     assert list(tmp_path.glob("*.damaged-*")) == []
+
+
+def test_no_room_to_compact_keeps_committing_and_backs_off(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    path = store / "sessions.dat"
+    filled("pickle", path, count=1)
+    store.chmod(0o555)  # the file can grow; no new file (a compaction) can be made
+    try:
+        proc = subprocess.run(
+            [
+                *_without_root_powers(),
+                sys.executable, "-m", "tests.compaction_child", "no-room", str(path), "300",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        store.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    # 300 commits of 20 KB pass the compaction threshold (~1 MB) after ~50;
+    # without back-off every later commit would retry (about 250 times).
+    assert "commits 300 failed-compactions" in proc.stdout
+    failed = int(proc.stdout.split()[-1])
+    assert 1 <= failed <= 4, proc.stdout
+    assert sorted(p.name for p in store.iterdir()) == ["sessions.dat", "sessions.dat.lock"]
+    backend = PickleBackend(str(path))
+    backend.setup()
+    assert backend.get("n" * 43).version == 300
+    backend.close()
