@@ -463,6 +463,12 @@ class PickleBackend(Backend):
         else:
             self._compact_after = 0
 
+    def compact(self) -> None:
+        """Rewrite the log with only the live records (it also runs by itself)."""
+        with self._locked(exclusive=True):
+            if self._file_id is not None:
+                self._compact()
+
     def _compact(self) -> None:
         assert self._file_id is not None
         frames = [encode_put(r) for r in self._index.values()]
