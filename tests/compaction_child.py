@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from sessionstore.backends import picklefile
+from sessionstore.backends import picklecompact, picklefile
 
 from .child import crash_loop
 
@@ -50,7 +50,7 @@ if __name__ == "__main__":
     if command == "crash-loop":
         # Compact as soon as the log holds twice the live data: with 20
         # sessions of 40 KB that is every ~20 commits.
-        picklefile._COMPACT_SLACK = 0  # noqa: SLF001 - the knob this test turns
+        picklecompact.COMPACT_SLACK = 0
         crash_loop("pickle", *args)
     else:
         no_room(*args)

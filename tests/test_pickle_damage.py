@@ -237,3 +237,34 @@ def test_a_wider_mode_is_narrowed_with_a_warning(tmp_path, caplog):
     backend.close()
     assert "had mode 0644" in caplog.text
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+# -- compaction by another process -------------------------------------------------------
+
+
+def read_so_far():
+    with open("/proc/self/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+def test_a_reader_follows_a_compaction_without_reading_the_file_again(tmp_path, caplog):
+    path = tmp_path / "sessions.dat"
+    records = filled(path, 2000, payload=b"q" * 1000)  # a 2 MB file
+    reader = opened(path)
+    writer = opened(path)
+    changed = records[0]._replace(version=2)
+    assert writer.compare_and_swap(changed.session_id, 1, changed)
+    assert reader.get(changed.session_id) == changed  # reader covers the old file's end
+    writer.compact()
+    later = records[1]._replace(version=2)
+    assert writer.compare_and_swap(later.session_id, 1, later)
+    before = read_so_far()
+    with caplog.at_level("WARNING", "sessionstore"):
+        assert reader.get(later.session_id) == later
+    assert read_so_far() - before < 20_000  # not the 2 MB of the new file
+    assert reader.get_all() == writer.get_all()
+    assert caplog.text == ""
+    again = opened(path)  # a fresh process reads the compacted file whole
+    assert again.get_all() == writer.get_all()
+    for backend in (reader, writer, again):
+        backend.close()

@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -53,14 +51,15 @@ from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from . import picklelog
 from .base import Backend, Record
+from .picklecompact import Compaction
 from .picklelog import Damaged, encode, encode_put
 
 log = logging.getLogger("sessionstore")
 
-#: Compact when the file is larger than twice the live data plus this.
-_COMPACT_SLACK = 1 << 20
 #: Expired sessions deleted per lock hold by an unlimited delete_expired().
 _PURGE_BATCH = 1000
+#: New bytes in the log worth reading before taking the lock.
+_CATCH_UP = 256 << 10
 
 
 def open_nofollow(path: str, flags: int) -> int:
@@ -91,7 +90,7 @@ def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> b
     return after is not None and after[0] == before[0] and after[1] > before[1]
 
 
-class PickleBackend(Backend):
+class PickleBackend(Compaction, Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
     options = {"filename": as_filename, "fsync": as_bool}
@@ -124,6 +123,7 @@ class PickleBackend(Backend):
         self._lineage: tuple[str, int] | None = None
         self._corrupt: tuple[tuple[int, int, int, int], BackendError] | None = None
         self._compact_after = 0  # back-off after a failed compaction
+        self._compacting = False  # a compaction thread of ours is running
         #: (file id, offset, index) as of the last time the lock was released:
         #: what reads use without any lock while the file has not grown.
         self._view: tuple[tuple[int, int] | None, int, dict[str, Record]] | None = None
@@ -138,6 +138,7 @@ class PickleBackend(Backend):
             if self._lock_fd is None:
                 self._open_lock()
             assert self._lock_fd is not None
+            self._catch_up()
             self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 self._sync()
@@ -154,6 +155,7 @@ class PickleBackend(Backend):
         # parent's stay open for the parent).
         self._pid = os.getpid()
         self._mutex = threading.RLock()
+        self._compacting = False
         self._view = None
         self._lock_fd = None
         self._fd = None
@@ -186,6 +188,22 @@ class PickleBackend(Backend):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
 
+    def _catch_up(self) -> None:
+        """Index a new file, or a long stretch of new frames, before taking
+        the lock, so that nobody waits while we read: complete frames never
+        change (the log is append-only; a compaction renames a new file over
+        it; only a torn tail is ever cut).  The locked sync then checks it all
+        and reads only what came since."""
+        if self._corrupt is not None:
+            return
+        try:
+            st = os.stat(self.filename)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != self._file_id or st.st_size - self._offset > _CATCH_UP:
+            with contextlib.suppress(BackendError, OSError):
+                self._sync()
+
     def _sync(self) -> None:
         """Bring the index up to date with the file (under the lock)."""
         try:
@@ -213,6 +231,16 @@ class PickleBackend(Backend):
         if file_id != self._file_id:
             previous, before, count = self._file_id, self._lineage, len(self._index)
             self._reopen()
+            assert self._fd is not None
+            st = os.fstat(self._fd)  # the file opened, whatever the path held before
+            file_id, seen = (
+                (st.st_dev, st.st_ino),
+                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+            )
+            if previous is not None and self._follow(os.pread(self._fd, 512, 0), file_id):
+                if st.st_size > self._offset:
+                    self._read_frames(st, seen)
+                return
             self._reset_index(file_id)
             self._read_frames(st, seen)
             if previous is not None and not _follows(before, self._lineage):
@@ -315,7 +343,7 @@ class PickleBackend(Backend):
         elif frame[0] == "del" and len(frame) == 2:
             self._index.pop(frame[1], None)
             self._live -= self._sizes.pop(frame[1], 0)
-        elif frame[0] == "origin" and len(frame) == 3:
+        elif frame[0] == "origin" and len(frame) in (3, 4):
             self._lineage = (str(frame[1]), int(frame[2]))
         else:
             raise ValueError(f"unknown frame kind {frame[0]!r:.40}")
@@ -378,123 +406,6 @@ class PickleBackend(Backend):
         except OSError as exc:
             raise BackendError(f"cannot cut an unfinished write off {self.filename}", exc) from exc
         self._tail = None
-
-    def _temp(self) -> tuple[int, str]:
-        directory, name = os.path.split(self.filename)
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".compact.tmp", dir=directory)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # tells remove_orphans() it is in use
-        return fd, temp
-
-    def _rewrite(self, frames: bytes) -> None:
-        """Replace the file by a header plus ``frames``: temp file, fsync, rename."""
-        try:
-            fd, temp = self._temp()
-        except OSError as exc:
-            raise BackendError(f"cannot write a new {self.filename}", exc) from exc
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(encode(picklelog.HEADER))
-                token, generation = self._lineage or (os.urandom(8).hex(), 0)
-                out.write(encode(("origin", token, generation + 1)))
-                out.write(frames)
-                out.flush()
-                # Always fsync here: the rename must never publish an empty file.
-                os.fsync(out.fileno())
-            os.replace(temp, self.filename)
-            if self.fsync:
-                dir_fd = os.open(os.path.dirname(self.filename), os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise BackendError(f"cannot write a new {self.filename}", exc) from exc
-        self._reopen()
-        assert self._fd is not None  # _reopen() opened it or raised
-        st = os.fstat(self._fd)
-        self._file_id = (st.st_dev, st.st_ino)
-        self._offset = st.st_size
-        self._mark = None
-        self._tail = None
-        self._lineage = (token, generation + 1)
-
-    def remove_orphans(self) -> list[str]:
-        """Delete the temporary files of compactions whose process died."""
-        directory, name = os.path.split(self.filename)
-        removed = []
-        for temp in glob.glob(os.path.join(glob.escape(directory), f".{name}.*.compact.tmp")):
-            try:
-                fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live compaction
-            finally:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-                removed.append(temp)
-        if removed:
-            log.warning("%s: removed %d unfinished compactions", self.filename, len(removed))
-        return removed
-
-    def _maybe_compact(self) -> None:
-        if self._offset <= max(2 * self._live + _COMPACT_SLACK, self._compact_after):
-            return
-        try:
-            stat = os.statvfs(os.path.dirname(self.filename))
-            if stat.f_bavail * stat.f_frsize < self._live + _COMPACT_SLACK:
-                raise BackendError(f"no room to compact {self.filename}")
-            self._compact()
-        except (BackendError, OSError):
-            # The commit itself is safely appended; compaction waits until the
-            # log has grown by as much again.
-            self._compact_after = 2 * self._offset
-            log.warning(
-                "could not compact %s; next try at %d bytes",
-                self.filename,
-                self._compact_after,
-                exc_info=True,
-            )
-        else:
-            self._compact_after = 0
-
-    def compact(self) -> None:
-        """Rewrite the log with only the live records (it also runs by itself)."""
-        with self._locked(exclusive=True):
-            if self._file_id is not None:
-                self._compact()
-
-    def _compact(self) -> None:
-        assert self._file_id is not None
-        frames = [encode_put(r) for r in self._index.values()]
-        self._rewrite(b"".join(frames))
-        self._sizes = {
-            r.session_id: len(f) for r, f in zip(self._index.values(), frames, strict=True)
-        }
-        self._live = sum(self._sizes.values())
-
-    def _set_aside(self, error: BackendError) -> None:
-        """Keep a damaged file under another name; a new file takes the
-        records that could be read.  Every byte of the old file is kept."""
-        with open(self.filename, "rb") as source:
-            data = source.read()
-        records, _ = picklelog.salvage(data)
-        aside = f"{self.filename}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        os.link(self.filename, aside)
-        self._rewrite(b"".join(encode_put(r) for r in records.values()))
-        self._corrupt = None
-        self._file_id = None  # the next sync indexes the new file
-        log.error(
-            "%s; it is kept as %s and a new file holds the %d sessions that could be read",
-            error,
-            aside,
-            len(records),
-        )
 
     # -- Backend ------------------------------------------------------------------------
 
