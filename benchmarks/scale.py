@@ -12,6 +12,24 @@ on disk, and for the pickle log the compaction that runs once the log holds
 as many stale records as live ones (spread over the commits in between).
 
 Run by hand; the figures vary with the machine, so compare within one run.
+
+    python benchmarks/scale.py --fleet [--sessions 1000,1000000] [--workers 4]
+                               [--seconds 20] [--kinds pickle,sqlite] [--dir DIR]
+
+The issue-14 targets: for each store size, WORKERS fresh processes open the
+store and commit (read + compare-and-swap of a random session, as fast as they
+can) for SECONDS; halfway through, the parent runs a compaction (pickle) or a
+purge of the 10% of sessions that are expired (both).  Prints per backend and
+size: open time (max over workers), RSS per worker (max), commit median and
+p99.9, the longest commit overall and during the compaction/purge, and errors.
+Targets: open <= 1 s, RSS <= 100 MB, longest <= 100 ms, 0 errors at 1,000,000;
+median at 1,000,000 <= 1.5x the median at 1,000.  Filled stores are kept in
+DIR (default a temporary directory) so a second run skips the filling.
+
+    python benchmarks/scale.py --wal 60 [--workers 4]
+
+SQLite under WORKERS saturating writers for the given seconds: the largest
+``-wal`` file seen (target <= 64 MB).
 """
 
 from __future__ import annotations
@@ -27,6 +45,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Not this folder on the path: its http.py would hide the standard library's.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, os.path.dirname(HERE))
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 
 from sessionstore.backends.base import Backend, Record  # noqa: E402
 from sessionstore.backends.picklefile import PickleBackend  # noqa: E402
@@ -88,7 +111,7 @@ def measure(
     if isinstance(backend, PickleBackend):
         per_commit = (os.path.getsize(path) - before) / (count * rounds)  # bytes appended
         start = time.perf_counter()
-        backend._compact()  # noqa: SLF001 - timed on purpose
+        backend.compact()
         result["compact_ms"] = (time.perf_counter() - start) * 1e3
         # It runs again once the log has grown by the live data plus 1 MiB.
         between = (os.path.getsize(path) + (1 << 20)) / per_commit
@@ -97,12 +120,197 @@ def measure(
     return result
 
 
+# -- the fleet: several worker processes on one big store -------------------------------
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def fast_fill(kind: str, path: str, size: int) -> None:
+    """``size`` sessions, the first tenth of them expired, written in batches."""
+    backend = KINDS[kind][0](path)
+    backend.setup()
+    now = time.time()
+    batch: list[Record] = []
+    for n in range(size):
+        expires = now - 10 if n < size // 10 else now + 86400
+        batch.append(Record(f"{n:043d}", 1, now, now, expires, PAYLOAD))
+        if len(batch) == 10_000 or n == size - 1:
+            if isinstance(backend, PickleBackend):
+                with backend._locked(exclusive=True):  # noqa: SLF001 - bulk fill
+                    backend._put_records(batch)  # noqa: SLF001
+            elif isinstance(backend, SqliteBackend):
+                with backend._conn() as conn:  # noqa: SLF001 - one transaction per batch
+                    conn.execute("BEGIN")
+                    conn.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)", batch)
+                    conn.execute("COMMIT")
+            batch = []
+    backend.close()
+
+
+def worker(kind: str, path: str, size: int, seconds: float) -> None:
+    """One worker process: open, then commit until the time is up; print JSON."""
+    start = time.perf_counter()
+    backend = KINDS[kind][0](path)
+    backend.setup()
+    choose = random.Random(os.getpid()).randrange
+    backend.get(f"{choose(size // 10, size):043d}")
+    opened = time.perf_counter() - start
+    rss = rss_mb()
+    stamps: list[float] = []
+    costs: list[float] = []
+    errors = 0
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        session_id = f"{choose(size // 10, size):043d}"  # live sessions only
+        begin = time.perf_counter()
+        try:
+            record = backend.get(session_id)
+            assert record is not None
+            new = record._replace(version=record.version + 1, accessed_at=time.time())
+            backend.compare_and_swap(session_id, record.version, new)
+        except Exception:
+            errors += 1
+        costs.append(time.perf_counter() - begin)
+        stamps.append(time.time())
+        rss = max(rss, rss_mb()) if len(costs) % 1000 == 0 else rss
+    rss = max(rss, rss_mb())
+    backend.close()
+    json.dump({"open": opened, "rss": rss, "costs": costs, "stamps": stamps, "errors": errors},
+              sys.stdout)  # fmt: skip
+
+
+def fleet_run(kind: str, path: str, size: int, workers: int, seconds: float) -> dict[str, float]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", kind, path, str(size), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    time.sleep(seconds / 2 + 0.5)  # the workers are open and committing by then
+    maintenance = KINDS[kind][0](path)
+    maintenance.setup()
+    begin = time.time()
+    if isinstance(maintenance, PickleBackend):
+        maintenance.compact()
+    purged = maintenance.delete_expired()
+    end = time.time()
+    maintenance.close()
+    results = [json.loads(proc.communicate()[0]) for proc in procs]
+    costs = sorted(c for r in results for c in r["costs"])
+    during = [
+        c
+        for r in results
+        for c, t in zip(r["costs"], r["stamps"], strict=True)
+        if t >= begin and t - c <= end
+    ]
+    return {
+        "open_s": max(r["open"] for r in results),
+        "rss_mb": max(r["rss"] for r in results),
+        "median_us": statistics.median(costs) * 1e6,
+        "p999_ms": costs[int(len(costs) * 0.999)] * 1e3,
+        "max_ms": costs[-1] * 1e3,
+        "during_ms": max(during, default=0.0) * 1e3,
+        "maint_s": end - begin,
+        "purged": purged,
+        "commits": len(costs),
+        "errors": sum(r["errors"] for r in results),
+    }
+
+
+def fleet(args: argparse.Namespace) -> None:
+    sizes = [int(n) for n in args.sessions.split(",")]
+    directory = args.dir or tempfile.mkdtemp(prefix="scale-")
+    print(f"{args.workers} workers x {args.seconds:g} s; stores in {directory}")
+    header = (
+        f"{'backend':<8}{'sessions':>10}{'open s':>8}{'RSS MB':>8}{'median us':>11}"
+        f"{'p99.9 ms':>10}{'max ms':>8}{'max in maint ms':>17}{'maint s':>9}{'errors':>8}"
+    )
+    print(header)
+    for kind in args.kinds.split(","):
+        for size in sizes:
+            path = os.path.join(directory, f"fleet-{kind}-{size}.{KINDS[kind][1]}")
+            if not os.path.exists(path + ".filled"):
+                for extra in (path, path + ".lock", path + "-wal", path + "-shm"):
+                    if os.path.exists(extra):
+                        os.unlink(extra)
+                fast_fill(kind, path, size)
+                open(path + ".filled", "w").close()
+            r = fleet_run(kind, path, size, args.workers, args.seconds)
+            print(
+                f"{kind:<8}{size:>10,}{r['open_s']:>8.2f}{r['rss_mb']:>8.0f}"
+                f"{r['median_us']:>11.0f}{r['p999_ms']:>10.1f}{r['max_ms']:>8.1f}"
+                f"{r['during_ms']:>17.1f}{r['maint_s']:>9.2f}{r['errors']:>8}",
+                flush=True,
+            )
+            os.unlink(path + ".filled")  # the purge changed it: fill afresh next time
+
+
+def wal_worker(path: str, seconds: float) -> None:
+    backend = SqliteBackend(path)
+    backend.setup()
+    deadline = time.time() + seconds
+    n = 0
+    while time.time() < deadline:
+        session_id = f"{os.getpid()}-{n % 5000:036d}"[:43]
+        now = time.time()
+        backend.add(Record(session_id, 1, now, now, now + 86400, os.urandom(2000)))
+        n += 1
+    backend.close()
+    print(n)
+
+
+def wal(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "wal.db")
+        SqliteBackend(path).setup()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--wal-worker", path, str(args.wal)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(args.workers)
+        ]
+        largest = 0
+        while any(p.poll() is None for p in procs):
+            with contextlib.suppress(OSError):
+                largest = max(largest, os.path.getsize(path + "-wal"))
+            time.sleep(0.1)
+        writes = sum(int(p.communicate()[0]) for p in procs)
+    print(f"SQLite, {args.workers} saturating writers, {args.wal:g} s: {writes:,} writes")
+    print(f"largest -wal file seen: {largest / 2**20:.1f} MB (target <= 64)")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        kind, path, size, seconds = sys.argv[2:]
+        return worker(kind, path, int(size), float(seconds))
+    if sys.argv[1:2] == ["--wal-worker"]:
+        return wal_worker(sys.argv[2], float(sys.argv[3]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commits", type=int, default=1000, help="per round")
     parser.add_argument("--rounds", type=int, default=3, help="the best round counts")
     parser.add_argument("--sizes", default="100,1000,10000,100000")
+    parser.add_argument("--fleet", action="store_true", help="the multi-process run")
+    parser.add_argument("--sessions", default="1000,1000000", help="--fleet store sizes")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--kinds", default="pickle,sqlite")
+    parser.add_argument("--dir", help="keep the filled --fleet stores here")
+    parser.add_argument("--wal", type=float, help="seconds of the SQLite WAL run")
     args = parser.parse_args()
+    if args.fleet:
+        return fleet(args)
+    if args.wal:
+        return wal(args)
     sizes = [int(n) for n in args.sizes.split(",")]
     rows = [("pickle", False), ("pickle", True), ("sqlite", False), ("sqlite", True)]
     results: dict[tuple[str, bool], list[dict[str, float]]] = {}

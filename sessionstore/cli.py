@@ -25,7 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import load_backend
+from . import maintenance
+from .backends import backend_class, load_backend
 from .backends.base import Record
 from .config import Settings
 from .errors import SessionStoreError
@@ -96,7 +97,10 @@ class Target:
             name, options = args.backend, _pairs(args.option, "--option")
         else:
             raise CommandError("name a store with --config FILE.ini or --backend NAME")
-        self.backend = load_backend(name, options)
+        if args.command in ("check", "salvage"):  # they read the files themselves
+            self.backend = backend_class(name).from_options(options, busy_timeout=5.0)
+        else:
+            self.backend = load_backend(name, options)
         self.codec = PayloadCodec(tuple(secret.split())) if secret else None
 
     def record(self, session_id: str) -> Record:
@@ -290,6 +294,26 @@ def cmd_migrate(args: argparse.Namespace, target: Target) -> None:
     _emit(args, {"copied": count}, f"copied {count} sessions to {args.to}")
 
 
+def cmd_check(args: argparse.Namespace, target: Target) -> None:
+    report = maintenance.check(target.backend, target.codec)
+    verified = "verified" if target.codec else "read (no secret: payloads not verified)"
+    lines = [*report.problems, f"{report.sessions} sessions {verified} in {report.store}"]
+    _emit(args, report.as_dict(), "\n".join(lines))
+    if not report.ok:
+        raise CommandError(f"{report.store} is damaged: {len(report.problems)} problems")
+
+
+def cmd_salvage(args: argparse.Namespace, target: Target) -> None:
+    destination = load_backend(args.to, _pairs(args.to_option, "--to-option"))
+    try:
+        report = maintenance.salvage(target.backend, destination, target.codec)
+    finally:
+        destination.close()
+    skipped = len(report.damaged_sessions)
+    lines = [*report.problems, f"copied {report.copied} sessions to {args.to}, {skipped} damaged"]
+    _emit(args, report.as_dict(), "\n".join(lines))
+
+
 # -- argument parsing -----------------------------------------------------------------
 
 
@@ -377,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="copy every session to another backend")
     migrate.add_argument("--to", required=True, metavar="NAME")
     migrate.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE")
+    commands.add_parser("check", help="verify every record and the file (exit 1 if damaged)")
+    salvage = commands.add_parser("salvage", help="copy every readable session to another store")
+    salvage.add_argument("--to", required=True, metavar="NAME")
+    salvage.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -390,6 +418,8 @@ COMMANDS = {
     "purge": cmd_purge,
     "stats": cmd_stats,
     "migrate": cmd_migrate,
+    "check": cmd_check,
+    "salvage": cmd_salvage,
 }
 
 

@@ -1,82 +1,96 @@
 """The ``pickle`` backend: sessions in one pickle file, shared by threads and processes.
 
-Linesman rewrote its whole pickle file on every change, which grew slow past a
-few hundred sessions.  This file is instead an append-only log: a header, then
-one frame per change, each frame a pickle of a plain tuple::
+The file is an append-only log of frames (format and crash rules in
+:mod:`sessionstore.backends.picklelog`).  A commit appends one frame, so its
+cost does not grow with the number of sessions.  When dead frames outweigh
+live ones the log is compacted: written to a temporary file in the same
+directory (``.<name>.*.compact.tmp``, flocked while written) and renamed over
+the old one, so a crash leaves the old file or the new, never a mix.  A
+compaction that fails (a full disk) backs off: it is tried again only once the
+log has grown by as much again, and never starts without the free space for it.
+Temporary files left by a killed process are removed when a store is set up.
 
-    frame = length (4 bytes) + CRC-32 (4 bytes) + pickle(("put", id, version,
-            created_at, accessed_at, expires_at, payload)) or pickle(("del", id))
+Every process keeps an index of the records and, under a flock on the stable
+file ``<filename>.lock``, reads what other processes appended (or the whole
+new file after a compaction) before each operation.
 
-A commit appends one frame, so its cost does not grow with the number of
-sessions.  When dead frames outweigh live ones the log is compacted: written
-to a temporary file in the same directory and renamed over the old one, so a
-crash leaves the old file or the new, never a mix.
+Nothing is destroyed on a guess:
 
-Every process keeps an index of the records and, under a lock on the stable
-file ``<filename>.lock``, reads the frames other processes appended (or the
-whole file again after another process compacted it) before each operation.
+* Only a torn final append (see ``picklelog.classify_tail``) is ever cut,
+  and only when the file is still the one (inode, size) just read, and has
+  never been seen rewritten in place by this process.
+* The last bytes indexed are re-read before each locked operation: a file
+  rewritten in place (``cp backup sessions.dat``) is noticed, logged and read
+  again from the start, and nothing is cut from it afterwards.
+* A file deleted or replaced by something other than a compaction is logged
+  as an error, never silently taken for an empty store.
+* A damaged file is a :class:`BackendError` naming the file and byte offset.
+  At :meth:`PickleBackend.setup` (start-up) a file with a valid header but
+  damaged frames is **set aside**: hard-linked to
+  ``<filename>.damaged-<time>`` (every byte kept), and a new file holding
+  every readable record takes its place, so the site starts with the sessions
+  that could be read.  A file that does not even start with our header is
+  refused (it may be someone else's file).
 
-Frames only ever hold strings, numbers and bytes, and are read with an
-unpickler that refuses every global, so a pickle planted in the file cannot
-run code; session payloads inside are signed and verified before use.
-
-A frame cut short at the end of the file is a write that a killed process
-never finished (it was never acknowledged): it is ignored, and cut off by the
-next write.  A damaged frame anywhere else makes the file corrupt: every
-operation then raises :class:`BackendError` naming the file, and nothing is
-written to it.
+Files are opened with ``O_NOFOLLOW`` (a symlink at the store or lock path is
+refused) and made private (0600), with a warning when a wider mode was found.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import io
 import logging
 import os
-import pickle
-import struct
-import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, NoReturn
 
 from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
+from . import picklelog
 from .base import Backend, Record
+from .picklecompact import Compaction
+from .picklelog import Damaged, encode, encode_put
 
 log = logging.getLogger("sessionstore")
 
-HEADER = ("sessionstore.pickle", 1)
-_FRAME = struct.Struct(">II")
-_PROTOCOL = 5
-#: Compact when the file is larger than twice the live data plus this.
-_COMPACT_SLACK = 1 << 20
+#: Expired sessions deleted per lock hold by an unlimited delete_expired().
+_PURGE_BATCH = 1000
+#: New bytes in the log worth reading before taking the lock.
+_CATCH_UP = 256 << 10
 
 
-class _FrameUnpickler(pickle.Unpickler):
-    """Frames hold only tuples of str, int, float and bytes: no globals at all."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused global {module}.{name}")
-
-
-def _encode(frame: tuple[Any, ...]) -> bytes:
-    body = pickle.dumps(frame, _PROTOCOL)
-    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+def open_nofollow(path: str, flags: int) -> int:
+    """Open without following a symlink (created with mode 0600)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise BackendError(f"{path} is a symbolic link: refused", exc) from exc
+        raise
 
 
-def _put(record: Record) -> bytes:
-    r = record
-    return _encode(
-        ("put", r.session_id, r.version, r.created_at, r.accessed_at, r.expires_at, r.payload)
-    )
+def make_private(fd: int, path: str) -> None:
+    """Force mode 0600 on a file we write, warning when it was wider."""
+    mode = os.fstat(fd).st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s had mode %04o (others could read it): set to 0600", path, mode)
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            log.warning("could not make %s private", path, exc_info=True)
 
 
-class PickleBackend(Backend):
+def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> bool:
+    """Whether a file of lineage ``after`` is a later compaction of ``before``."""
+    if before is None:
+        return after is not None and after[1] == 1
+    return after is not None and after[0] == before[0] and after[1] > before[1]
+
+
+class PickleBackend(Compaction, Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
     options = {"filename": as_filename, "fsync": as_bool}
@@ -92,13 +106,24 @@ class PickleBackend(Backend):
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._writable = True
+        self._private = False
         # What the index reflects: which file, and how many of its bytes.
         self._file_id: tuple[int, int] | None = None
         self._offset = 0
+        #: (position, the 8-byte header (length + CRC) of a frame indexed
+        #: last): re-read before each operation to notice an in-place rewrite.
+        self._mark: tuple[int, bytes] | None = None
         self._index: dict[str, Record] = {}
         self._sizes: dict[str, int] = {}  # frame size of each live record
         self._live = 0  # sum of self._sizes, kept up to date
-        self._corrupt: BackendError | None = None
+        self._tail: tuple[Any, ...] | None = None  # a cuttable torn tail, as seen
+        self._no_cut: set[tuple[int, int]] = set()  # files seen rewritten in place
+        #: (lineage token, generation) of the file indexed: compaction keeps
+        #: the token and adds one to the generation.
+        self._lineage: tuple[str, int] | None = None
+        self._corrupt: tuple[tuple[int, int, int, int], BackendError] | None = None
+        self._compact_after = 0  # back-off after a failed compaction
+        self._compacting = False  # a compaction thread of ours is running
         #: (file id, offset, index) as of the last time the lock was released:
         #: what reads use without any lock while the file has not grown.
         self._view: tuple[tuple[int, int] | None, int, dict[str, Record]] | None = None
@@ -113,6 +138,7 @@ class PickleBackend(Backend):
             if self._lock_fd is None:
                 self._open_lock()
             assert self._lock_fd is not None
+            self._catch_up()
             self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 self._sync()
@@ -125,9 +151,11 @@ class PickleBackend(Backend):
 
     def _after_fork(self) -> None:
         # flock belongs to the open file description, which a child shares
-        # with its parent: the child needs descriptors of its own.
+        # with its parent: the child needs descriptors of its own (the
+        # parent's stay open for the parent).
         self._pid = os.getpid()
         self._mutex = threading.RLock()
+        self._compacting = False
         self._view = None
         self._lock_fd = None
         self._fd = None
@@ -136,10 +164,13 @@ class PickleBackend(Backend):
     def _open_lock(self) -> None:
         path = self.filename + ".lock"
         try:
-            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+            make_private(self._lock_fd, path)
+        except BackendError:
+            raise
         except OSError:
             try:  # a read-only place: reads still work, writes will fail
-                self._lock_fd = os.open(path, os.O_RDONLY)
+                self._lock_fd = open_nofollow(path, os.O_RDONLY)
             except OSError as exc:
                 raise BackendError(f"cannot open the lock file {path}", exc) from exc
 
@@ -157,120 +188,195 @@ class PickleBackend(Backend):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
 
-    def _sync(self) -> None:
-        """Bring the index up to date with the file (under the lock)."""
+    def _catch_up(self) -> None:
+        """Index a new file, or a long stretch of new frames, before taking
+        the lock, so that nobody waits while we read: complete frames never
+        change (the log is append-only; a compaction renames a new file over
+        it; only a torn tail is ever cut).  The locked sync then checks it all
+        and reads only what came since."""
         if self._corrupt is not None:
-            raise self._corrupt
+            return
         try:
             st = os.stat(self.filename)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != self._file_id or st.st_size - self._offset > _CATCH_UP:
+            with contextlib.suppress(BackendError, OSError):
+                self._sync()
+
+    def _sync(self) -> None:
+        """Bring the index up to date with the file (under the lock)."""
+        try:
+            st = os.stat(self.filename, follow_symlinks=False)
         except FileNotFoundError:
+            if self._file_id is not None:
+                log.error(
+                    "%s was deleted while in use: its %d sessions are gone; "
+                    "a new file starts with the next write",
+                    self.filename,
+                    len(self._index),
+                )
+            self._close_file()
             self._reset_index(None)
             return
         except OSError as exc:
             raise BackendError(f"cannot read {self.filename}", exc) from exc
+        seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._corrupt is not None:
+            if self._corrupt[0] == seen:
+                raise self._corrupt[1]
+            self._corrupt = None
+            self._file_id = None  # changed since: read it again
         file_id = (st.st_dev, st.st_ino)
-        if file_id != self._file_id or st.st_size < self._offset:
+        if file_id != self._file_id:
+            previous, before, count = self._file_id, self._lineage, len(self._index)
             self._reopen()
+            assert self._fd is not None
+            st = os.fstat(self._fd)  # the file opened, whatever the path held before
+            file_id, seen = (
+                (st.st_dev, st.st_ino),
+                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+            )
+            if previous is not None and self._follow(os.pread(self._fd, 512, 0), file_id):
+                if st.st_size > self._offset:
+                    self._read_frames(st, seen)
+                return
+            self._reset_index(file_id)
+            self._read_frames(st, seen)
+            if previous is not None and not _follows(before, self._lineage):
+                log.error(
+                    "%s was replaced by another file (not a compaction): "
+                    "%d sessions before, %d now",
+                    self.filename,
+                    count,
+                    len(self._index),
+                )
+            return
+        if st.st_size < self._offset or not self._mark_holds():
+            log.error(
+                "%s was rewritten in place by something other than sessionstore: "
+                "reading it again; nothing will be cut from it",
+                self.filename,
+            )
+            self._no_cut.add(file_id)
             self._reset_index(file_id)
         if st.st_size > self._offset:
-            self._read_frames(st.st_size)
+            self._read_frames(st, seen)
+        else:
+            self._tail = None
+
+    def _mark_holds(self) -> bool:
+        if self._mark is None:
+            return True
+        assert self._fd is not None
+        position, header = self._mark
+        return os.pread(self._fd, len(header), position) == header
 
     def _reset_index(self, file_id: tuple[int, int] | None) -> None:
         self._file_id = file_id
         self._offset = 0
+        self._mark = None
         self._index = {}
         self._sizes = {}
         self._live = 0
+        self._tail = None
+        self._lineage = None
 
-    def _reopen(self) -> None:
+    def _close_file(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def _reopen(self) -> None:
+        self._close_file()
         try:
-            self._fd = os.open(self.filename, os.O_RDWR | os.O_APPEND)
+            self._fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
             self._writable = True
-        except PermissionError:
-            self._fd = os.open(self.filename, os.O_RDONLY)
-            self._writable = False
+            self._private = False  # made private at the first write
+        except BackendError:
+            raise
         except OSError as exc:
-            if exc.errno != errno.EROFS:
+            try:  # a read-only file or place: reads still work
+                self._fd = open_nofollow(self.filename, os.O_RDONLY)
+            except OSError:
                 raise BackendError(f"cannot open {self.filename}", exc) from exc
-            self._fd = os.open(self.filename, os.O_RDONLY)
             self._writable = False
 
-    def _read_frames(self, size: int) -> None:
+    def _read_frames(self, st: os.stat_result, seen: tuple[int, int, int, int]) -> None:
         assert self._fd is not None
-        data = os.pread(self._fd, size - self._offset, self._offset)
+        try:
+            data = os.pread(self._fd, st.st_size - self._offset, self._offset)
+        except OSError as exc:  # a bad sector
+            raise BackendError(f"cannot read {self.filename}", exc) from exc
         pos = 0
         if self._offset == 0:
-            pos = self._read_header(data)
-        while pos < len(data):
-            if len(data) - pos < _FRAME.size:
-                break  # torn tail
-            length, crc = _FRAME.unpack_from(data, pos)
-            end = pos + _FRAME.size + length
-            if end > len(data):
-                break  # torn tail
-            body = data[pos + _FRAME.size : end]
-            if zlib.crc32(body) != crc:
-                if end == len(data):
-                    break  # the last frame, torn by a crash: never acknowledged
-                self._fail(f"damaged frame at byte {self._offset + pos}")
-            try:
-                frame = _FrameUnpickler(io.BytesIO(body)).load()
-                self._apply(frame, end - pos)
-            except Exception as exc:
-                self._fail(f"unreadable frame at byte {self._offset + pos} ({exc})")
-            pos = end
+            if not data:
+                return  # an empty file: an empty store
+            header = picklelog.header_size(data)
+            if header is None:
+                self._fail(seen, 0, "not a sessionstore pickle file (bad header)")
+            pos = header
+        last = -1
+        try:
+            for start, end, frame in picklelog.iter_frames(data, pos):
+                self._apply(frame, end - start)
+                pos, last = end, start
+        except Damaged as exc:
+            self._fail(seen, self._offset + exc.offset, exc.reason)
+        except Exception as exc:
+            self._fail(seen, self._offset + pos, f"unreadable frame ({exc})")
+        if last >= 0:
+            self._mark = (self._offset + last, data[last : last + 8])
         self._offset += pos
-
-    def _read_header(self, data: bytes) -> int:
-        if len(data) >= _FRAME.size:
-            length, crc = _FRAME.unpack_from(data)
-            body = data[_FRAME.size : _FRAME.size + length]
-            if len(body) == length and zlib.crc32(body) == crc:
-                try:
-                    if _FrameUnpickler(io.BytesIO(body)).load() == HEADER:
-                        return int(_FRAME.size + length)
-                except Exception:
-                    log.debug("unreadable header in %s", self.filename, exc_info=True)
-        self._fail("not a sessionstore pickle file (bad header)")
+        if self._offset < st.st_size:
+            self._tail = (self._file_id, self._offset, st.st_size)
+            log.info("%s: an unfinished write at byte %d", self.filename, self._offset)
+        else:
+            self._tail = None
 
     def _apply(self, frame: tuple[Any, ...], size: int) -> None:
-        if frame[0] == "put" and len(frame) == 7:
-            record = Record(*frame[1:])
+        if frame[0] == "put":
+            record = picklelog.record_of(frame)
             self._index[record.session_id] = record
             self._live += size - self._sizes.get(record.session_id, 0)
             self._sizes[record.session_id] = size
         elif frame[0] == "del" and len(frame) == 2:
             self._index.pop(frame[1], None)
             self._live -= self._sizes.pop(frame[1], 0)
+        elif frame[0] == "origin" and len(frame) in (3, 4):
+            self._lineage = (str(frame[1]), int(frame[2]))
         else:
-            raise ValueError(f"unknown frame kind {frame[0]!r}")
+            raise ValueError(f"unknown frame kind {frame[0]!r:.40}")
 
-    def _fail(self, reason: str) -> NoReturn:
-        self._corrupt = BackendError(
-            f"session file {self.filename} is corrupt: {reason}; it is left untouched"
+    def _fail(self, seen: tuple[int, int, int, int], offset: int, reason: str) -> NoReturn:
+        error = BackendError(
+            f"session file {self.filename} is damaged at byte {offset}: {reason}; "
+            "it is left untouched (see `sessionstore check` and `salvage`)"
         )
-        raise self._corrupt
+        error.offset = offset  # type: ignore[attr-defined]
+        self._corrupt = (seen, error)
+        self._reset_index(self._file_id)
+        raise error
 
     # -- writing ----------------------------------------------------------------------
 
     def _append(self, frames: bytes) -> None:
         """Append frames to the file (under the exclusive lock)."""
-        if self._offset == 0:
-            # No file yet (or an empty one): create it, header first, atomically.
+        if self._file_id is None:
+            # No file yet: create it, header first, atomically.
             self._rewrite(b"")
         assert self._fd is not None
         if not self._writable:
             raise BackendError(f"session file {self.filename} is read-only")
-        size = os.fstat(self._fd).st_size
-        if size != self._offset:
-            # A torn frame left by a killed process: cut it off first.
-            log.warning(
-                "%s: dropping %d bytes of an unfinished write", self.filename, size - self._offset
-            )
-            self._truncate()
+        st = os.fstat(self._fd)
+        if self._offset == 0 and st.st_size == 0:
+            self._rewrite(b"")  # an empty file: give it a header
+            st = os.fstat(self._fd)
+        if st.st_size != self._offset:
+            self._cut_torn_tail(st)
+        if not self._private:
+            make_private(self._fd, self.filename)
+            self._private = True
         try:
             view = memoryview(frames)
             while view:
@@ -279,70 +385,55 @@ class PickleBackend(Backend):
             if self.fsync:
                 os.fsync(self._fd)
         except OSError as exc:
-            self._truncate()  # leave no partial frame behind
+            # Our own partial frame (nobody else writes under the lock).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._offset)
             raise BackendError(f"cannot write to session file {self.filename}", exc) from exc
         self._offset += len(frames)
+        self._mark = (self._offset - len(frames), frames[:8])
 
-    def _truncate(self) -> None:
+    def _cut_torn_tail(self, st: os.stat_result) -> None:
         assert self._fd is not None
+        extra = st.st_size - self._offset
+        if self._tail != (self._file_id, self._offset, st.st_size) or self._file_id in self._no_cut:
+            raise BackendError(
+                f"session file {self.filename} has {extra} unexpected bytes at byte "
+                f"{self._offset}: not cut, nothing written (see `sessionstore check`)"
+            )
+        log.warning("%s: cutting %d bytes of an unfinished write", self.filename, extra)
         try:
             os.ftruncate(self._fd, self._offset)
-        except OSError:
-            log.exception("%s: could not cut off a partial write", self.filename)
-
-    def _rewrite(self, frames: bytes) -> None:
-        """Replace the file by a header plus ``frames``: temp file, fsync, rename."""
-        directory = os.path.dirname(self.filename)
-        try:
-            fd, temp = tempfile.mkstemp(prefix=".sessions-", suffix=".tmp", dir=directory)
         except OSError as exc:
-            raise BackendError(f"cannot write a new {self.filename}", exc) from exc
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(_encode(HEADER))
-                out.write(frames)
-                out.flush()
-                # Always fsync here: the rename must never publish an empty file.
-                os.fsync(out.fileno())
-            os.replace(temp, self.filename)
-            if self.fsync:
-                dir_fd = os.open(directory, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise BackendError(f"cannot write a new {self.filename}", exc) from exc
-        self._reopen()
-        assert self._fd is not None  # _reopen() opened it or raised
-        st = os.fstat(self._fd)
-        self._file_id = (st.st_dev, st.st_ino)
-        self._offset = st.st_size
-
-    def _maybe_compact(self) -> None:
-        if self._offset <= 2 * self._live + _COMPACT_SLACK:
-            return
-        try:
-            self._compact()
-        except BackendError:
-            # The commit itself is safely appended; compaction retries later.
-            log.warning("could not compact %s", self.filename, exc_info=True)
-
-    def _compact(self) -> None:
-        frames = [_put(r) for r in self._index.values()]
-        self._rewrite(b"".join(frames))
-        self._sizes = {
-            r.session_id: len(f) for r, f in zip(self._index.values(), frames, strict=True)
-        }
-        self._live = sum(self._sizes.values())
+            raise BackendError(f"cannot cut an unfinished write off {self.filename}", exc) from exc
+        self._tail = None
 
     # -- Backend ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        with self._locked(exclusive=False):
-            pass
+        try:
+            with self._locked(exclusive=False):
+                pass
+            self.remove_orphans()
+            return
+        except BackendError as exc:
+            if self._corrupt is None or getattr(exc, "offset", 0) == 0:
+                self.close()
+                raise  # not our file at all, or unreadable: refuse
+        # Damaged frames after a valid header: set the file aside, under the
+        # exclusive lock (another process may have done it meanwhile).
+        with self._mutex:
+            assert self._lock_fd is not None
+            self._flock(fcntl.LOCK_EX)
+            try:
+                self._corrupt = None
+                self._file_id = None
+                try:
+                    self._sync()
+                except BackendError as exc:
+                    self._set_aside(exc)
+            finally:
+                self._view = None
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._mutex:
@@ -368,7 +459,7 @@ class PickleBackend(Backend):
             return True
 
     def _put_records(self, records: list[Record]) -> None:
-        frames = [_put(r) for r in records]
+        frames = [encode_put(r) for r in records]
         self._append(b"".join(frames))
         for record, frame in zip(records, frames, strict=True):
             self._index[record.session_id] = record
@@ -379,7 +470,7 @@ class PickleBackend(Backend):
     def _delete_ids(self, session_ids: list[str]) -> int:
         present = [i for i in dict.fromkeys(session_ids) if i in self._index]
         if present:
-            self._append(b"".join(_encode(("del", i)) for i in present))
+            self._append(b"".join(encode(("del", i)) for i in present))
             for session_id in present:
                 del self._index[session_id]
                 self._live -= self._sizes.pop(session_id)
@@ -414,7 +505,7 @@ class PickleBackend(Backend):
         """The record as indexed, if the index covers the file ``st`` saw;
         else False."""
         view = self._view
-        if view is None or (st.st_dev, st.st_ino) != view[0] or st.st_size > view[1]:
+        if view is None or (st.st_dev, st.st_ino) != view[0] or st.st_size != view[1]:
             return False
         return view[2].get(session_id)
 
@@ -446,11 +537,24 @@ class PickleBackend(Backend):
             return count
 
     def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
+        """Delete up to ``limit`` expired sessions (all when None), in batches
+        of at most 1,000 per hold of the lock, so other processes wait briefly."""
         now = time.time() if now is None else now
-        with self._locked(exclusive=True):
-            return self._delete_ids(
-                [r.session_id for r in self._index.values() if r.is_expired(now)]
-            )
+        deleted = 0
+        while limit is None or deleted < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - deleted)
+            with self._locked(exclusive=True):
+                expired = []
+                for record in self._index.values():
+                    if record.expires_at <= now:
+                        expired.append(record.session_id)
+                        if len(expired) >= batch:
+                            break
+                count = self._delete_ids(expired)
+            deleted += count
+            if count < batch:
+                break
+        return deleted
 
     def count(self) -> int:
         with self._locked(exclusive=False):

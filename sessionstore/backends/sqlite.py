@@ -6,21 +6,52 @@ returned survives the process being killed.  ``fsync = true`` switches to
 statement in autocommit mode, so it cannot be left half-done.  Each thread
 gets its own connection, opened afresh in a child after ``fork``;
 ``:memory:`` uses one shared connection behind a lock.
+
+Bounded and cheap at scale:
+
+* The WAL is kept under :data:`WAL_LIMIT` (64 MiB).  SQLite's automatic
+  checkpoints are off: under busy writers every commit of every process
+  attempted one and they collided, so none reset the WAL (241 MB in 4 s with
+  4 writers).  Instead every :data:`_WAL_CHECK_EVERY` writes a process looks
+  at the WAL's size: past 4 MiB it runs a passive checkpoint, past 24 MiB a
+  ``TRUNCATE`` one; ``journal_size_limit`` caps what a reset leaves behind.
+  ``benchmarks/scale.py --wal 60`` measures it.
+* :meth:`SqliteBackend.setup` checks only what costs milliseconds (the file
+  header, the size it declares against the file's, the schema).  The full
+  ``PRAGMA integrity_check`` is ``sessionstore check``'s.
+* ``delete_expired`` deletes in batches of :data:`_PURGE_BATCH`, one short
+  write transaction each.
+* The file is ``stat``-ed on each use: a database deleted or replaced under a
+  running process is logged as an error and every connection is reopened on
+  the file now at that path, never written to a deleted inode unnoticed.
+* A store in a read-only place opens read-only (``mode=ro``, or
+  ``immutable=1`` when not even the ``-shm`` file can be made) and serves
+  reads; writes fail with a :class:`BackendError`.
+
+A symlink at the database, ``-wal`` or ``-shm`` path is refused; the
+database is created with mode 0600 (SQLite gives ``-wal``/``-shm`` the same
+mode) and an existing wider mode is narrowed, with a warning.  Every
+connection is closed by :meth:`close`, also on a failed :meth:`setup`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
-from .base import Backend, Record
+from .base import Backend, Record, checked_record
+from .picklefile import make_private
+
+log = logging.getLogger("sessionstore")
 
 _COLUMNS = "id, version, created_at, accessed_at, expires_at, payload"
 _SCHEMA = """
@@ -35,10 +66,18 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
 """
 _BATCH = 500
+_PURGE_BATCH = 1000
+WAL_LIMIT = 64 << 20
+#: Checkpoints are ours, not SQLite's automatic ones (which, once the WAL
+#: outgrows 1,000 pages, every commit of every process attempts, colliding
+#: so that none completes): a passive one past 4 MiB, a TRUNCATE past 24 MiB.
+_WAL_PASSIVE = 4 << 20
+_WAL_TRUNCATE = 24 << 20
+_WAL_CHECK_EVERY = 50
 
 
 def _row_to_record(row: tuple[Any, ...]) -> Record:
-    return Record(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+    return checked_record(*row)
 
 
 class SqliteBackend(Backend):
@@ -58,27 +97,117 @@ class SqliteBackend(Backend):
         self._connections: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         self._shared: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # the file's (dev, inode)
+        self._generation = 0  # bumped when the file at the path changes
+        self._writes = 0
+        self.read_only = False
+
+    # -- the file -------------------------------------------------------------------
+
+    def _prepare_file(self) -> None:
+        """Refuse symlinks, create the file private, narrow a wider mode."""
+        for path in (self.filename, self.filename + "-wal", self.filename + "-shm"):
+            if os.path.islink(path):
+                raise BackendError(f"{path} is a symbolic link: refused")
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.filename, os.O_RDWR | os.O_CREAT | flags, 0o600)
+        except OSError:
+            # Read-only: SQLite says what is wrong, or opens read-only.
+            with contextlib.suppress(OSError):
+                st = os.stat(self.filename)
+                self._identity = self._identity or (st.st_dev, st.st_ino)
+            return
+        try:
+            make_private(fd, self.filename)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        for extra in (self.filename + "-wal", self.filename + "-shm"):
+            with contextlib.suppress(OSError):
+                fd = os.open(extra, os.O_RDWR | flags)
+                try:
+                    make_private(fd, extra)
+                finally:
+                    os.close(fd)
+        if self._identity is None:
+            self._identity = (st.st_dev, st.st_ino)
+
+    def _file_changed(self) -> bool:
+        """Whether the file at the path is not the one we opened (logged once)."""
+        try:
+            st = os.stat(self.filename)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            now = None
+        if now == self._identity:
+            return False
+        log.error(
+            "SQLite database %s was %s while in use: reopening what is at the path now",
+            self.filename,
+            "deleted" if now is None else "replaced",
+        )
+        with self._lock:
+            self._identity = now
+            self._generation += 1
+        return True
 
     # -- connections ------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        if not self._memory and not os.path.exists(self.filename):
-            # Create the file private to its owner; SQLite gives the -wal and
-            # -shm files the same mode.
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(self.filename, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        conn = sqlite3.connect(
-            self.filename,
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        return sqlite3.connect(
+            target,
             timeout=self.busy_timeout,
             isolation_level=None,  # autocommit: one statement, one transaction
             check_same_thread=False,
+            uri=uri,
         )
-        if not self._memory:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+
+    def _open(self) -> sqlite3.Connection:
+        if self._memory:
+            conn = self._connect(self.filename)
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'NORMAL'}")
+            return conn
+        self._prepare_file()
+        conn = self._connect(self.filename)
+        try:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "readonly" not in str(exc) and "unable to open" not in str(exc):
+                    raise
+                conn.close()
+                return self._open_read_only()
             if mode.lower() != "wal":
                 raise BackendError(f"{self.filename}: cannot switch to WAL mode ({mode})")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'NORMAL'}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'NORMAL'}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A read-only place: serve reads (mode=ro, else immutable)."""
+        path = urllib.parse.quote(os.path.abspath(self.filename))
+        for query in ("mode=ro", "immutable=1"):
+            conn = self._connect(f"file:{path}?{query}", uri=True)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error:
+                conn.close()
+                continue
+            if not self.read_only:
+                log.warning(
+                    "SQLite database %s opened read-only (%s): sessions can be read, not saved%s",
+                    self.filename,
+                    query,
+                    "; changes made by others are not seen" if query != "mode=ro" else "",
+                )
+            self.read_only = True
+            return conn
+        raise BackendError(f"cannot open the SQLite database {self.filename}")
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -98,12 +227,42 @@ class SqliteBackend(Backend):
     def _thread_connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
             self._after_fork()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._open()
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.generation == self._generation and not self._file_changed():
+            return conn
+        if conn is not None:
             with self._lock:
-                self._connections.append(conn)
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            conn.close()
+        generation = self._generation
+        conn = local.conn = self._open()
+        local.generation = generation
+        if generation and not self.read_only:
+            conn.executescript(_SCHEMA)  # the file was deleted or replaced
+        with self._lock:
+            self._connections.append(conn)
         return conn
+
+    def _wrote(self, conn: sqlite3.Connection) -> None:
+        """Keep the WAL bounded: a TRUNCATE checkpoint once it outgrows the limit."""
+        self._writes += 1
+        if self._memory or self._writes % _WAL_CHECK_EVERY:
+            return
+        try:
+            size = os.path.getsize(self.filename + "-wal")
+        except OSError:
+            return
+        if size <= _WAL_PASSIVE:
+            return
+        mode = "TRUNCATE" if size > _WAL_TRUNCATE else "PASSIVE"
+        try:
+            busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+        except sqlite3.OperationalError:
+            busy = 1
+        if busy and mode == "TRUNCATE":
+            log.debug("WAL checkpoint of %s postponed (%d bytes)", self.filename, size)
 
     def _failure(self, exc: sqlite3.Error) -> BackendError | BusyRetry:
         message = str(exc).lower()
@@ -118,17 +277,38 @@ class SqliteBackend(Backend):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections = []
+        self._identity = None
+        self._generation = 0
 
     # -- Backend ------------------------------------------------------------------
 
     def setup(self) -> None:
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
-            if self._memory:
-                return
-            problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-            if problem != "ok":
-                raise BackendError(f"SQLite database {self.filename} is damaged: {problem}")
+        try:
+            with self._conn() as conn:
+                if not self.read_only:
+                    conn.executescript(_SCHEMA)
+                if not self._memory:
+                    self._check_size(conn)
+                    conn.execute("SELECT max(id) FROM sessions").fetchone()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_size(self, conn: sqlite3.Connection) -> None:
+        """Milliseconds at any size: the file holds the pages its header declares
+        (the full check is ``sessionstore check``)."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            wal = os.path.getsize(self.filename + "-wal")
+        except OSError:
+            wal = 0
+        size = os.path.getsize(self.filename)
+        if wal == 0 and size < pages * page_size:
+            raise BackendError(
+                f"SQLite database {self.filename} is damaged: {size} bytes, "
+                f"its header declares {pages * page_size}"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -144,6 +324,7 @@ class SqliteBackend(Backend):
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
         with self._conn() as conn:
+            self._wrote(conn)
             if record is None:
                 if expected_version is None:
                     return self._get(conn, session_id) is None
@@ -187,6 +368,7 @@ class SqliteBackend(Backend):
 
     def add(self, record: Record) -> None:
         with self._conn() as conn:
+            self._wrote(conn)
             conn.execute(
                 f"INSERT OR REPLACE INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -216,6 +398,7 @@ class SqliteBackend(Backend):
 
     def delete(self, session_id: str) -> int:
         with self._conn() as conn:
+            self._wrote(conn)
             return conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount
 
     def delete_many(self, session_ids: Iterable[str]) -> int:
@@ -235,10 +418,23 @@ class SqliteBackend(Backend):
             return conn.execute("DELETE FROM sessions").rowcount
 
     def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
+        """Delete up to ``limit`` expired sessions (all when None), 1,000 per
+        write transaction so that no writer waits long."""
         now = time.time() if now is None else now
-        with self._conn() as conn:
-            sql = "DELETE FROM sessions WHERE expires_at <= ?"
-            return conn.execute(sql, (now,)).rowcount
+        sql = (
+            "DELETE FROM sessions WHERE id IN "
+            "(SELECT id FROM sessions WHERE expires_at <= ? LIMIT ?)"
+        )
+        deleted = 0
+        while limit is None or deleted < limit:
+            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - deleted)
+            with self._conn() as conn:
+                count = conn.execute(sql, (now, batch)).rowcount
+                self._wrote(conn)
+            deleted += count
+            if count < batch:
+                break
+        return deleted
 
     def count(self) -> int:
         with self._conn() as conn:

@@ -1,0 +1,225 @@
+"""The pickle backend's file format: frames, and what may be cut after a crash.
+
+A session file is a log of frames, each ``length (4 bytes, big-endian) +
+CRC-32 of the body (4 bytes) + body``, the body a pickle (protocol 5) of a
+plain tuple:
+
+* ``("sessionstore.pickle", 1)``: the header, always the first frame;
+* ``("origin", lineage, generation)``: right after the header of every file
+  we write: a random token given when the store is first created, kept by
+  each compaction, which adds one to ``generation``.  A process that sees the
+  inode change to a file of another lineage, or of a generation not above the
+  one it knew (a backup put back), logs that the file was replaced;
+* ``("put", id, version, created_at, accessed_at, expires_at, payload)``;
+* ``("del", id)``.
+
+Bodies only ever hold str, int, float and bytes and are read with an
+unpickler that refuses every global, so a planted frame cannot run code.
+
+Invariants (each proved by the test named beside it, in
+``tests/test_durability.py`` and ``tests/test_pickle_damage.py``):
+
+* A crash can only leave a **torn final append**: one frame cut short at the
+  end of the file, or (power loss without fsync) a run of zero bytes there.
+  :func:`classify_tail` recognises exactly these: a partial frame whose length
+  field is plausible (<= :data:`MAX_FRAME`), whose body starts like a pickle,
+  that runs to the end of the file, and inside which no other valid frame
+  starts (``test_torn_last_frame_*``, ``test_zero_tail_*``).
+* Anything else (a bad CRC with frames after it, a length field pointing past
+  the end while valid frames follow, an unreadable body) is **damage**: the
+  file is never cut or overwritten (``test_damaged_length_field_*``,
+  ``test_damaged_middle_frame_*``).
+* :func:`salvage` replays every frame it can read, re-synchronising after a
+  damaged stretch on the next frame whose CRC and body check out; it never
+  writes to the file it reads (``test_salvage_*``).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from .base import Record, checked_record
+
+HEADER = ("sessionstore.pickle", 1)
+FRAME = struct.Struct(">II")
+PROTOCOL = 5
+#: The longest frame ever written (a session is far smaller): a length field
+#: above this is damage, not a torn write.
+MAX_FRAME = 64 << 20
+_PICKLE_START = b"\x80\x05"
+
+
+class FrameUnpickler(pickle.Unpickler):
+    """Frames hold only tuples of str, int, float and bytes: no globals at all."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+class Damaged(Exception):
+    """A damaged stretch of a session file, at byte ``offset``."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"damaged at byte {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+def encode(frame: tuple[Any, ...]) -> bytes:
+    body = pickle.dumps(frame, PROTOCOL)
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def encode_put(r: Record) -> bytes:
+    return encode(
+        ("put", r.session_id, r.version, r.created_at, r.accessed_at, r.expires_at, r.payload)
+    )
+
+
+def decode(body: bytes) -> tuple[Any, ...]:
+    frame = FrameUnpickler(io.BytesIO(body)).load()
+    if not isinstance(frame, tuple) or not frame or not isinstance(frame[0], str):
+        raise ValueError("a frame is not a tuple")
+    return frame
+
+
+def record_of(frame: tuple[Any, ...]) -> Record:
+    """The record of a ``put`` frame, every field type-checked."""
+    if len(frame) != 7:
+        raise ValueError("a put frame has 7 fields")
+    return checked_record(*frame[1:])
+
+
+def header_size(data: bytes) -> int | None:
+    """The size of the header frame at the start of ``data``, or None."""
+    if len(data) < FRAME.size:
+        return None
+    length, crc = FRAME.unpack_from(data)
+    body = data[FRAME.size : FRAME.size + length]
+    if len(body) != length or zlib.crc32(body) != crc:
+        return None
+    try:
+        return FRAME.size + length if decode(body) == HEADER else None
+    except Exception:
+        return None
+
+
+def frame_at(data: bytes, pos: int) -> tuple[int, tuple[Any, ...]] | None:
+    """``(end, frame)`` when a whole, valid frame starts at ``pos``; else None."""
+    if len(data) - pos < FRAME.size:
+        return None
+    length, crc = FRAME.unpack_from(data, pos)
+    end = pos + FRAME.size + length
+    if length > MAX_FRAME or end > len(data):
+        return None
+    body = data[pos + FRAME.size : end]
+    if zlib.crc32(body) != crc:
+        return None
+    try:
+        return end, decode(body)
+    except Exception:
+        return None
+
+
+def next_frame(data: bytes, start: int) -> int | None:
+    """Where the next valid frame starting at or after ``start`` begins, or None."""
+    find = start + FRAME.size
+    while True:
+        hit = data.find(_PICKLE_START, find)
+        if hit < 0:
+            return None
+        if frame_at(data, hit - FRAME.size) is not None:
+            return hit - FRAME.size
+        find = hit + 1
+
+
+def classify_tail(data: bytes, pos: int) -> str | None:
+    """What stops a reader at ``pos``: ``"torn"`` (an unfinished final append),
+    ``"zeros"`` (zero bytes a power cut left), or None (damage)."""
+    tail = memoryview(data)[pos:]
+    if not tail.tobytes().strip(b"\0"):
+        return "zeros"
+    if len(tail) >= FRAME.size:
+        length, crc = FRAME.unpack_from(data, pos)
+        end = pos + FRAME.size + length
+        if length > MAX_FRAME or end < len(data):
+            return None
+        if end == len(data) and zlib.crc32(tail[FRAME.size :]) == crc:
+            return None  # whole and intact, yet unreadable: not a torn write
+        start = bytes(tail[FRAME.size : FRAME.size + 2])
+        if not _PICKLE_START.startswith(start):
+            return None
+    return None if next_frame(data, pos + 1) is not None else "torn"
+
+
+def salvage(data: bytes) -> tuple[dict[str, Record], list[Damaged]]:
+    """Every record readable in the file contents ``data`` (frames replayed in
+    order, damaged stretches skipped), and the damage found.  A torn final
+    append is not damage."""
+    records: dict[str, Record] = {}
+    problems: list[Damaged] = []
+    pos = header_size(data)
+    if pos is None:
+        problems.append(Damaged(0, "not a sessionstore pickle file (bad header)"))
+        pos = next_frame(data, 0)
+    while pos is not None and pos < len(data):
+        found = frame_at(data, pos)
+        if found is None:
+            if classify_tail(data, pos) is not None:
+                break
+            problems.append(Damaged(pos, _why(data, pos)))
+            pos = next_frame(data, pos + 1)
+            continue
+        end, frame = found
+        try:
+            apply_frame(records, frame)
+        except Exception as exc:
+            problems.append(Damaged(pos, f"unreadable frame ({exc})"))
+        pos = end
+    return records, problems
+
+
+def apply_frame(records: dict[str, Record], frame: tuple[Any, ...]) -> None:
+    kind = frame[0]
+    if kind == "put":
+        record = record_of(frame)
+        records[record.session_id] = record
+    elif kind == "del" and len(frame) == 2 and isinstance(frame[1], str):
+        records.pop(frame[1], None)
+    elif kind != "origin":
+        raise ValueError(f"unknown frame kind {kind!r:.40}")
+
+
+def iter_frames(data: bytes, pos: int) -> Iterator[tuple[int, int, tuple[Any, ...]]]:
+    """``(start, end, frame)`` for each whole frame from ``pos``, stopping at a
+    torn tail; :class:`Damaged` at anything else."""
+    while pos < len(data):
+        found = frame_at(data, pos)
+        if found is None:
+            if classify_tail(data, pos) is not None:
+                return
+            raise Damaged(pos, _why(data, pos))
+        end, frame = found
+        yield pos, end, frame
+        pos = end
+
+
+def _why(data: bytes, pos: int) -> str:
+    if len(data) - pos < FRAME.size:
+        return "a frame header cut short"
+    length, crc = FRAME.unpack_from(data, pos)
+    if length > MAX_FRAME or pos + FRAME.size + length > len(data):
+        return f"implausible frame length {length}"
+    body = data[pos + FRAME.size : pos + FRAME.size + length]
+    if zlib.crc32(body) != crc:
+        return "checksum mismatch"
+    try:
+        decode(body)
+    except Exception as exc:
+        return f"unreadable frame ({exc})"
+    return "bad frame"

@@ -1,0 +1,150 @@
+"""``sessionstore check`` and ``sessionstore salvage`` on every kind of store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sessionstore.backends.memory import MemoryBackend
+from sessionstore.backends.picklefile import PickleBackend
+from sessionstore.backends.sqlite import SqliteBackend
+from sessionstore.maintenance import check, salvage
+from sessionstore.payload import PayloadCodec
+from sessionstore.testing import make_record
+
+from .conftest import ROOT
+
+SECRET = "maintenance-secret-0123456789abcdef"
+CODEC = PayloadCodec((SECRET,))
+BACKENDS = {"pickle": (PickleBackend, "sessions.dat"), "sqlite": (SqliteBackend, "sessions.db")}
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "sessionstore.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SESSIONSTORE_SECRET": SECRET},
+    )
+
+
+def good_record():
+    record = make_record()
+    return record._replace(payload=CODEC.dumps({"app": {"k": b"v"}}, None))
+
+
+def store_with(kind, tmp_path, records):
+    cls, name = BACKENDS[kind]
+    path = str(tmp_path / name)
+    backend = cls(path)
+    backend.setup()
+    for record in records:
+        backend.add(record)
+    backend.close()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pickle", "sqlite"])
+def test_check_passes_a_sound_store_and_names_a_damaged_record(tmp_path, kind):
+    good = [good_record() for _ in range(3)]
+    path = store_with(kind, tmp_path, good)
+    ok = cli("--backend", kind, "--option", f"filename={path}", "check")
+    assert ok.returncode == 0, ok.stderr
+    assert "3 sessions verified" in ok.stdout
+    bad = make_record(payload=b"\x00" * 40)  # fails verification
+    store_with(kind, tmp_path, [bad])
+    before = Path(path).read_bytes()
+    failed = cli("--backend", kind, "--option", f"filename={path}", "check", "--json")
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    assert report["damaged_sessions"] == [bad.session_id]
+    assert report["sessions"] == 4
+    assert Path(path).read_bytes() == before  # the damaged record is kept
+
+
+def test_check_of_a_missing_file_creates_nothing(tmp_path):
+    for kind, (_, name) in BACKENDS.items():
+        proc = cli("--backend", kind, "--option", f"filename={tmp_path / name}", "check")
+        assert proc.returncode == 1
+        assert "no such file" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_salvage_copies_every_readable_record_out_of_a_damaged_pickle_file(tmp_path):
+    records = [good_record() for _ in range(10)]
+    path = store_with("pickle", tmp_path, records)
+    data = bytearray(Path(path).read_bytes())
+    damaged_at = len(data) // 2
+    data[damaged_at] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    check_run = cli("--backend", "pickle", "--option", f"filename={path}", "check")
+    assert check_run.returncode == 1
+    assert "damaged at byte" in check_run.stdout
+    out = tmp_path / "out.db"
+    proc = cli(
+        "--backend", "pickle", "--option", f"filename={path}",
+        "salvage", "--to", "sqlite", "--to-option", f"filename={out}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "copied 9 sessions to sqlite, 0 damaged" in proc.stdout
+    assert Path(path).read_bytes() == bytes(data)  # read only, never set aside
+    assert [p.name for p in tmp_path.iterdir() if "damaged" in p.name] == []
+    copied = SqliteBackend(str(out))
+    copied.setup()
+    assert len(set(copied.get_all()) & {r.session_id for r in records}) == 9
+    copied.close()
+
+
+def test_salvage_reads_a_damaged_sqlite_file_page_by_page(tmp_path):
+    records = [good_record()._replace(payload=os.urandom(1500)) for _ in range(400)]
+    path = store_with("sqlite", tmp_path, records)
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(Path(path).read_bytes())
+    pages = len(data) // page_size
+    for page in (pages // 2, pages // 2 + 1):  # two pages of rows overwritten
+        data[page * page_size : (page + 1) * page_size] = b"\xa5" * page_size
+    Path(path).write_bytes(bytes(data))
+    source = SqliteBackend(path)
+    report = check(source)
+    assert not report.ok
+    target = MemoryBackend()
+    report = salvage(source, target)
+    assert 300 <= report.copied < 400
+    assert report.problems
+    assert set(target.get_all()) <= {r.session_id for r in records}
+    assert Path(path).read_bytes() == bytes(data)
+
+
+def test_salvage_with_the_secret_leaves_damaged_records_out(tmp_path):
+    source = MemoryBackend()
+    good = [good_record() for _ in range(3)]
+    bad = make_record(payload=b"forged" * 10)
+    for record in [*good, bad]:
+        source.add(record)
+    target = MemoryBackend()
+    report = salvage(source, target, CODEC)
+    assert report.copied == 3 and report.damaged_sessions == [bad.session_id]
+    assert set(target.get_all()) == {r.session_id for r in good}
+    assert source.get(bad.session_id) == bad
+    assert check(source, CODEC).damaged_sessions == [bad.session_id]
+    assert check(source).ok  # without the secret only envelopes are checked
+
+
+def test_salvage_refuses_to_write_into_the_store_it_reads(tmp_path):
+    path = store_with("pickle", tmp_path, [good_record()])
+    proc = cli(
+        "--backend", "pickle", "--option", f"filename={path}",
+        "salvage", "--to", "pickle", "--to-option", f"filename={path}",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "another destination" in proc.stderr
