@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from webtest import TestApp
 
@@ -58,7 +60,7 @@ def login(user):
 
 
 #: Backends whose user index is in place (the rest follow).
-INDEXED = {"memory"}
+INDEXED = {"memory", "sqlite"}
 
 
 @pytest.fixture
@@ -141,3 +143,29 @@ def test_a_request_in_flight_never_brings_a_destroyed_session_back(site):
     assert site.mw.sessions_of("alice") == []
     record = site.mw.backend.get(sid)
     assert record is None
+
+
+def test_an_sqlite_table_from_before_the_user_index_is_migrated(tmp_path):
+    import sqlite3
+
+    from sessionstore.backends.sqlite import SqliteBackend
+    from sessionstore.testing import make_record
+
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, version INTEGER NOT NULL,"
+            " created_at REAL NOT NULL, accessed_at REAL NOT NULL, expires_at REAL NOT NULL,"
+            " payload BLOB NOT NULL)"
+        )
+        old = make_record()
+        conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)", old[:6])
+    store = SqliteBackend(str(path))
+    try:
+        store.setup()
+        assert store.get(old.session_id) == old
+        bound = make_record(session_id="B" * 44)._replace(user="alice")
+        assert store.compare_and_swap(bound.session_id, None, bound)
+        assert store.user_sessions("alice") == [bound]
+    finally:
+        store.close()

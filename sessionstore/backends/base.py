@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import BackendError, BusyRetry, ConfigurationError, DamagedRecord
+from ..errors import BusyRetry, ConfigurationError, DamagedRecord
 
 #: Times :meth:`Backend.settle` sends one compare-and-swap whose outcome stays unknown.
 SEND_ATTEMPTS = 2
@@ -84,6 +84,7 @@ def checked_record(
     accessed_at: object,
     expires_at: object,
     payload: object,
+    user: object = None,
 ) -> Record:
     """A :class:`Record` from fields read out of storage, each type-checked.
 
@@ -113,7 +114,9 @@ def checked_record(
         payload = bytes(payload)
     if not isinstance(payload, bytes):
         raise DamagedRecord(shown, "the payload is not bytes")
-    return Record(session_id, version, times[0], times[1], times[2], payload)
+    if user is not None and not isinstance(user, str):
+        raise DamagedRecord(shown, "the user is not text")
+    return Record(session_id, version, times[0], times[1], times[2], payload, user)
 
 
 class ServerClock:

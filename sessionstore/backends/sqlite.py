@@ -7,6 +7,13 @@ statement in autocommit mode, so it cannot be left half-done.  Each thread
 gets its own connection, opened afresh in a child after ``fork``;
 ``:memory:`` uses one shared connection behind a lock.
 
+Storage format: one table ``sessions`` (``id`` primary key, ``version``,
+``created_at``, ``accessed_at``, ``expires_at``, the signed ``payload`` and
+``user_id``), indexed on ``expires_at`` (cleanup) and on ``user_id`` where not
+null (a user's sessions).  ``user_id`` is written by the same statement as the
+rest of the record, so the index never disagrees with it; a table made before
+the column existed gets it (``ALTER TABLE``) at :meth:`SqliteBackend.setup`.
+
 Bounded and cheap at scale:
 
 * The WAL is kept under :data:`WAL_LIMIT` (64 MiB).  SQLite's automatic
@@ -53,7 +60,7 @@ from .picklefile import make_private
 
 log = logging.getLogger("sessionstore")
 
-_COLUMNS = "id, version, created_at, accessed_at, expires_at, payload"
+_COLUMNS = "id, version, created_at, accessed_at, expires_at, payload, user_id"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY NOT NULL,
@@ -61,10 +68,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at REAL NOT NULL,
     accessed_at REAL NOT NULL,
     expires_at REAL NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    user_id TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
 """
+#: The user index; a table made before it existed gets the column first.
+_USER_INDEX = (
+    "CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id) WHERE user_id IS NOT NULL"
+)
 _BATCH = 500
 _PURGE_BATCH = 1000
 WAL_LIMIT = 64 << 20
@@ -78,6 +90,20 @@ _WAL_CHECK_EVERY = 50
 
 def _row_to_record(row: tuple[Any, ...]) -> Record:
     return checked_record(*row)
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    """The table and its indexes; a table from before the user index gets
+    its ``user_id`` column (several processes may race to add it)."""
+    conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+    if "user_id" not in columns:
+        try:
+            conn.execute("ALTER TABLE sessions ADD COLUMN user_id TEXT")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc).lower():
+                raise
+    conn.execute(_USER_INDEX)
 
 
 class SqliteBackend(Backend):
@@ -240,7 +266,7 @@ class SqliteBackend(Backend):
         conn = local.conn = self._open()
         local.generation = generation
         if generation and not self.read_only:
-            conn.executescript(_SCHEMA)  # the file was deleted or replaced
+            _create(conn)  # the file was deleted or replaced
         with self._lock:
             self._connections.append(conn)
         return conn
@@ -286,7 +312,7 @@ class SqliteBackend(Backend):
         try:
             with self._conn() as conn:
                 if not self.read_only:
-                    conn.executescript(_SCHEMA)
+                    _create(conn)
                 if not self._memory:
                     self._check_size(conn)
                     conn.execute("SELECT max(id) FROM sessions").fetchone()
@@ -336,16 +362,17 @@ class SqliteBackend(Backend):
                 record.accessed_at,
                 record.expires_at,
                 record.payload,
+                record.user,
             )
             if expected_version is None:
                 sql = (
-                    f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (id) DO NOTHING"
                 )
                 return conn.execute(sql, (session_id, *values)).rowcount == 1
             sql = (
                 "UPDATE sessions SET version = ?, created_at = ?, accessed_at = ?, "
-                "expires_at = ?, payload = ? WHERE id = ? AND version = ?"
+                "expires_at = ?, payload = ?, user_id = ? WHERE id = ? AND version = ?"
             )
             return conn.execute(sql, (*values, session_id, expected_version)).rowcount == 1
 
@@ -370,7 +397,7 @@ class SqliteBackend(Backend):
         with self._conn() as conn:
             self._wrote(conn)
             conn.execute(
-                f"INSERT OR REPLACE INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.session_id,
                     record.version,
@@ -378,6 +405,7 @@ class SqliteBackend(Backend):
                     record.accessed_at,
                     record.expires_at,
                     record.payload,
+                    record.user,
                 ),
             )
 
@@ -435,6 +463,13 @@ class SqliteBackend(Backend):
             if count < batch:
                 break
         return deleted
+
+    def user_sessions(self, user: str) -> list[Record]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE user_id = ?", (user,)
+            ).fetchall()
+        return [_row_to_record(row) for row in rows]
 
     def count(self) -> int:
         with self._conn() as conn:
