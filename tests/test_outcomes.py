@@ -46,19 +46,17 @@ def proxied(server):
     options = options_for(name, unique)
     options["url"] = _proxied_url(name, proxy.port)
     app = make_app(kind_of(name), options=options, busy_timeout=BUSY, on_conflict="error")
+    direct = make_app(kind_of(name), options=options_for(name, unique))
+    app.direct = direct  # the same store, around the proxy
     yield name, unique, proxy, app
     proxy.close()
     app.close()
+    direct.close()
 
 
-def stored_value(name: str, unique: str, web: TestApp) -> str:
+def stored_value(app, web: TestApp) -> str:
     """The value of a/k stored for this visitor, read around the proxy."""
-    direct = make_app(kind_of(name), options=options_for(name, unique))
-    try:
-        other = TestApp(direct, cookiejar=web.cookiejar)
-        return other.get("/read", {"app": "a", "key": "k"}).text
-    finally:
-        direct.close()
+    return TestApp(app.direct, cookiejar=web.cookiejar).get("/read", {"app": "a", "key": "k"}).text
 
 
 def test_a_stalled_server_answers_503_in_time_and_recovers(proxied):
@@ -76,7 +74,7 @@ def test_a_stalled_server_answers_503_in_time_and_recovers(proxied):
         assert response.headers["Retry-After"] == "1"
         assert elapsed < BUSY + 1, elapsed
     proxy.resume()
-    assert stored_value(name, unique, web) == "'before'"
+    assert stored_value(app, web) == "'before'"
     assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
     assert web.get("/read", {"app": "a", "key": "k"}).text == "'after'"
 
@@ -100,7 +98,7 @@ def test_a_commit_stalled_on_the_wire_is_never_applied_after_its_503(proxied):
     while not all(link.closed for link in proxy.links) and time.monotonic() < deadline:
         time.sleep(0.05)  # the server runs what was held, then sees the client gone
     assert all(link.closed for link in proxy.links)
-    assert stored_value(name, unique, web) == "'before'"
+    assert stored_value(app, web) == "'before'"
     assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
 
 
@@ -113,7 +111,7 @@ def test_a_lost_reply_after_the_commit_is_never_misreported(proxied):
         value = f"v{round_}"
         proxy.drop_reply_after(swap_pattern(name, unique))
         response = web.get("/write", {"app": "a", "key": "k", "value": value}, expect_errors=True)
-        stored = stored_value(name, unique, web) == repr(value)
+        stored = stored_value(app, web) == repr(value)
         ok = response.status_int == 200
         if stored == ok:
             outcomes["stored and 200" if ok else "absent and error"] += 1
@@ -144,7 +142,7 @@ def test_a_server_gone_and_back_needs_no_restart(proxied):
     proxy.start()
     assert web.get("/read", {"app": "a", "key": "k"}).text == "'before'"
     assert web.get("/write", {"app": "a", "key": "k", "value": "back"}).status_int == 200
-    assert stored_value(name, unique, web) == "'back'"
+    assert stored_value(app, web) == "'back'"
 
 
 @pytest.mark.parametrize("server", ["redis"], indirect=True)

@@ -83,16 +83,17 @@ def test_sql_cleanup_deletes_at_most_limit_rows_per_call(server):
 
 
 @pytest.mark.parametrize("server", ["postgresql", "mysql"], indirect=True)
-def test_sql_purge_and_delete_all_work_past_one_batch(server):
+def test_sql_purge_and_delete_all_work_past_one_batch(server, monkeypatch):
     from sessionstore.backends import sql
 
+    monkeypatch.setattr(sql, "_BATCH", 4)
     backend = make_backend(*server)
     backend.setup()
     try:
-        for i in range(2 * sql._BATCH + 3):
+        for i in range(2 * 4 + 3):
             backend.add(make_record(expires_at=NOW - 10 if i % 2 else NOW + 10))
-        assert backend.delete_expired(NOW) == sql._BATCH + 1
-        assert backend.delete_all() == sql._BATCH + 2
+        assert backend.delete_expired(NOW) == 4 + 1
+        assert backend.delete_all() == 4 + 2
         assert backend.count() == 0
     finally:
         backend.close()
