@@ -73,6 +73,7 @@ def test_a_stalled_server_answers_503_in_time_and_recovers(proxied):
         assert response.status_int == 503, response.text
         assert response.headers["Retry-After"] == "1"
         assert elapsed < BUSY + 1, elapsed
+        print(f"{name} stalled {path}: {response.status_int} in {elapsed:.2f} s")
     proxy.resume()
     assert stored_value(app, web) == "'before'"
     assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
@@ -92,6 +93,7 @@ def test_a_commit_stalled_on_the_wire_is_never_applied_after_its_503(proxied):
     elapsed = time.monotonic() - started
     assert response.status_int == 503, response.text
     assert elapsed < BUSY + connect_limit(name) + 0.5, elapsed
+    print(f"{name} swap stalled on the wire: {response.status_int} in {elapsed:.2f} s")
     time.sleep(BUSY / 2 + 0.2)  # the server's clock passes the fence, as a real stall's would
     proxy.resume()  # the held swap reaches the server now
     deadline = time.monotonic() + 5
