@@ -163,3 +163,17 @@ def test_redis_connection_killed_by_the_server_costs_no_request(server):
         admin.close()
     finally:
         app.close()
+
+
+def test_a_lost_reply_after_creating_a_session_is_never_misreported(proxied):
+    name, unique, proxy, app = proxied
+    insert = b"EVALSHA" if name == "redis" else f"INSERT INTO sessions_{unique}".encode()
+    outcomes = Counter()
+    for _ in range(5):
+        web = TestApp(app)  # a new visitor: the commit inserts the session
+        proxy.drop_reply_after(insert)
+        response = web.get("/write", {"app": "a", "key": "k", "value": "new"}, expect_errors=True)
+        outcomes[(response.status_int, stored_value(app, web))] += 1
+    print(f"{name}: 5 new sessions, {proxy.dropped} replies dropped: {dict(outcomes)}")
+    assert proxy.dropped == 5
+    assert outcomes == {(200, "'new'"): 5}
