@@ -177,3 +177,4 @@ def test_a_lost_reply_after_creating_a_session_is_never_misreported(proxied):
     print(f"{name}: 5 new sessions, {proxy.dropped} replies dropped: {dict(outcomes)}")
     assert proxy.dropped == 5
     assert outcomes == {(200, "'new'"): 5}
+    assert app.direct.backend.count() == 5  # no orphan left by a resent insert
