@@ -13,6 +13,7 @@ from .conftest import ROOT
 RUNS = {
     "overhead": ["--only", "memory,pickle,sqlite", "--requests", "20", "--rounds", "1"],
     "backends": ["--requests", "20"],
+    "cleanup": ["--sessions", "300", "--rounds", "1"],
     "scale": ["--sizes", "10,30", "--commits", "10", "--rounds", "1"],
     "http": ["--only", "sessionstore sqlite", "--seconds", "0.2", "--rounds", "1"],
 }

@@ -46,19 +46,17 @@ def proxied(server):
     options = options_for(name, unique)
     options["url"] = _proxied_url(name, proxy.port)
     app = make_app(kind_of(name), options=options, busy_timeout=BUSY, on_conflict="error")
+    direct = make_app(kind_of(name), options=options_for(name, unique))
+    app.direct = direct  # the same store, around the proxy
     yield name, unique, proxy, app
     proxy.close()
     app.close()
+    direct.close()
 
 
-def stored_value(name: str, unique: str, web: TestApp) -> str:
+def stored_value(app, web: TestApp) -> str:
     """The value of a/k stored for this visitor, read around the proxy."""
-    direct = make_app(kind_of(name), options=options_for(name, unique))
-    try:
-        other = TestApp(direct, cookiejar=web.cookiejar)
-        return other.get("/read", {"app": "a", "key": "k"}).text
-    finally:
-        direct.close()
+    return TestApp(app.direct, cookiejar=web.cookiejar).get("/read", {"app": "a", "key": "k"}).text
 
 
 def test_a_stalled_server_answers_503_in_time_and_recovers(proxied):
@@ -75,8 +73,9 @@ def test_a_stalled_server_answers_503_in_time_and_recovers(proxied):
         assert response.status_int == 503, response.text
         assert response.headers["Retry-After"] == "1"
         assert elapsed < BUSY + 1, elapsed
+        print(f"{name} stalled {path}: {response.status_int} in {elapsed:.2f} s")
     proxy.resume()
-    assert stored_value(name, unique, web) == "'before'"
+    assert stored_value(app, web) == "'before'"
     assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
     assert web.get("/read", {"app": "a", "key": "k"}).text == "'after'"
 
@@ -94,13 +93,14 @@ def test_a_commit_stalled_on_the_wire_is_never_applied_after_its_503(proxied):
     elapsed = time.monotonic() - started
     assert response.status_int == 503, response.text
     assert elapsed < BUSY + connect_limit(name) + 0.5, elapsed
+    print(f"{name} swap stalled on the wire: {response.status_int} in {elapsed:.2f} s")
     time.sleep(BUSY / 2 + 0.2)  # the server's clock passes the fence, as a real stall's would
     proxy.resume()  # the held swap reaches the server now
     deadline = time.monotonic() + 5
     while not all(link.closed for link in proxy.links) and time.monotonic() < deadline:
         time.sleep(0.05)  # the server runs what was held, then sees the client gone
     assert all(link.closed for link in proxy.links)
-    assert stored_value(name, unique, web) == "'before'"
+    assert stored_value(app, web) == "'before'"
     assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
 
 
@@ -113,7 +113,7 @@ def test_a_lost_reply_after_the_commit_is_never_misreported(proxied):
         value = f"v{round_}"
         proxy.drop_reply_after(swap_pattern(name, unique))
         response = web.get("/write", {"app": "a", "key": "k", "value": value}, expect_errors=True)
-        stored = stored_value(name, unique, web) == repr(value)
+        stored = stored_value(app, web) == repr(value)
         ok = response.status_int == 200
         if stored == ok:
             outcomes["stored and 200" if ok else "absent and error"] += 1
@@ -144,7 +144,7 @@ def test_a_server_gone_and_back_needs_no_restart(proxied):
     proxy.start()
     assert web.get("/read", {"app": "a", "key": "k"}).text == "'before'"
     assert web.get("/write", {"app": "a", "key": "k", "value": "back"}).status_int == 200
-    assert stored_value(name, unique, web) == "'back'"
+    assert stored_value(app, web) == "'back'"
 
 
 @pytest.mark.parametrize("server", ["redis"], indirect=True)
@@ -163,3 +163,18 @@ def test_redis_connection_killed_by_the_server_costs_no_request(server):
         admin.close()
     finally:
         app.close()
+
+
+def test_a_lost_reply_after_creating_a_session_is_never_misreported(proxied):
+    name, unique, proxy, app = proxied
+    insert = b"EVALSHA" if name == "redis" else f"INSERT INTO sessions_{unique}".encode()
+    outcomes = Counter()
+    for _ in range(5):
+        web = TestApp(app)  # a new visitor: the commit inserts the session
+        proxy.drop_reply_after(insert)
+        response = web.get("/write", {"app": "a", "key": "k", "value": "new"}, expect_errors=True)
+        outcomes[(response.status_int, stored_value(app, web))] += 1
+    print(f"{name}: 5 new sessions, {proxy.dropped} replies dropped: {dict(outcomes)}")
+    assert proxy.dropped == 5
+    assert outcomes == {(200, "'new'"): 5}
+    assert app.direct.backend.count() == 5  # no orphan left by a resent insert

@@ -12,13 +12,11 @@ Without a server these tests skip; with ``CI=true`` a missing server fails.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
 import secrets
 import socket
-import threading
 from collections import Counter
 
 import pytest
@@ -29,6 +27,7 @@ from sessionstore.testing import PersistentBackendContract
 
 from .apps import make_app
 from .conftest import IN_CI
+from .proxy import FaultProxy
 from .test_concurrency import REQUESTS, THREADS, found_writes, start_session, write_own_keys
 
 pytestmark = pytest.mark.server
@@ -236,60 +235,6 @@ def test_bad_server_options_are_refused_at_startup(backend, options, key):
 # -- outages -----------------------------------------------------------------------
 
 
-class Proxy:
-    """A TCP proxy on loopback that can drop every connection and refuse new ones."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.running = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass  # the other side is gone: the pipe ends
-        finally:
-            for s in (source, sink):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        """Kill every connection and stop listening: the server is gone."""
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
-        self.listener.close()
-        with self.lock:
-            for s in self.sockets:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self.sockets.clear()
-
-    def start(self) -> None:
-        """Listen again on the same port: the server is back."""
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-
 def _proxied_url(name: str, port: int) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
@@ -305,7 +250,7 @@ def test_server_gone_mid_way_gives_a_clear_error_then_recovers(server):
     from urllib.parse import urlsplit
 
     default_port = {"redis": 6379, "postgresql": 5432, "mysql": 3306}[name]
-    proxy = Proxy(urlsplit(URLS[name]).port or default_port)
+    proxy = FaultProxy(urlsplit(URLS[name]).port or default_port)
     options = options_for(name, unique)
     options["url"] = _proxied_url(name, proxy.port)
     app = make_app(kind_of(name), options=options, busy_timeout=2)
@@ -323,7 +268,7 @@ def test_server_gone_mid_way_gives_a_clear_error_then_recovers(server):
     assert web.get("/read", {"app": "a", "key": "k"}).text == "'before'"  # nothing half-written
     assert web.get("/write", {"app": "a", "key": "k", "value": "after"}).status_int == 200
     assert web.get("/read", {"app": "a", "key": "k"}).text == "'after'"
-    proxy.stop()
+    proxy.close()
     app.close()
 
 

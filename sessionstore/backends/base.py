@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import abc
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
@@ -125,7 +124,9 @@ class ServerClock:
 
     ``deadline(seconds)`` is the server time ``seconds`` from now, for a
     swap's fence.  The offset is measured against the monotonic clock, so a
-    step of this machine's wall clock does not move deadlines.
+    step of this machine's wall clock does not move deadlines.  Threads may
+    measure at the same time: any of their results will do, so no lock (a
+    lock held across ``fork`` would hang the child).
     """
 
     RECALIBRATE = 60.0
@@ -134,7 +135,6 @@ class ServerClock:
         self._read = read
         self._offset: float | None = None
         self._measured = 0.0
-        self._lock = threading.Lock()
 
     def deadline(self, seconds: float) -> float:
         now = time.monotonic()
@@ -145,13 +145,12 @@ class ServerClock:
 
     def calibrate(self) -> float:
         """Measure the offset now (after a fence refused a fresh swap)."""
-        with self._lock:
-            before = time.monotonic()
-            server = self._read()
-            after = time.monotonic()
-            self._offset = server - (before + after) / 2
-            self._measured = after
-            return self._offset
+        before = time.monotonic()
+        server = self._read()
+        after = time.monotonic()
+        offset = self._offset = server - (before + after) / 2
+        self._measured = after
+        return offset
 
 
 def is_applied(stored: Record | None, record: Record | None) -> bool:

@@ -211,8 +211,10 @@ class RedisBackend(Backend):
         except (KeyError, ValueError) as exc:
             raise BackendError(f"stored session {session_id}: not a readable session", exc) from exc
 
-    def _session_keys(self) -> Iterator[list[bytes]]:
-        """Batches of the keys that are sessions (see the module docstring)."""
+    def _session_keys(self, probe_version: bool = True) -> Iterator[list[bytes]]:
+        """Batches of the keys that are sessions (see the module docstring);
+        without ``probe_version``, hashes lacking ``v`` are left in, for a
+        caller that reads every field anyway."""
         pattern = _glob_escaped(self.prefix) + "*"
         start = len(self.prefix.encode())
         batch: list[bytes] = []
@@ -231,7 +233,7 @@ class RedisBackend(Backend):
             cursor, keys = self._call(self._scan, cursor, pattern)
             batch += [k for k in keys if _SESSION_ID.fullmatch(k, start)]
             if len(batch) >= _BATCH or (cursor == 0 and batch):
-                if found := checked(batch):
+                if found := checked(batch) if probe_version else batch:
                     yield found
                 batch = []
             if cursor == 0:
@@ -318,7 +320,7 @@ class RedisBackend(Backend):
         self._call(store)
 
     def iter_records(self) -> Iterator[Record]:
-        for keys in self._session_keys():
+        for keys in self._session_keys(probe_version=False):
             yield from self._fetch(keys)
 
     def _fetch(self, keys: list[bytes]) -> Iterator[Record]:
@@ -331,7 +333,7 @@ class RedisBackend(Backend):
         start = len(self.prefix.encode())
         for key, fields in zip(keys, self._call(fetch), strict=True):
             if fields and b"v" not in fields:
-                continue  # no longer a session (replaced since the scan)
+                continue  # not a session (foreign, or replaced since the scan)
             record = self._record(_text(key[start:]), fields)
             if record is not None:  # expired or deleted since the scan
                 yield record
@@ -359,7 +361,7 @@ class RedisBackend(Backend):
             return 0
         now = time.time() if now is None else now
         deleted = 0
-        for keys in self._session_keys():
+        for keys in self._session_keys(probe_version=False):
             expired = [r for r in self._fetch(keys) if r.is_expired(now)]
             if not expired:
                 continue
