@@ -151,7 +151,7 @@ def _verified(record: Record, codec: PayloadCodec | None, report: Report) -> boo
     if codec is None:
         return True
     try:
-        codec.loads(record.payload, record.session_id)
+        codec.loads(record)
     except SessionStoreError as exc:
         report.damaged_sessions.append(record.session_id)
         report.problems.append(str(exc))

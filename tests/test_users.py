@@ -60,7 +60,7 @@ def login(user):
 
 
 #: Backends whose user index is in place (the rest follow).
-INDEXED = {"memory", "sqlite"}
+INDEXED = {"memory", "sqlite", "redis"}
 
 
 @pytest.fixture
@@ -168,4 +168,34 @@ def test_an_sqlite_table_from_before_the_user_index_is_migrated(tmp_path):
         assert store.compare_and_swap(bound.session_id, None, bound)
         assert store.user_sessions("alice") == [bound]
     finally:
+        store.close()
+
+
+def test_the_redis_user_set_expires_with_its_sessions_and_drops_dead_ids():
+    from sessionstore.testing import make_record
+
+    from .test_servers import _unavailable, make_backend
+
+    store = make_backend("redis", "users-ttl")
+    try:
+        store.setup()
+    except Exception as exc:
+        _unavailable("redis", exc)
+    try:
+        store.delete_all()
+        late = make_record(expires_at=4_000_000_000.0)._replace(user="alice")
+        soon = make_record()._replace(user="alice")
+        for record in (soon, late):
+            assert store.compare_and_swap(record.session_id, None, record)
+        client = store._client
+        users = f"{store.prefix}user:alice"
+        # The set lives as long as its longest-lived session's key.
+        assert client.pttl(users) >= client.pttl(store._key(late.session_id)) > 0
+        client.delete(store._key(soon.session_id))  # as Redis does when a TTL runs out
+        assert [r.session_id for r in store.user_sessions("alice")] == [late.session_id]
+        assert client.smembers(users) == {late.session_id.encode()}
+        assert store.delete(late.session_id) == 1
+        assert not client.exists(users)
+    finally:
+        store.delete_all()
         store.close()

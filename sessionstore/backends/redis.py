@@ -2,7 +2,12 @@
 
 Storage format: each session is a hash at ``<prefix><id>`` with fields ``v``
 (version, a decimal integer), ``c``, ``a``, ``e`` (created, accessed, expires:
-``repr`` of a float) and ``p`` (the signed payload).  Invariants: ``v`` is
+``repr`` of a float), ``p`` (the signed payload) and, for a session bound to a
+user, ``u`` (the user).  Each user with sessions has a set at
+``<prefix>user:<user>`` of their session ids, changed by the same script as
+the hash (so in the same atomic step) and expiring no sooner than the last of
+its sessions; an id whose session expired by TTL is dropped from the set the
+next time the set is read (``user_sessions``).  Invariants: ``v`` is
 present in every session hash and only ever grows; the key expires by itself
 ``EXPIRY_GRACE`` seconds after its session does (the middleware never loads an
 expired session; the grace leaves ``purge`` something to count).  Only hashes
@@ -62,28 +67,47 @@ _BATCH = 500
 _T = TypeVar("_T")
 _SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{1,128}")
 _FIELDS = (b"v", b"c", b"a", b"e", b"p")
+#: A swap's fence for commands that take none (``add``, ``delete``).
+_NO_FENCE = 2**53
 
-# KEYS[1] the key; ARGV: expected version ('' = must be absent), 'put' or
-# 'del', the fence (server time in ms after which the swap is refused: -1),
-# then for 'put': version, created, accessed, expires, payload, and the key's
-# expiry time in milliseconds.
+# KEYS[1] the key; ARGV: expected version ('' = must be absent, '*' = any),
+# 'put' or 'del', the fence (server time in ms after which the swap is
+# refused: -1), the session id, the prefix of user sets, then for 'put':
+# version, created, accessed, expires, payload, the key's expiry time in
+# milliseconds, and the user ('' for none).  Returns 1 when it changed the
+# key ('del' of an absent key with '*': 0).
 _CAS = """
 local now = redis.call('TIME')
-if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if now_ms > tonumber(ARGV[3]) then
     return -1
 end
 local current = redis.call('HGET', KEYS[1], 'v')
 if ARGV[1] == '' then
     if current then return 0 end
-elseif current ~= ARGV[1] then
+elseif ARGV[1] ~= '*' and current ~= ARGV[1] then
     return 0
 end
-if ARGV[2] == 'del' then
-    redis.call('DEL', KEYS[1])
-    return 1
+local old_user = redis.call('HGET', KEYS[1], 'u')
+local user = ARGV[2] == 'put' and ARGV[12] or ''
+if old_user and old_user ~= user then
+    redis.call('SREM', ARGV[5] .. old_user, ARGV[4])
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'c', ARGV[5], 'a', ARGV[6], 'e', ARGV[7], 'p', ARGV[8])
-redis.call('PEXPIREAT', KEYS[1], ARGV[9])
+if ARGV[2] == 'del' then
+    return redis.call('DEL', KEYS[1])
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'e', ARGV[9], 'p', ARGV[10])
+redis.call('PEXPIREAT', KEYS[1], ARGV[11])
+if user ~= '' then
+    local users = ARGV[5] .. user
+    redis.call('HSET', KEYS[1], 'u', user)
+    redis.call('SADD', users, ARGV[4])
+    local ttl = redis.call('PTTL', users)
+    if ttl < 0 or now_ms + ttl < tonumber(ARGV[11]) then
+        redis.call('PEXPIREAT', users, ARGV[11])
+    end
+end
 return 1
 """
 
@@ -200,6 +224,7 @@ class RedisBackend(Backend):
             return None
         try:
             values = [fields[name] for name in _FIELDS]
+            user = fields.get(b"u")
             return checked_record(
                 session_id,
                 int(values[0]),
@@ -207,8 +232,9 @@ class RedisBackend(Backend):
                 float(values[2]),
                 float(values[3]),
                 values[4],
+                None if user is None else user.decode(),
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError) as exc:  # UnicodeDecodeError included
             raise BackendError(f"stored session {session_id}: not a readable session", exc) from exc
 
     def _session_keys(self, probe_version: bool = True) -> Iterator[list[bytes]]:
@@ -243,9 +269,6 @@ class RedisBackend(Backend):
         cursor, keys = self._client.scan(cursor, match=pattern, count=_BATCH, _type="hash")
         return cursor, [k if isinstance(k, bytes) else k.encode() for k in keys]
 
-    def _delete_keys(self, keys: list[bytes] | list[str]) -> int:
-        return int(self._client.delete(*keys))
-
     # -- Backend ---------------------------------------------------------------------
 
     def setup(self) -> None:
@@ -260,21 +283,7 @@ class RedisBackend(Backend):
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
         expected = "" if expected_version is None else str(expected_version)
-        if record is None:
-            args: list[Any] = [expected, "del", 0]
-        else:
-            expire_ms = int((record.expires_at + EXPIRY_GRACE) * 1000)
-            args = [
-                expected,
-                "put",
-                0,
-                record.version,
-                repr(record.created_at),
-                repr(record.accessed_at),
-                repr(record.expires_at),
-                record.payload,
-                expire_ms,
-            ]
+        args = self._script_args(session_id, expected, record)
         key = self._key(session_id)
 
         def swap() -> bool:
@@ -294,30 +303,43 @@ class RedisBackend(Backend):
 
         return self.settle(session_id, expected_version, record, swap)
 
+    def _script_args(self, session_id: str, expected: str, record: Record | None) -> list[Any]:
+        """The script's ARGV (module docstring); the fence is set by the caller."""
+        head: list[Any] = [expected, "del" if record is None else "put", _NO_FENCE]
+        head += [session_id, self.prefix + "user:"]
+        if record is None:
+            return head
+        return [
+            *head,
+            record.version,
+            repr(record.created_at),
+            repr(record.accessed_at),
+            repr(record.expires_at),
+            record.payload,
+            int((record.expires_at + EXPIRY_GRACE) * 1000),
+            record.user or "",
+        ]
+
     def get(self, session_id: str) -> Record | None:
         fields = self._call(lambda: self._own().hgetall(self._key(session_id)))
         return self._record(session_id, fields)
 
     def add(self, record: Record) -> None:
         key = self._key(record.session_id)
+        args = self._script_args(record.session_id, "*", record)
+        self._call(lambda: self._cas(keys=[key], args=args, client=self._own()))
 
-        def store() -> None:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.delete(key)
-            pipe.hset(
-                key,
-                mapping={
-                    "v": record.version,
-                    "c": repr(record.created_at),
-                    "a": repr(record.accessed_at),
-                    "e": repr(record.expires_at),
-                    "p": record.payload,
-                },
-            )
-            pipe.pexpireat(key, int((record.expires_at + EXPIRY_GRACE) * 1000))
-            pipe.execute()
-
-        self._call(store)
+    def user_sessions(self, user: str) -> list[Record]:
+        users = f"{self.prefix}user:{user}"
+        ids = sorted(_text(i) for i in self._call(lambda: self._own().smembers(users)))
+        if not ids:
+            return []
+        records = list(self._fetch([self._key(i).encode() for i in ids]))
+        found = {r.session_id for r in records}
+        if gone := [i for i in ids if i not in found]:
+            # Expired by TTL (or deleted outside the backend): drop them now.
+            self._call(lambda: self._own().srem(users, *gone))
+        return [r for r in records if r.user == user]
 
     def iter_records(self) -> Iterator[Record]:
         for keys in self._session_keys(probe_version=False):
@@ -339,18 +361,31 @@ class RedisBackend(Backend):
                 yield record
 
     def delete(self, session_id: str) -> int:
-        return int(self._call(lambda: self._own().delete(self._key(session_id))))
+        return self.delete_many([session_id])
 
     def delete_many(self, session_ids: Iterable[str]) -> int:
-        keys = [self._key(i) for i in dict.fromkeys(session_ids)]
+        ids = list(dict.fromkeys(session_ids))
         deleted = 0
-        for start in range(0, len(keys), _BATCH):
-            chunk = keys[start : start + _BATCH]
-            deleted += self._call(self._delete_keys, chunk)
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start : start + _BATCH]
+
+            def remove(chunk: list[str] = chunk) -> list[Any]:
+                # The script, not DEL: the user index changes with the key.
+                pipe = self._client.pipeline(transaction=False)
+                for session_id in chunk:
+                    args = self._script_args(session_id, "*", None)
+                    self._cas(keys=[self._key(session_id)], args=args, client=pipe)
+                return pipe.execute()
+
+            deleted += sum(int(done) == 1 for done in self._call(remove))
         return deleted
 
     def delete_all(self) -> int:
-        return sum(self._call(self._delete_keys, keys) for keys in self._session_keys())
+        start = len(self.prefix.encode())
+        deleted = 0
+        for keys in self._session_keys():
+            deleted += self.delete_many(_text(key[start:]) for key in keys)
+        return deleted
 
     def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
         """Redis drops a session's key by itself (TTL), so a request's cleanup
@@ -370,11 +405,9 @@ class RedisBackend(Backend):
                 pipe = self._client.pipeline(transaction=False)
                 fence = int(self._server_clock.deadline(self._wire) * 1000)
                 for r in batch:
-                    self._cas(
-                        keys=[self._key(r.session_id)],
-                        args=[str(r.version), "del", fence],
-                        client=pipe,
-                    )
+                    args = self._script_args(r.session_id, str(r.version), None)
+                    args[2] = fence
+                    self._cas(keys=[self._key(r.session_id)], args=args, client=pipe)
                 return pipe.execute()
 
             deleted += sum(int(done) == 1 for done in self._call(purge))
