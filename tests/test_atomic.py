@@ -15,10 +15,10 @@ import secrets
 import pytest
 from webtest import TestApp
 
-from sessionstore import ConcurrentUpdate, SessionMiddleware
+from sessionstore import BackendError, ConcurrentUpdate, ConfigurationError, SessionMiddleware
 
 from .conftest import consume
-from .test_servers import _unavailable, make_backend, options_for
+from .test_servers import _unavailable, drop_store, make_backend, options_for
 
 SECRET = "test-secret-for-interleaved-requests"
 BACKENDS = ["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"]
@@ -37,11 +37,11 @@ def backend(request, tmp_path):
         probe = make_backend(name, unique)
         try:
             probe.setup()
-        except Exception as exc:
+        except (BackendError, ConfigurationError) as exc:
+            probe.close()
             _unavailable(name, exc)
         yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
-        probe.delete_all()
-        probe.close()
+        drop_store(probe)
 
 
 class Interleaved:

@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 from webtest.http import StopableWSGIServer
 
+from sessionstore import BackendError, ConfigurationError
+
 from .apps import make_app
 from .test_concurrency import Client, run_threads, start_session
-from .test_servers import _unavailable, make_backend, options_for
+from .test_servers import _unavailable, drop_store, make_backend, options_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS, APPENDS = 8, 25
@@ -46,11 +48,11 @@ def store(request, tmp_path):
         probe = make_backend(name, unique)
         try:
             probe.setup()
-        except Exception as exc:
+        except (BackendError, ConfigurationError) as exc:
+            probe.close()
             _unavailable(name, exc)
         yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
-        probe.delete_all()
-        probe.close()
+        drop_store(probe)
 
 
 def _free_port() -> int:
@@ -188,14 +190,18 @@ def test_plain_get_then_set_under_error_across_processes(serve, name, tmp_path):
         probe = make_backend(name, unique)
         try:
             probe.setup()
-        except Exception as exc:
+        except (BackendError, ConfigurationError) as exc:
+            probe.close()
             _unavailable(name, exc)
-        probe.close()
         store = ("sql", options_for(name, unique))
-    port, _ = serve("gunicorn", store, on_conflict="error")
-    cookie = start_session(port)
-    statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
-    found = cart(port, cookie)
+    try:
+        port, _ = serve("gunicorn", store, on_conflict="error")
+        cookie = start_session(port)
+        statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
+        found = cart(port, cookie)
+    finally:
+        if name != "sqlite":
+            drop_store(probe)
     assert set(statuses) <= {200, 409, 503} and statuses[409] > 0
     assert acknowledged <= set(found)
     assert not failed & set(found)

@@ -71,6 +71,17 @@ def kind_of(name: str) -> str:
     return "redis" if name == "redis" else "sql"
 
 
+def drop_store(backend) -> None:
+    """Delete a test's sessions, and its table on an SQL server; close it."""
+    try:
+        backend.delete_all()
+        if hasattr(backend, "table"):
+            with backend._engine.begin() as conn:
+                backend.table.drop(conn, checkfirst=True)
+    finally:
+        backend.close()
+
+
 @pytest.fixture(params=["redis", "postgresql", "mysql"])
 def server(request):
     """(name, unique prefix) for a reachable server; dropped afterwards."""

@@ -23,9 +23,11 @@ does not answer in time is :class:`BusyRetry`.  Connections are never shared acr
 
 Storage format: one row per session, columns ``id`` (the session id, primary
 key), ``version`` (grows by one per commit), ``created_at``, ``accessed_at``,
-``expires_at`` (epoch seconds, indexed for cleanup) and ``payload`` (the
-signed bytes).  ``setup()`` creates the table and index when missing, safely
-when several processes start at once.  Cleanup deletes expired rows at most
+``expires_at`` (epoch seconds, indexed for cleanup), ``payload`` (the signed
+bytes) and ``user_id`` (the user the session is bound to, or NULL; indexed,
+written by the same statement as the rest of the row).  ``setup()`` creates
+the table and indexes when missing, safely when several processes start at
+once, and adds ``user_id`` to a table made before it existed.  Cleanup deletes expired rows at most
 ``limit`` (or ``_BATCH``) per statement.
 
 ``fsync`` (default false) matches the embedded backends: a commit that
@@ -120,6 +122,7 @@ class SqlBackend(Backend):
             sa.Column("expires_at", sa.Double, nullable=False, index=True),
             # 16 MB: MEDIUMBLOB on MySQL (a plain BLOB stops at 64 KB), BYTEA elsewhere.
             sa.Column("payload", sa.LargeBinary(length=2**24 - 1), nullable=False),
+            sa.Column("user_id", sa.String(255), nullable=True, index=True),
         )
         self._engine = self._create_engine()
         self._pid = os.getpid()
@@ -138,6 +141,7 @@ class SqlBackend(Backend):
             "accessed_at": sa.bindparam("b_accessed_at"),
             "expires_at": sa.bindparam("b_expires_at"),
             "payload": sa.bindparam("b_payload"),
+            "user_id": sa.bindparam("b_user"),
         }
         this_id = t.c.id == sa.bindparam("b_id")
         if family_of(self._engine.url) == "mysql":
@@ -250,8 +254,8 @@ class SqlBackend(Backend):
 
     @staticmethod
     def _row(row: Any) -> Record:
-        """A record from a row in column order (id, version, times, payload)."""
-        return checked_record(row[0], row[1], row[2], row[3], row[4], row[5])
+        """A record from a row in column order (id, version, times, payload, user)."""
+        return checked_record(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
 
     @staticmethod
     def _values(record: Record) -> dict[str, Any]:
@@ -262,6 +266,7 @@ class SqlBackend(Backend):
             "b_accessed_at": record.accessed_at,
             "b_expires_at": record.expires_at,
             "b_payload": record.payload,
+            "b_user": record.user,
         }
 
     # -- Backend -------------------------------------------------------------------
@@ -273,13 +278,35 @@ class SqlBackend(Backend):
         for attempt in range(3):
             try:
                 self._run(lambda conn: self.table.metadata.create_all(conn, checkfirst=True))
-                return
+                break
             except BackendError:
                 if attempt == 2 or not self._run(self._has_table):
                     raise
+        self._migrate()
 
     def _has_table(self, conn: sa.engine.Connection) -> bool:
         return bool(sa.inspect(conn).has_table(self.table.name))
+
+    def _columns(self, conn: sa.engine.Connection) -> set[str]:
+        return {c["name"] for c in sa.inspect(conn).get_columns(self.table.name)}
+
+    def _migrate(self) -> None:
+        """A table from before the user index gets its ``user_id`` column and
+        index; processes racing to add them ignore the loser's error."""
+        column = self.table.c.user_id
+        [index] = [i for i in self.table.indexes if "user_id" in i.columns]
+        for attempt in range(3):
+            try:
+                if "user_id" not in self._run(self._columns):
+                    kind = column.type.compile(dialect=self._engine.dialect)
+                    name = self._engine.dialect.identifier_preparer.format_table(self.table)
+                    add = f"ALTER TABLE {name} ADD COLUMN user_id {kind}"
+                    self._run(lambda conn: conn.exec_driver_sql(add))  # noqa: B023
+                self._run(lambda conn: index.create(conn, checkfirst=True))  # noqa: B023
+                return
+            except BackendError:
+                if attempt == 2:
+                    raise
 
     def close(self) -> None:
         self._engine.dispose()
@@ -340,6 +367,10 @@ class SqlBackend(Backend):
             if len(rows) < _BATCH:
                 return
             last = rows[-1].id
+
+    def user_sessions(self, user: str) -> list[Record]:
+        query = sa.select(self.table).where(self.table.c.user_id == user)
+        return [self._row(row) for row in self._run(lambda conn: conn.execute(query).all())]
 
     def _rowcount(self, statement: Any) -> int:
         return int(self._run(lambda conn: conn.execute(statement).rowcount))
