@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import maintenance
+from . import maintenance, users
 from .backends import backend_class, load_backend
 from .backends.base import Record
 from .config import Settings
@@ -180,6 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_list(args: argparse.Namespace, target: Target) -> None:
     now = time.time()
     for record in target.backend.iter_records():  # streamed: one line per record
+        if record.is_tombstone:
+            continue  # an id retired by regenerate(): no session
         meta = _meta(record)
         meta["expired"] = record.is_expired(now)
         state = " expired" if meta["expired"] else ""
@@ -188,7 +190,8 @@ def cmd_list(args: argparse.Namespace, target: Target) -> None:
             meta,
             f"{record.session_id}  created {_iso(record.created_at)}  "
             f"accessed {_iso(record.accessed_at)}  expires {_iso(record.expires_at)}  "
-            f"v{record.version}  {len(record.payload)} bytes{state}",
+            f"v{record.version}  {len(record.payload)} bytes{state}"
+            + (f"  user {record.user!r}" if record.user else ""),
         )
 
 
@@ -405,7 +408,36 @@ def build_parser() -> argparse.ArgumentParser:
     salvage = commands.add_parser("salvage", help="copy every readable session to another store")
     salvage.add_argument("--to", required=True, metavar="NAME")
     salvage.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE")
+    of = commands.add_parser("sessions-of", help="list the live sessions of a user")
+    of.add_argument("user")
+    logout = commands.add_parser("logout-user", help="destroy every session of a user")
+    logout.add_argument("user")
+    logout.add_argument("--keep", metavar="ID", help="a session id to keep")
     return parser
+
+
+def cmd_sessions_of(args: argparse.Namespace, target: Target) -> None:
+    found = users.list_user(target.backend, target._codec(), args.user, time.time())
+    for entry in found:
+        if entry is None:
+            continue  # damaged: logged, and `check` names it
+        data = entry._asdict()
+        _emit(
+            args,
+            data,
+            f"{entry.session_id}  created {_iso(entry.created_at)}  "
+            f"accessed {_iso(entry.accessed_at)}  expires {_iso(entry.expires_at)}  "
+            f"from {entry.address or '?'}  {entry.user_agent!r}",
+        )
+    if not args.json and not any(found):
+        print(f"no live session of user {args.user!r}")
+
+
+def cmd_logout_user(args: argparse.Namespace, target: Target) -> None:
+    if args.keep is not None and not is_valid_id(args.keep):
+        raise CommandError(f"--keep takes a session id, not {args.keep!r}")
+    count = users.destroy_all_of(target.backend, args.user, args.keep)
+    _emit(args, {"user": args.user, "destroyed": count}, f"destroyed {count} sessions")
 
 
 COMMANDS = {
@@ -420,6 +452,8 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "check": cmd_check,
     "salvage": cmd_salvage,
+    "sessions-of": cmd_sessions_of,
+    "logout-user": cmd_logout_user,
 }
 
 

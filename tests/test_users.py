@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pytest
 from webtest import TestApp
@@ -241,3 +242,40 @@ def test_an_sql_table_from_before_the_user_index_is_migrated(name):
         assert store.user_sessions("alice") == [bound]
     finally:
         drop_store(store)
+
+
+def test_the_command_line_lists_and_logs_out_a_user(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    site = Site(("sqlite", {"filename": str(tmp_path / "s.db")}), Clock(time.time()))
+    try:
+        laptop = site.run("laptop", login("alice"))[0]
+        phone = site.run("phone", login("alice"))[0]
+    finally:
+        site.mw.close()
+    env = {k: v for k, v in os.environ.items() if k != "SESSIONSTORE_SECRET"}
+    where = ["--backend", "sqlite", "--option", f"filename={tmp_path / 's.db'}"]
+
+    def cli(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sessionstore.cli", *where, "--secret", SECRET, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    listed = [json.loads(line) for line in cli("--json", "sessions-of", "alice").splitlines()]
+    assert {s["session_id"] for s in listed} == {laptop, phone}
+    assert {s["user_agent"] for s in listed} == {"Browser on laptop", "Browser on phone"}
+    assert json.loads(cli("--json", "logout-user", "alice", "--keep", laptop)) == {
+        "user": "alice",
+        "destroyed": 1,
+    }
+    assert laptop in cli("sessions-of", "alice") and phone not in cli("sessions-of", "alice")
+    assert "no live session" in cli("sessions-of", "bob")
