@@ -18,11 +18,11 @@ from webtest import TestApp
 from webtest.http import StopableWSGIServer
 
 from sessionstore import ConcurrentUpdate, SessionMiddleware
-from sessionstore.payload import load_value
+from sessionstore.backends.memory import MemoryBackend
 from sessionstore.testing import in_forked_child
 
-from .apps import make_app
-from .conftest import consume
+from .apps import SECRET, make_app
+from .conftest import Clock, SessionClient, consume
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {"memory": None, "pickle": "sessions.dat", "sqlite": "sessions.db"}
@@ -61,30 +61,63 @@ def start_session(port: int) -> str:
     return session_cookie(headers)
 
 
-def stored(mw) -> tuple[int, dict[str, dict[str, object]]]:
-    """The version and the decoded stores of the middleware's only session."""
-    [record] = mw.backend.get_all().values()
-    apps, _ = mw._manager.payloads.loads(record.payload, record.session_id)
-    values = {app: {k: load_value(v) for k, v in keys.items()} for app, keys in apps.items()}
-    return record.version, values
+def stored(mw, cookie: str) -> tuple[int, dict[str, dict[str, object]]]:
+    """The version and the stores of the session named by ``cookie``, read
+    back through a request (the racing app's ``/dump``)."""
+    web = TestApp(mw)
+    web.set_cookie("session", cookie)
+    dumped = web.get("/dump").json
+    record = mw.backend.get(dumped["id"])
+    assert record is not None
+    return record.version, dumped["apps"]
 
 
-def run_threads(target, count: int) -> None:
-    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+def run_threads(target, count: int, timeout: float = 120) -> None:
+    """Run ``target(n)`` in ``count`` threads; fail if one is still running
+    after ``timeout`` seconds or raised."""
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+            raise
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
-        assert not thread.is_alive()
+        thread.join(timeout=timeout)
+        assert not thread.is_alive(), "a thread was still running at the timeout"
+    assert not errors, errors
+
+
+class Tally:
+    """A Counter that many threads add to: every addition under a lock."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, status: int) -> None:
+        with self._lock:
+            self.counts[status] += 1
 
 
 @pytest.fixture
 def server_for(tmp_path):
     servers = []
 
-    def start(kind: str, **settings):
+    def start(kind: str, app=None, **settings):
         filename = str(tmp_path / FILES[kind]) if FILES[kind] else None
-        app = make_app(kind, filename, **settings)
+        if app is None:
+            app = make_app(kind, filename, **settings)
+        else:
+            options = {"filename": filename} if filename else None
+            app = SessionMiddleware(
+                app, secret=SECRET, backend=kind, backend_options=options, **settings
+            )
         server = StopableWSGIServer.create(app, threads=8)
         servers.append(server)
         return server.effective_port
@@ -94,7 +127,7 @@ def server_for(tmp_path):
         server.shutdown()
 
 
-def write_own_keys(ports: list[int], cookie: str, results: Counter) -> None:
+def write_own_keys(ports: list[int], cookie: str, results: Tally) -> None:
     """THREADS threads x REQUESTS requests, each thread its own keys, two apps."""
 
     def worker(n: int) -> None:
@@ -103,7 +136,7 @@ def write_own_keys(ports: list[int], cookie: str, results: Counter) -> None:
             for i in range(REQUESTS):
                 client = clients[i % len(clients)]  # alternate between servers
                 status, headers, _ = client.get(f"/write?app=app{n % 2}&key=t{n}-{i}&value={i}")
-                results[status] += 1
+                results.add(status)
                 assert "Set-Cookie" not in headers or cookie in headers["Set-Cookie"]
         finally:
             for client in clients:
@@ -133,9 +166,9 @@ def found_writes(port: int, cookie: str) -> int:
 def test_eight_threads_on_one_session_lose_no_write(server_for, kind):
     port = server_for(kind)
     cookie = start_session(port)
-    results: Counter = Counter()
+    results = Tally()
     write_own_keys([port], cookie, results)
-    assert results == {200: THREADS * REQUESTS}
+    assert results.counts == {200: THREADS * REQUESTS}
     assert found_writes(port, cookie) == THREADS * REQUESTS
 
 
@@ -144,37 +177,57 @@ def test_eight_threads_on_one_session_lose_no_write(server_for, kind):
 def test_two_server_processes_sharing_one_file_lose_no_write(two_server_processes, kind):
     ports = two_server_processes(kind)
     cookie = start_session(ports[0])
-    results: Counter = Counter()
+    results = Tally()
     write_own_keys(ports, cookie, results)
-    assert results == {200: THREADS * REQUESTS}
+    assert results.counts == {200: THREADS * REQUESTS}
     assert found_writes(ports[1], cookie) == THREADS * REQUESTS
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_on_conflict_error_counts_add_up(server_for, kind):
-    port = server_for(kind, on_conflict="error")
-    cookie = start_session(port)
-    results: Counter = Counter()
+    """Two visitors increment one key, every round overlapping: both requests
+    read before either writes.  The later commit of each round is a lost
+    update, so exactly one request in two answers 409 and writes nothing."""
+    both_read = threading.Barrier(2, timeout=30)
+
+    def increment_app(environ, start_response):
+        store = environ["session"].store("c")
+        if environ["PATH_INFO"] == "/incr":
+            value = store.get_default("n", 0) + 1
+            both_read.wait()  # the other request of this round has read n too
+            store.set("n", value)
+        elif environ["PATH_INFO"] == "/start":
+            store.set("started", True)
+        body = repr(store.get_default("n", 0)).encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    port = server_for(kind, app=increment_app, on_conflict="error")
+    first = Client(port, None)
+    status, headers, _ = first.get("/start")
+    first.close()
+    assert status == 200
+    cookie = session_cookie(headers)
+    results = Tally()
 
     def worker(n: int) -> None:
         client = Client(port, cookie)
         try:
             for _ in range(REQUESTS):
-                status, headers, _ = client.get("/incr?app=c&key=n")
-                results[status] += 1
+                status, headers, _ = client.get("/incr")
+                results.add(status)
                 if status == 409:
                     assert "Set-Cookie" not in headers
+                    assert headers["Vary"] == "Cookie"
         finally:
             client.close()
 
     run_threads(worker, 2)
     client = Client(port, cookie)
-    _, _, body = client.get("/read?app=c&key=n")
+    _, _, body = client.get("/read")
     client.close()
-    final = int(body)
-    assert set(results) <= {200, 409}
-    assert results[200] + results[409] == 2 * REQUESTS
-    assert final == results[200]
+    assert results.counts == {200: REQUESTS, 409: REQUESTS}
+    assert int(body) == REQUESTS  # every 200 stored its increment, no 409 did
 
 
 # -- deterministic races, with real threads and events ------------------------------
@@ -184,36 +237,40 @@ def racing_pair(backend="memory", same_key=False, **settings):
     """A middleware whose /slow requests read, then wait for a signal, then write.
 
     With ``same_key`` every request reads key ``k`` and writes its own path there.
+    ``/dump`` answers the session's id and stores as JSON.  The clock is
+    injected (``settings["clock"]``, default a fixed :class:`Clock`).
     """
     reading, go = threading.Event(), threading.Event()
 
     def app(environ, start_response):
         session = environ["session"]
         store = session.store("a")
+        path = environ["PATH_INFO"]
+        if path == "/dump":
+            apps = {name: dict(session.store(name).items()) for name in session.apps()}
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"id": session.id, "apps": apps}).encode()]
         if same_key:
             store.get_default("k")
-            if environ["PATH_INFO"] == "/slow":
+            if path == "/slow":
                 reading.set()
                 assert go.wait(10)
-            store.set("k", environ["PATH_INFO"])
-        elif environ["PATH_INFO"] == "/slow":
+            store.set("k", path)
+        elif path == "/slow":
             store.get_default("x")  # read the session now...
             reading.set()
             assert go.wait(10)  # ...and write after the other request finished
             store.set("slow", "written late")
-        elif environ["PATH_INFO"] == "/logout":
+        elif path == "/logout":
             session.destroy()
-        elif environ["PATH_INFO"] == "/login":
-            session.regenerate()
         else:
-            store.set("x", environ["PATH_INFO"])
+            store.set("x", path)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
     settings.setdefault("cleanup_probability", 0)
-    mw = SessionMiddleware(
-        app, secret="s-0123456789abcdefghijklmnopqrst", backend=backend, **settings
-    )
+    settings.setdefault("clock", Clock())
+    mw = SessionMiddleware(app, secret=SECRET, backend=backend, **settings)
     return mw, reading, go
 
 
@@ -233,31 +290,69 @@ def race(mw, reading, go, cookie, other_path):
     responses["fast"] = fast.get(other_path)
     go.set()
     thread.join(10)
+    assert not thread.is_alive()
+    assert "slow" in responses  # it answered rather than raised
     return responses
 
 
-def _race_an_existing_session(other_path):
-    """Start a session, then race a slow write against ``other_path`` on it."""
+def test_logout_racing_with_a_write_does_not_resurrect():
     mw, reading, go = racing_pair()
     web = TestApp(mw)
     web.get("/first")
     [old_id] = mw.backend.get_all()
-    return mw, old_id, race(mw, reading, go, web.cookies["session"], other_path)
-
-
-def test_logout_racing_with_a_write_does_not_resurrect():
-    mw, old_id, responses = _race_an_existing_session("/logout")
+    responses = race(mw, reading, go, web.cookies["session"], "/logout")
     assert mw.backend.get(old_id) is None
     assert mw.backend.count() == 0  # the late write was dropped, not stored anew
     assert "Set-Cookie" not in responses["slow"].headers  # no cookie for the dead id
     assert "Max-Age=0" in responses["fast"].headers["Set-Cookie"]
 
 
-def test_regenerate_racing_with_a_write_keeps_the_old_id_dead():
-    mw, old_id, _ = _race_an_existing_session("/login")
-    assert mw.backend.get(old_id) is None
-    [new_id] = mw.backend.get_all()
-    assert new_id != old_id
+class InterruptedInserts(MemoryBackend):
+    """The memory backend, running ``hook`` once right after an insert of a new
+    id succeeds: for regenerate(), between its insert of the new id and its
+    compare-and-swap delete of the old one.  Records every id it inserted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook = None
+        self.inserted: list[str] = []
+
+    def compare_and_swap(self, session_id, expected_version, record):
+        swapped = super().compare_and_swap(session_id, expected_version, record)
+        if swapped and expected_version is None and record is not None:
+            self.inserted.append(session_id)
+            hook, self.hook = self.hook, None
+            if hook is not None:
+                hook()
+        return swapped
+
+
+def test_regenerate_racing_with_a_write_keeps_the_write_and_the_old_id_dead(clock):
+    """A write to the old id lands between regenerate()'s insert of the new id
+    and its delete of the old one: regenerate must notice (the delete is a
+    compare-and-swap), drop its new id, catch up with the write and retry."""
+    client = SessionClient(InterruptedInserts(), clock=clock)
+    client.run(lambda s: s.store("a").set("x", "before"))
+    [old_id] = client.backend.get_all()
+    old_cookie = client.cookie()
+    # Another process (its own middleware and commit locks) on the same store.
+    other = SessionClient(client.backend, clock=clock, cookiejar=client.web.cookiejar)
+
+    def concurrent_write():
+        _, response = other.run(lambda s: s.store("b").set("late", "kept"))
+        assert response.status_int == 200
+
+    client.backend.inserted.clear()
+    client.backend.hook = concurrent_write
+    new_id, response = client.run(lambda s: (s.regenerate(), s.id)[1])
+    assert response.status_int == 200
+    undone, retried = client.backend.inserted  # the retry path ran, once
+    assert client.backend.get(undone) is None
+    assert new_id == retried and set(client.backend.get_all()) == {retried}
+    assert client.backend.get(old_id) is None
+    assert client.cookie() != old_cookie
+    dumped = client.run(lambda s: {a: dict(s.store(a).items()) for a in s.apps()})[0]
+    assert dumped == {"a": {"x": "before"}, "b": {"late": "kept"}}
 
 
 @pytest.mark.parametrize("on_conflict", ["merge", "error"])
@@ -266,7 +361,7 @@ def test_writes_to_different_keys_merge_in_both_modes(on_conflict):
     web = TestApp(mw)
     web.get("/first")
     race(mw, reading, go, web.cookies["session"], "/second")
-    version, values = stored(mw)
+    version, values = stored(mw, web.cookies["session"])
     assert version == 3
     assert values["a"] == {"x": "/second", "slow": "written late"}
 
@@ -276,7 +371,7 @@ def test_same_key_later_commit_wins_in_merge_mode():
     web = TestApp(mw)
     web.get("/first")
     race(mw, reading, go, web.cookies["session"], "/fast")
-    assert stored(mw)[1]["a"]["k"] == "/slow"
+    assert stored(mw, web.cookies["session"])[1]["a"]["k"] == "/slow"
 
 
 def test_same_key_in_error_mode_is_a_409_and_writes_nothing():
@@ -285,12 +380,13 @@ def test_same_key_in_error_mode_is_a_409_and_writes_nothing():
     web.get("/first")
     responses = race(mw, reading, go, web.cookies["session"], "/fast")
     assert responses["slow"].status_int == 409
+    assert responses["slow"].headers["Vary"] == "Cookie"
     assert "Set-Cookie" not in responses["slow"].headers
-    assert stored(mw) == (2, {"a": {"k": "/fast"}})
+    assert stored(mw, web.cookies["session"]) == (2, {"a": {"k": "/fast"}})
 
 
-def test_explicit_commit_raises_concurrent_update():
-    mw, reading, go = racing_pair(on_conflict="error")
+def test_explicit_commit_raises_concurrent_update(clock):
+    mw, reading, go = racing_pair(on_conflict="error", clock=clock)
     web = TestApp(mw)
     web.get("/first")
     # Read, let another request change the key, then write it and commit.
@@ -310,22 +406,22 @@ def test_explicit_commit_raises_concurrent_update():
         return [b""]
 
     explicit = TestApp(
-        SessionMiddleware(
-            app, secret="s-0123456789abcdefghijklmnopqrst", backend=mw.backend, on_conflict="error"
-        ),
+        SessionMiddleware(app, secret=SECRET, backend=mw.backend, on_conflict="error", clock=clock),
         cookiejar=web.cookiejar,
     )
     assert explicit.get("/").status_int == 200
     assert [exc.keys for exc in caught] == [[("a", "x")]]
-    assert stored(mw)[1]["a"]["x"] == "/changed-meanwhile"
+    assert stored(mw, web.cookies["session"])[1]["a"]["x"] == "/changed-meanwhile"
 
 
-def test_read_only_requests_never_revert_a_write():
-    """Beaker writes back what a read-only request loaded; we never do."""
-    mw, reading, go = racing_pair()
+def test_read_only_requests_never_revert_a_write(clock):
+    """Beaker writes back what a read-only request loaded; we never do, not
+    even when that request is due to refresh the idle clock (its touch)."""
+    mw, reading, go = racing_pair(clock=clock, touch_interval=60)
     web = TestApp(mw)
     web.get("/first")
     cookie = web.cookies["session"]
+    clock.advance(61)  # a read-only request from now on is due for a touch
 
     reader_done = threading.Event()
 
@@ -338,17 +434,27 @@ def test_read_only_requests_never_revert_a_write():
         return [b""]
 
     reader = TestApp(
-        SessionMiddleware(reader_app, secret="s-0123456789abcdefghijklmnopqrst", backend=mw.backend)
+        SessionMiddleware(
+            reader_app, secret=SECRET, backend=mw.backend, clock=clock, touch_interval=60
+        )
     )
     reader.set_cookie("session", cookie)
     thread = threading.Thread(target=lambda: reader.get("/"))
     thread.start()
     assert reading.wait(10)
-    web.get("/second")
+    web.get("/second")  # commits while the reader holds version 1
     go.set()
     thread.join(10)
+    assert not thread.is_alive()
     assert reader_done.is_set()
-    assert stored(mw) == (2, {"a": {"x": "/second"}})
+    assert stored(mw, cookie) == (2, {"a": {"x": "/second"}})
+    # The reader's touch is live in this setting: 61 s on, a read refreshes.
+    [record] = mw.backend.get_all().values()
+    clock.advance(61)
+    go.set()
+    reader.get("/")
+    touched = mw.backend.get(record.session_id)
+    assert touched is not None and touched.version == 3 and touched.accessed_at == clock.now
 
 
 def test_a_commit_lock_held_at_fork_does_not_block_the_child(tmp_path):
