@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import os
 import random
 import shutil
@@ -639,10 +640,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
     parser.add_argument("--lines", help="only mutants on lines LOW-HIGH")
     parser.add_argument("--match", help="only mutants whose description contains this")
+    parser.add_argument("--tests", nargs="+", help="run these tests instead of the mapped ones")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--verbose", action="store_true", help="print killed mutants too")
     args = parser.parse_args(argv)
     available = {t.name: t for t in targets()}
+    if args.tests:
+        available = {n: dataclasses.replace(t, tests=args.tests) for n, t in available.items()}
     names = args.module or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
