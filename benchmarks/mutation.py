@@ -59,7 +59,7 @@ EDGE = {"__init__", "cli", "config", "demo", "errors", "ids", "paste", "testing"
 #: Tests for the session, its commit protocol, store, middleware and manager;
 #: fastest and most pointed first, since ``-x`` stops at the first failure.
 CORE_TESTS = [
-    "tests/test_mutations.py",
+    "tests/test_commit_protocol.py",
     "tests/test_store.py",
     "tests/test_middleware.py",
     "tests/test_expiry.py",
@@ -70,7 +70,7 @@ CORE_TESTS = [
 TESTS = {
     "cookies": ["tests/test_middleware.py", "tests/test_security.py", "tests/test_expiry.py"],
     "payload": ["tests/test_payload.py", "tests/test_security.py", "tests/test_store.py"],
-    "store": ["tests/test_store.py", "tests/test_mutations.py", "tests/test_middleware.py"],
+    "store": ["tests/test_store.py", "tests/test_commit_protocol.py", "tests/test_middleware.py"],
 }
 
 #: Backends: module -> (functions mutated: compare_and_swap and what it runs
@@ -455,7 +455,6 @@ def targets() -> list[Target]:
     for name, (functions, tests) in BACKENDS.items():
         path = PACKAGE / "backends" / f"{name}.py"
         if path.exists():
-            tests = ["tests/test_mutations.py", *tests]
             found.append(Target(name, path, tests, frozenset(functions)))
     return found
 
