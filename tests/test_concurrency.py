@@ -19,7 +19,7 @@ from webtest.http import StopableWSGIServer
 
 from sessionstore import ConcurrentUpdate, SessionMiddleware
 from sessionstore.backends.memory import MemoryBackend
-from sessionstore.testing import in_forked_child
+from sessionstore.testing import in_forked_child, run_threads
 
 from .apps import SECRET, make_app
 from .conftest import Clock, SessionClient, consume
@@ -72,39 +72,6 @@ def stored(mw, cookie: str) -> tuple[int, dict[str, dict[str, object]]]:
     return record.version, dumped["apps"]
 
 
-def run_threads(target, count: int, timeout: float = 120) -> None:
-    """Run ``target(n)`` in ``count`` threads; fail if one is still running
-    after ``timeout`` seconds or raised."""
-    errors: list[BaseException] = []
-
-    def guarded(n: int) -> None:
-        try:
-            target(n)
-        except BaseException as exc:  # reported below, in the test's thread
-            errors.append(exc)
-            raise
-
-    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=timeout)
-        assert not thread.is_alive(), "a thread was still running at the timeout"
-    assert not errors, errors
-
-
-class Tally:
-    """A Counter that many threads add to: every addition under a lock."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[int] = Counter()
-        self._lock = threading.Lock()
-
-    def add(self, status: int) -> None:
-        with self._lock:
-            self.counts[status] += 1
-
-
 @pytest.fixture
 def server_for(tmp_path):
     servers = []
@@ -127,8 +94,10 @@ def server_for(tmp_path):
         server.shutdown()
 
 
-def write_own_keys(ports: list[int], cookie: str, results: Tally) -> None:
-    """THREADS threads x REQUESTS requests, each thread its own keys, two apps."""
+def write_own_keys(ports: list[int], cookie: str, results: Counter) -> None:
+    """THREADS threads x REQUESTS requests, each thread its own keys, two apps;
+    counts the statuses into ``results``."""
+    tally = threading.Lock()  # the threads share the counter
 
     def worker(n: int) -> None:
         clients = [Client(port, cookie) for port in ports]
@@ -136,13 +105,14 @@ def write_own_keys(ports: list[int], cookie: str, results: Tally) -> None:
             for i in range(REQUESTS):
                 client = clients[i % len(clients)]  # alternate between servers
                 status, headers, _ = client.get(f"/write?app=app{n % 2}&key=t{n}-{i}&value={i}")
-                results.add(status)
+                with tally:
+                    results[status] += 1
                 assert "Set-Cookie" not in headers or cookie in headers["Set-Cookie"]
         finally:
             for client in clients:
                 client.close()
 
-    run_threads(worker, THREADS)
+    run_threads(worker, THREADS, timeout=120)
 
 
 def found_writes(port: int, cookie: str) -> int:
@@ -166,9 +136,9 @@ def found_writes(port: int, cookie: str) -> int:
 def test_eight_threads_on_one_session_lose_no_write(server_for, kind):
     port = server_for(kind)
     cookie = start_session(port)
-    results = Tally()
+    results: Counter = Counter()
     write_own_keys([port], cookie, results)
-    assert results.counts == {200: THREADS * REQUESTS}
+    assert results == {200: THREADS * REQUESTS}
     assert found_writes(port, cookie) == THREADS * REQUESTS
 
 
@@ -177,9 +147,9 @@ def test_eight_threads_on_one_session_lose_no_write(server_for, kind):
 def test_two_server_processes_sharing_one_file_lose_no_write(two_server_processes, kind):
     ports = two_server_processes(kind)
     cookie = start_session(ports[0])
-    results = Tally()
+    results: Counter = Counter()
     write_own_keys(ports, cookie, results)
-    assert results.counts == {200: THREADS * REQUESTS}
+    assert results == {200: THREADS * REQUESTS}
     assert found_writes(ports[1], cookie) == THREADS * REQUESTS
 
 
@@ -208,25 +178,27 @@ def test_on_conflict_error_counts_add_up(server_for, kind):
     first.close()
     assert status == 200
     cookie = session_cookie(headers)
-    results = Tally()
+    results: Counter = Counter()
+    tally = threading.Lock()
 
     def worker(n: int) -> None:
         client = Client(port, cookie)
         try:
             for _ in range(REQUESTS):
                 status, headers, _ = client.get("/incr")
-                results.add(status)
+                with tally:
+                    results[status] += 1
                 if status == 409:
                     assert "Set-Cookie" not in headers
                     assert headers["Vary"] == "Cookie"
         finally:
             client.close()
 
-    run_threads(worker, 2)
+    run_threads(worker, 2, timeout=120)
     client = Client(port, cookie)
     _, _, body = client.get("/read")
     client.close()
-    assert results.counts == {200: REQUESTS, 409: REQUESTS}
+    assert results == {200: REQUESTS, 409: REQUESTS}
     assert int(body) == REQUESTS  # every 200 stored its increment, no 409 did
 
 
