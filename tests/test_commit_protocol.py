@@ -86,6 +86,28 @@ def test_replay_keeps_this_requests_sets_and_the_winners(client):
     assert client.run(dump)[0] == {"a": {"x": 1, "mine": "outer", "theirs": "inner"}}
 
 
+@pytest.mark.parametrize(
+    ("mine", "expected"),
+    [pytest.param(None, 3600, id="the-winners"), pytest.param(100, 100, id="this-requests")],
+)
+def test_replay_keeps_the_right_expiry(client, clock, mine, expected):
+    """An explicit expiry set by the request that won the race survives the
+    loser's replay, unless the loser set one itself (then its own wins)."""
+    start(client, {"a": {"x": 1}})
+
+    def loser(session):
+        session.store("a").set("y", 2)
+        if mine is not None:
+            session.set_expiry(clock.now + mine)
+
+    response = nested(client, loser, lambda s: s.set_expiry(clock.now + 3600))
+    assert response.status_int == 200
+    assert client.run(lambda s: (s.expires_at, dump(s)))[0] == (
+        clock.now + expected,
+        {"a": {"x": 1, "y": 2}},
+    )
+
+
 # -- on_conflict = error ---------------------------------------------------------------------
 
 

@@ -327,6 +327,32 @@ def test_regenerate_racing_with_a_write_keeps_the_write_and_the_old_id_dead(cloc
     assert dumped == {"a": {"x": "before"}, "b": {"late": "kept"}}
 
 
+def test_regenerate_that_keeps_losing_answers_503_and_leaves_the_session_alive(clock):
+    """Every attempt of regenerate() loses to a new write: it gives up with
+    BusyRetry (503), every new id it made is undone, and the old session,
+    with every concurrent write, is still there."""
+    client = SessionClient(InterruptedInserts(), clock=clock)
+    client.run(lambda s: s.store("a").set("x", "before"))
+    [old_id] = client.backend.get_all()
+    other = SessionClient(client.backend, clock=clock, cookiejar=client.web.cookiejar)
+    writes: list[int] = []
+
+    def concurrent_write():
+        writes.append(len(writes) + 1)
+        _, response = other.run(lambda s: s.store("b").set("n", writes[-1]))
+        assert response.status_int == 200
+        client.backend.hook = concurrent_write  # again at the next attempt
+
+    client.backend.hook = concurrent_write
+    _, response = client.run(lambda s: s.regenerate(), expect_errors=True)
+    client.backend.hook = None
+    assert response.status_int == 503
+    assert "Set-Cookie" not in response.headers
+    assert len(writes) > 1 and set(client.backend.get_all()) == {old_id}
+    dumped = client.run(lambda s: {a: dict(s.store(a).items()) for a in s.apps()})[0]
+    assert dumped == {"a": {"x": "before"}, "b": {"n": writes[-1]}}
+
+
 @pytest.mark.parametrize("on_conflict", ["merge", "error"])
 def test_writes_to_different_keys_merge_in_both_modes(on_conflict):
     mw, reading, go = racing_pair(on_conflict=on_conflict)
