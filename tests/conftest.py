@@ -70,6 +70,7 @@ class SessionClient:
 
         settings.setdefault("secret", "test-secret-0123456789abcdefghij")
         settings.setdefault("cleanup_probability", 0)
+        self.clock = settings.get("clock")
         self.middleware = SessionMiddleware(
             self._app, backend=backend, backend_options=backend_options, **settings
         )

@@ -12,10 +12,16 @@ of the protocol.
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import pytest
+from webtest import TestApp
+
+from sessionstore import SessionMiddleware
 
 from .conftest import SessionClient
+
+SECRET = "test-secret-0123456789abcdefghij"  # SessionClient's
 
 
 def dump(session):
@@ -128,6 +134,7 @@ def test_error_mode_sees_a_conflict_on_empty(strict):
     assert response.status_int == 409
     assert response.headers["Vary"] == "Cookie"
     assert "Set-Cookie" not in response.headers
+    assert "changed by another request" in response.text
     assert strict.run(dump)[0] == {"a": {"x": 2}}
 
 
@@ -225,3 +232,65 @@ def test_the_middlewares_own_error_responses_vary_on_cookie(tmp_path, clock, mak
     assert response.status_int == status
     assert response.headers.getall("Vary") == ["Cookie"]
     assert "Set-Cookie" not in response.headers
+    # A busy store says when to come back (busy_timeout, at least 1 s).
+    assert response.headers.get("Retry-After") == ("1" if status == 503 else None)
+
+
+class ClosingBody:
+    """An application body that records whether the server closed it."""
+
+    def __init__(self):
+        self.closed = False
+
+    def __iter__(self):
+        yield b"the application's page"
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_replaced_response_still_closes_the_applications_body(strict):
+    """PEP 3333: close() is called on every body the application returned,
+    also when a 409 replaced the application's response."""
+    start(strict, {"a": {"x": 1}})
+    bodies = []
+
+    def app(environ, start_response):
+        session = environ["session"]
+        session.store("a").set("x", session.store("a").get("x") + 10)
+        strict.run(lambda s: s.store("a").set("x", 2))  # changes x first
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        bodies.append(ClosingBody())
+        return bodies[-1]
+
+    web = TestApp(
+        SessionMiddleware(
+            app, secret=SECRET, backend=strict.backend, on_conflict="error", clock=strict.clock
+        ),
+        cookiejar=strict.web.cookiejar,
+    )
+    response = web.get("/", expect_errors=True)
+    assert response.status_int == 409
+    assert b"the application's page" not in response.body
+    assert [body.closed for body in bodies] == [True]
+
+
+def test_an_error_reported_through_exc_info_commits_nothing(client):
+    """An application that catches an error and answers through
+    start_response(..., exc_info) failed, whatever status it chose."""
+    start(client, {"a": {"x": 1}})
+
+    def app(environ, start_response):
+        environ["session"].store("a").set("x", "half-done")
+        try:
+            raise RuntimeError("the application failed")
+        except RuntimeError:
+            start_response("200 OK", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"sorry"]
+
+    web = TestApp(
+        SessionMiddleware(app, secret=SECRET, backend=client.backend, clock=client.clock),
+        cookiejar=client.web.cookiejar,
+    )
+    assert web.get("/").status_int == 200
+    assert client.run(dump)[0] == {"a": {"x": 1}}
