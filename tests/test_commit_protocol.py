@@ -51,7 +51,6 @@ def nested(client, first, then):
         first(session)
         _, response = client.run(then)
         assert response.status_int == 200
-        return session
 
     return client.run(outer, expect_errors=True)[1]
 
