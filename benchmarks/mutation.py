@@ -66,6 +66,7 @@ CORE_TESTS = [
     "tests/test_expiry.py",
     "tests/test_payload.py",
     "tests/test_security.py",
+    "tests/test_races.py",
     "tests/test_concurrency.py",
 ]
 TESTS = {
