@@ -211,8 +211,22 @@ class Workspace:
         return ("survived" if code == 0 else "killed"), seconds
 
 
+def survivors_in(path: str) -> set[tuple[str, str]]:
+    """(``file:line``, mutation) of each survivor an earlier run printed."""
+    found = set()
+    for line in Path(path).read_text().splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0].startswith("[") and parts[1] == "survived":
+            where, _, description = parts[2].partition("  ")
+            found.add((where, description.strip()))
+    return found
+
+
 def select(all_mutants: list[Mutant], args: argparse.Namespace) -> list[Mutant]:
     chosen = all_mutants
+    if args.survivors:
+        earlier = survivors_in(args.survivors)
+        chosen = [m for m in chosen if (m.where(), m.description) in earlier]
     if args.lines:
         low, _, high = args.lines.partition("-")
         chosen = [m for m in chosen if int(low) <= m.line <= int(high or low)]
@@ -271,10 +285,14 @@ def run_all(plan: list[tuple[Target, list[Mutant]]], args: argparse.Namespace) -
         return Result(mutant, outcome, seconds)
 
     try:
-        with ThreadPoolExecutor(args.jobs) as executor:
+        executor = ThreadPoolExecutor(args.jobs)
+        try:
             list(executor.map(check_baseline, [t for t, m in plan if m]))
             every = [m for _, chosen in plan for m in chosen]
             return list(executor.map(one, every))
+        finally:
+            # On Ctrl-C, run no more mutants (the running ones finish).
+            executor.shutdown(wait=True, cancel_futures=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -323,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lines", help="only mutants on lines LOW-HIGH")
     parser.add_argument("--match", help="only mutants whose description contains this")
     parser.add_argument("--tests", nargs="+", help="run these tests instead of the mapped ones")
+    parser.add_argument(
+        "--survivors", metavar="OUTPUT", help="only the survivors an earlier run printed"
+    )
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--verbose", action="store_true", help="print killed mutants too")
     args = parser.parse_args(argv)
