@@ -17,7 +17,7 @@ import sys
 import pytest
 from webtest import TestApp
 
-from sessionstore import BackendError, SessionMiddleware
+from sessionstore import BackendError, ConcurrentUpdate, SessionMiddleware
 from sessionstore.backends.memory import MemoryBackend
 
 from .conftest import SessionClient
@@ -168,6 +168,53 @@ def test_error_mode_deleting_a_changed_key_is_a_409(strict):
         lambda s: s.store("a").set("x", 2),
     )
     assert response.status_int == 409
+    assert strict.run(dump)[0] == {"a": {"x": 2}}
+
+
+def test_error_mode_a_new_application_store_conflicts_with_nothing(strict):
+    start(strict, {"a": {"x": 1}})
+    response = nested(
+        strict,
+        lambda s: s.store("new").set("k", "mine"),
+        lambda s: s.store("a").set("x", 2),
+    )
+    assert response.status_int == 200
+    assert strict.run(dump)[0] == {"a": {"x": 2}, "new": {"k": "mine"}}
+
+
+# -- an explicit commit() mid-request ----------------------------------------------------------
+
+
+def test_an_explicit_commit_is_not_committed_again_at_response_time(client):
+    """What commit() stored is done: a write another request makes after it
+    is not overwritten when this request's response goes out."""
+    start(client, {"a": {"x": 0}})
+
+    def outer(session):
+        session.store("a").set("x", 1)
+        session.commit()
+        _, response = client.run(lambda s: s.store("a").set("x", 2))
+        assert response.status_int == 200
+
+    _, response = client.run(outer)
+    assert response.status_int == 200
+    assert client.run(dump)[0] == {"a": {"x": 2}}
+
+
+def test_after_a_conflict_the_session_reads_afresh(strict):
+    start(strict, {"a": {"x": 1}})
+    seen = []
+
+    def outer(session):
+        session.store("a").set("x", session.store("a")["x"] + 10)
+        strict.run(lambda s: s.store("a").set("x", 2))
+        with pytest.raises(ConcurrentUpdate):
+            session.commit()
+        seen.append(session.store("a")["x"])  # what is stored now, not this request's 11
+
+    _, response = strict.run(outer)
+    assert response.status_int == 200
+    assert seen == [2]
     assert strict.run(dump)[0] == {"a": {"x": 2}}
 
 

@@ -376,6 +376,24 @@ def test_write_after_destroy_starts_a_new_session(client):
     assert client.run(lambda s: (s.apps(), s.store("flash")["msg"]))[0] == (["flash"], "bye")
 
 
+def test_set_expiry_on_an_existing_session_resends_the_cookie(client, clock):
+    client.run(write)
+    _, response = client.run(lambda s: s.set_expiry(clock.now + 3600))
+    assert "Max-Age=3600" in response.headers["Set-Cookie"]
+
+
+def test_a_write_re_signs_a_cookie_older_than_touch_interval(clock):
+    client = SessionClient(clock=clock, touch_interval=60)
+    client.run(write)
+    clock.advance(30)
+    _, response = client.run(lambda s: s.store("a").set("k", "v2"))
+    assert "Set-Cookie" not in response.headers  # signed 30 s ago: still fresh
+    clock.advance(31)
+    old_cookie = client.cookie()
+    _, response = client.run(lambda s: s.store("a").set("k", "v3"))
+    assert "Set-Cookie" in response.headers and client.cookie() != old_cookie
+
+
 def test_set_expiry_validates_and_makes_a_persistent_cookie(client, clock):
     def probe(session):
         with pytest.raises(ValueError):
