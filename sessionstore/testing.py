@@ -48,6 +48,33 @@ def in_forked_child(check: Callable[[], object]) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
+def run_threads(target: Callable[[int], None], count: int, timeout: float = 60) -> None:
+    """Run ``target(n)`` for n in ``range(count)``, each in its own thread.
+
+    Fails if a thread is still running after ``timeout`` seconds, and re-raises
+    the first exception a thread raised (a thread's failure is otherwise lost).
+    """
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        raise AssertionError(f"threads still running after {timeout} s")
+    if errors:
+        raise errors[0]
+
+
 def make_record(
     version: int = 1,
     *,
@@ -200,30 +227,46 @@ class BackendContract:
         assert backend.get(record.session_id) is None
 
     def test_concurrent_swaps_never_lose_an_increment(self, backend: Backend) -> None:
+        """Every round, all threads read the same version before any swaps
+        (a barrier), so they really overlap: exactly one swap per round wins,
+        the others lose, and every win is in the final value."""
         record = make_record(payload=b"0")
         backend.add(record)
-        threads, rounds = 4, 50
+        threads, rounds = 4, 25
+        all_read = threading.Barrier(threads, timeout=30)
+        all_swapped = threading.Barrier(threads, timeout=30)
+        # One slot per thread: no counter shared between threads.
+        wins, losses = [0] * threads, [0] * threads
 
-        def worker() -> None:
+        def rounds_of(n: int) -> None:
             for _ in range(rounds):
-                while True:
-                    current = backend.get(record.session_id)
-                    assert current is not None
-                    value = str(int(current.payload) + 1).encode()
-                    if backend.compare_and_swap(
-                        record.session_id, current.version, _next(current, value)
-                    ):
-                        break
+                current = backend.get(record.session_id)
+                assert current is not None
+                value = str(int(current.payload) + 1).encode()
+                all_read.wait()
+                if backend.compare_and_swap(
+                    record.session_id, current.version, _next(current, value)
+                ):
+                    wins[n] += 1
+                else:
+                    losses[n] += 1
+                all_swapped.wait()
 
-        pool = [threading.Thread(target=worker) for _ in range(threads)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join(timeout=60)
+        def worker(n: int) -> None:
+            try:
+                rounds_of(n)
+            except BaseException:
+                all_read.abort()  # the others stop waiting for this thread
+                all_swapped.abort()
+                raise
+
+        run_threads(worker, threads)
+        assert sum(wins) == rounds  # one winner per round...
+        assert sum(losses) == (threads - 1) * rounds  # ...and every other swap lost
         final = backend.get(record.session_id)
         assert final is not None
-        assert int(final.payload) == threads * rounds
-        assert final.version == 1 + threads * rounds
+        assert int(final.payload) == rounds
+        assert final.version == 1 + rounds
 
 
 class PersistentBackendContract(BackendContract):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,18 @@ def consume(body) -> bytes:
             close()
 
 
+def read_line(stream, timeout: float = 30.0) -> str:
+    """One line from a child process's pipe; fails after ``timeout`` seconds
+    instead of hanging the run when the child hangs or never writes."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no line from the child process in {timeout} s")
+    line = stream.readline()
+    if not line:
+        raise AssertionError("the child process closed its output without a line")
+    return line
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -50,18 +63,20 @@ class SessionClient:
     requests like in a browser.
     """
 
-    def __init__(self, backend="memory", backend_options=None, **settings):
+    def __init__(self, backend="memory", backend_options=None, *, cookiejar=None, **settings):
         from webtest import TestApp
 
         from sessionstore import SessionMiddleware
 
         settings.setdefault("secret", "test-secret-0123456789abcdefghij")
         settings.setdefault("cleanup_probability", 0)
+        self.clock = settings.get("clock")
         self.middleware = SessionMiddleware(
             self._app, backend=backend, backend_options=backend_options, **settings
         )
         self.backend = self.middleware.backend
-        self.web = TestApp(self.middleware)
+        # A shared cookie jar makes two middlewares (two "processes") one browser.
+        self.web = TestApp(self.middleware, cookiejar=cookiejar)
 
     @staticmethod
     def _app(environ, start_response):
@@ -105,7 +120,7 @@ def two_server_processes(tmp_path):
             )
             procs.append(proc)
             assert proc.stdout is not None
-            ports.append(int(proc.stdout.readline()))
+            ports.append(int(read_line(proc.stdout)))
         return ports
 
     yield start

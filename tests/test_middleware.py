@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 
 import pytest
 from webtest import TestApp
@@ -47,6 +48,26 @@ def test_session_attributes_before_any_write(client):
     assert client.backend.count() == 0
 
 
+@pytest.mark.parametrize(
+    "attribute", ["id", "exists", "created_at", "accessed_at", "expires_at", "apps"]
+)
+def test_each_attribute_loads_the_session_by_itself(client, clock, attribute):
+    """Whichever attribute the application reads first, it sees the stored session."""
+    client.run(write)
+    clock.advance(5)
+    session_id = client.run(lambda s: s.id)[0]
+    expected = {
+        "id": session_id,
+        "exists": True,
+        "created_at": clock.now - 5,
+        "accessed_at": clock.now - 5,
+        "expires_at": clock.now - 5 + 86400,
+        "apps": ["a"],
+    }[attribute]
+    first_read = (lambda s: s.apps()) if attribute == "apps" else attrgetter(attribute)
+    assert client.run(first_read)[0] == expected
+
+
 def test_first_write_creates_id_record_and_cookie(client, clock):
     def handler(session):
         before = session.id
@@ -69,6 +90,14 @@ def test_create_makes_the_session_exist_now(client, clock):
     assert result[1:] == (True, True)
     assert client.backend.get(result[0]) is not None
     assert "Set-Cookie" in response.headers
+
+
+def test_create_on_an_existing_session_keeps_it(client):
+    client.run(write)
+    [session_id] = client.backend.get_all()
+    result, response = client.run(lambda s: (s.create(), s.id, s.is_new, read(s))[1:])
+    assert result == (session_id, False, "v")
+    assert client.backend.count() == 1 and "Set-Cookie" not in response.headers
 
 
 def test_explicit_commit_then_more_writes(client):
@@ -351,16 +380,41 @@ def test_write_after_destroy_starts_a_new_session(client):
     assert client.run(lambda s: (s.apps(), s.store("flash")["msg"]))[0] == (["flash"], "bye")
 
 
+def test_set_expiry_on_an_existing_session_resends_the_cookie(client, clock):
+    client.run(write)
+    _, response = client.run(lambda s: s.set_expiry(clock.now + 3600))
+    assert "Max-Age=3600" in response.headers["Set-Cookie"]
+
+
+def test_a_write_re_signs_a_cookie_older_than_touch_interval(clock):
+    client = SessionClient(clock=clock, touch_interval=60)
+    client.run(write)
+    clock.advance(30)
+    _, response = client.run(lambda s: s.store("a").set("k", "v2"))
+    assert "Set-Cookie" not in response.headers  # signed 30 s ago: still fresh
+    clock.advance(31)
+    old_cookie = client.cookie()
+    _, response = client.run(lambda s: s.store("a").set("k", "v3"))
+    assert "Set-Cookie" in response.headers and client.cookie() != old_cookie
+
+
 def test_set_expiry_validates_and_makes_a_persistent_cookie(client, clock):
     def probe(session):
         with pytest.raises(ValueError):
             session.set_expiry(clock.now - 1)
         with pytest.raises(ValueError):
-            session.set_expiry(datetime(2030, 1, 1))  # naive
+            session.set_expiry(clock.now)  # "now" is already the past
+        with pytest.raises(ValueError, match="aware"):
+            # naive, though an hour ahead in UTC: refused for its missing zone
+            session.set_expiry(
+                datetime.fromtimestamp(clock.now + 3600, timezone.utc).replace(tzinfo=None)
+            )
         with pytest.raises(ValueError):
             session.set_expiry(clock.now + 10 * 86400)  # outlives the signature
         with pytest.raises(TypeError):
             session.set_expiry("tomorrow")
+        with pytest.raises(TypeError):
+            session.set_expiry(True)  # a bool is not epoch seconds
         session.set_expiry(datetime.fromtimestamp(clock.now, timezone.utc) + timedelta(hours=2))
 
     _, response = client.run(probe)

@@ -24,9 +24,10 @@ import pytest
 from webtest.http import StopableWSGIServer
 
 from sessionstore import BackendError, ConfigurationError
+from sessionstore.testing import run_threads
 
 from .apps import make_app
-from .test_concurrency import Client, run_threads, start_session
+from .test_concurrency import Client, start_session
 from .test_servers import _unavailable, drop_store, make_backend, options_for
 
 ROOT = Path(__file__).resolve().parent.parent
