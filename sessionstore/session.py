@@ -274,13 +274,24 @@ class Session:
             return
         manager = self._manager
         now = manager.clock()
+        live: list[tuple[CookieId, Record, AppData, float | None, bool]] = []
         for cookie in manager.cookies.read(header):
+            if any(cookie.session_id == found[0].session_id for found in live):
+                continue  # the same session twice: one candidate
             record = manager.backend.get(cookie.session_id)
             if record is None or record.is_expired(now):
                 continue
             apps, expiry, stale = manager.payloads.loads_checked(record.payload, record.session_id)
             if manager.deadline(record.created_at, record.accessed_at, expiry) <= now:
                 continue  # expired under the current settings
+            live.append((cookie, record, apps, expiry, stale))
+        if len(live) > 1:
+            # Two live sessions under our name: one was planted (cookie
+            # tossing).  Trust neither, and clear the one our scope can reach.
+            log.warning("%d live session cookies in one request; none used", len(live))
+            self._clear_cookie = True
+            return
+        for cookie, record, apps, expiry, stale in live:
             self._cookie = cookie
             self._adopt(record, apps, expiry)
             # What an older secret signed is re-signed with the newest before
