@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import pickle
 import random
@@ -15,10 +16,10 @@ from itsdangerous import TimestampSigner
 from webtest import TestApp
 
 from sessionstore import ConfigurationError, SessionMiddleware
-from sessionstore.cookies import SALT
+from sessionstore.cookies import MAX_CANDIDATES, SALT
 from sessionstore.ids import new_session_id
 
-from .conftest import SessionClient, consume
+from .conftest import Clock, SessionClient, consume
 
 SECRET = "test-secret-0123456789abcdefghij"
 
@@ -329,55 +330,192 @@ def test_pickle_planted_in_the_sqlite_table_is_never_unpickled(tmp_path, clock, 
         assert not marker.exists()
 
 
+# -- several cookies with our name: junk, stale ones, tossed ones -----------------------
+
+
+def _other_live_session(site):
+    """A second genuine session (the attacker's own) and a cookie for it."""
+    site.client.web.reset()
+    before = set(site.client.backend.get_all())
+    site.client.run(lambda s: s.store("bank").set("owner", "attacker"))
+    [attacker_id] = set(site.client.backend.get_all()) - before
+    site.client.web.reset()
+    return attacker_id, site.sign(attacker_id)
+
+
+def _read_only(site, header, **kwargs):
+    site.client.web.reset()
+    return site.client.run(
+        lambda s: (s.id, s.store("bank").get_default("owner")), headers={"Cookie": header}, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        pytest.param(["x"] * 4, id="four-x"),
+        pytest.param([""] * 4, id="four-empty"),
+        pytest.param(["A" * 5000] * 4, id="four-oversized"),
+        pytest.param(['"x"'] * 4, id="four-quoted"),
+        pytest.param(["a" * 44 + ".AAAAAA." + "b" * 42] * 4, id="four-one-short"),
+        pytest.param([f"x{i}" for i in range(200)], id="two-hundred"),
+    ],
+)
+def test_junk_cookies_never_hide_the_real_one(site, junk):
+    header = "; ".join([f"session={v}" for v in junk] + [f"session={site.victim_cookie}"])
+    seen, response = _read_only(site, header)
+    assert response.status_int == 200
+    assert seen == (site.victim_id, "victim")
+
+
+def test_fifteen_well_shaped_forgeries_do_not_hide_the_real_cookie(site):
+    forged = [site.sign(new_session_id(), secret="x" * 32) for _ in range(15)]
+    header = "; ".join(f"session={v}" for v in [*forged, site.victim_cookie])
+    assert _read_only(site, header)[0] == (site.victim_id, "victim")
+
+
+def test_too_many_well_shaped_forgeries_mean_no_session_never_a_500(site):
+    # Verification work is bounded (MAX_CANDIDATES HMACs); beyond it, no session.
+    forged = [site.sign(new_session_id(), secret="x" * 32) for _ in range(MAX_CANDIDATES)]
+    header = "; ".join(f"session={v}" for v in [*forged, site.victim_cookie])
+    seen, response = _read_only(site, header)
+    assert response.status_int == 200 and seen == (None, None)
+
+
+@pytest.mark.parametrize("attacker_first", [True, False], ids=["attacker-first", "victim-first"])
+def test_two_live_sessions_give_neither_and_clear_the_cookie(site, attacker_first):
+    attacker_id, attacker_cookie = _other_live_session(site)
+    pair = [f"session={attacker_cookie}", f"session={site.victim_cookie}"]
+    header = "; ".join(pair if attacker_first else pair[::-1])
+    seen, response = _read_only(site, header)
+    assert response.status_int == 200 and seen == (None, None)
+    [cleared] = response.headers.getall("Set-Cookie")
+    assert cleared.startswith("session=;") and "Max-Age=0" in cleared
+    # A write then starts a fresh session: neither the victim's nor the attacker's.
+    seen, response = site.probe(header)
+    site.assert_no_session_adopted(seen, response)
+    assert site.client.backend.get(attacker_id) is not None
+
+
+def test_a_tossed_cookie_on_a_longer_path_cannot_carry_the_victim_into_it(clock):
+    """The browser sends the more specific path first: that cookie used to win."""
+    site = Site(clock)
+    attacker_id, attacker_cookie = _other_live_session(site)
+    header = f"session={attacker_cookie}; session={site.victim_cookie}"  # /account first
+    seen, _ = _read_only(site, header, url="/account")
+    assert seen[0] != attacker_id and seen[1] != "attacker"
+
+
+def test_the_same_session_twice_is_one_candidate(site):
+    again = site.sign(site.victim_id, clock=lambda: site.clock() - 5)
+    header = f"session={site.victim_cookie}; session={again}"
+    assert _read_only(site, header)[0] == (site.victim_id, "victim")
+
+
+@pytest.mark.parametrize("dead_first", [True, False], ids=["dead-first", "live-first"])
+def test_a_dead_cookie_beside_the_live_one_is_ignored(site, dead_first):
+    dead = _gone_id(site, "destroyed")
+    pair = [dead, f"session={site.victim_cookie}"]
+    header = "; ".join(pair if dead_first else pair[::-1])
+    seen, response = _read_only(site, header)
+    assert seen == (site.victim_id, "victim")
+    assert "Set-Cookie" not in response.headers
+
+
+def test_the_cookie_reader_skips_junk_before_counting(clock):
+    mw = SessionMiddleware(lambda e, s: [], secret=SECRET, backend="memory", clock=clock)
+    real = sign(new_session_id(), clock)
+    junk = "; ".join(f"session={v}" for v in ["x", "", "A" * 300, '"q"', real[:-1]] * 10)
+    found = mw._manager.cookies.read(f"{junk}; session={real}")
+    assert [c.session_id for c in found] == [real.split(".")[0]]
+
+
 # -- property: arbitrary Cookie headers ------------------------------------------------
 
-_PROPERTY_MW = None
+_PROPERTY = {}
 
 
-def _property_middleware():
-    global _PROPERTY_MW
-    if _PROPERTY_MW is None:
+def _property_site():
+    """One middleware for every example, and a genuine session in it."""
+    if not _PROPERTY:
+        clock = Clock()
 
         def app(environ, start_response):
             session = environ["session"]
             environ["test.seen"] = (session.id, session.store("a").get_default("k"))
             session.store("a").set("k", "written")
-            environ["test.after"] = (session.is_new, session.id)
             start_response("200 OK", [])
             return [b""]
 
-        _PROPERTY_MW = SessionMiddleware(
-            app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory", cleanup_probability=0
+        mw = SessionMiddleware(
+            app, secret=SECRET, backend="memory", cleanup_probability=0, clock=clock
         )
-    return _PROPERTY_MW
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+        consume(mw(environ, lambda status, headers, exc=None: None))
+        [real_id] = mw.backend.get_all()
+        _PROPERTY.update(mw=mw, clock=clock, real_id=real_id, real=sign(real_id, clock))
+    return _PROPERTY
+
+
+_TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=120)
+_UNKNOWN_ID = (
+    st.binary(min_size=33, max_size=33)
+    .map(lambda b: base64.urlsafe_b64encode(b).decode())
+    .filter(lambda i: not i.startswith("-"))
+)
+_PIECE = st.one_of(
+    st.tuples(st.just("junk"), st.sampled_from(["session", "Session", " session", "", "x"]), _TEXT),
+    st.tuples(st.just("unknown"), st.just("session"), _UNKNOWN_ID),
+    st.tuples(st.just("forged"), st.just("session"), _UNKNOWN_ID),
+    st.tuples(st.just("real"), st.just("session"), st.just("")),
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.one_of(
-        st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=300),
-        st.lists(
-            st.tuples(
-                st.sampled_from(["session", "Session", "__Host-session", "", " session"]),
-                st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=120),
-            ),
-            max_size=6,
-        ).map(lambda pairs: "; ".join(f"{k}={v}" for k, v in pairs)),
-    )
-)
-def test_any_cookie_header_never_fails_and_never_adopts(header):
-    mw = _property_middleware()
+@given(st.lists(st.lists(_PIECE, max_size=8), min_size=1, max_size=3))
+def test_any_cookie_headers_never_fail_never_adopt_never_lose_the_real_session(headers):
+    site = _property_site()
+    mw, real_id = site["mw"], site["real_id"]
+    unknown_ids, parts, has_real, shaped = set(), [], False, 0
+    for header in headers:
+        pairs = []
+        for kind, name, value in header:
+            if kind == "unknown":  # validly signed: the id was never created here
+                unknown_ids.add(value)
+                value = sign(value, site["clock"])
+            elif kind == "forged":
+                value = sign(value, site["clock"], secret="f" * 32)
+            elif kind == "real":
+                has_real = True
+                value = site["real"]
+            shaped += kind in ("unknown", "forged") and not has_real
+            pairs.append(f"{name}={value}")
+        parts.append("; ".join(pairs))
+    # Several Cookie headers reach the application joined, as servers join them.
+    cookie_header = "; ".join(parts)
+    before = set(mw.backend.get_all())
     environ = {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": "/",
         "wsgi.url_scheme": "http",
-        "HTTP_COOKIE": header,
+        "HTTP_COOKIE": cookie_header,
     }
     statuses = []
     consume(mw(environ, lambda status, headers, exc=None: statuses.append(status)))
     assert statuses == ["200 OK"]
-    assert environ["test.seen"] == (None, None)
-    assert environ["test.after"][0] is False or environ["test.after"][1] not in header
+    seen_id = environ["test.seen"][0]
+    assert seen_id in (None, real_id)  # never a client-chosen id
+    if has_real and shaped < MAX_CANDIDATES:
+        assert seen_id == real_id  # junk never hides the real session
+    # After the commit: nothing stored under an id the client chose.
+    after = set(mw.backend.get_all())
+    assert not unknown_ids & after
+    created = after - before
+    if seen_id == real_id:
+        assert not created
+    else:
+        [new_id] = created
+        assert new_id not in cookie_header and new_id not in unknown_ids
 
 
 def test_ids_are_long_random_and_never_look_like_options():
