@@ -43,6 +43,7 @@ KNOWN_SECRETS = frozenset(
         "old-secret",
         "secret",
         "demo-secret-change-me-before-use",
+        "change-me-to-a-long-random-string",
         "paste-the-output-of-sessionstore-secret-here",
     }
 )

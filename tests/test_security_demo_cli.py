@@ -253,3 +253,18 @@ def test_no_secret_in_cli_errors(tmp_path, body):
 def test_no_secret_in_cli_errors_from_the_command_line(tmp_path):
     proc = cli("--backend", "memory", "--secret", "hunter2-short", "stats")
     assert proc.returncode == 1 and b"hunter2" not in proc.stderr + proc.stdout
+
+
+def test_the_minimal_example_starts_without_a_published_secret(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import runpy; runpy.run_path({str(ROOT / 'examples' / 'minimal.py')!r})",
+        ],
+        capture_output=True,
+        timeout=60,
+        env=ENV,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
