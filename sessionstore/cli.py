@@ -103,7 +103,7 @@ class Target:
             settings = {k: v for k, v in conf.items() if not k.startswith("backend.")}
             secret = secret or settings.get("secret")
             if settings:  # validate (a placeholder when no secret is known yet)
-                Settings.from_mapping({"secret": secret or _PLACEHOLDER, **settings})
+                Settings.from_mapping({**settings, "secret": secret or _PLACEHOLDER})
         elif args.backend:
             name, options = args.backend, _pairs(args.option, "--option")
         else:
