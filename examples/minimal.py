@@ -1,10 +1,14 @@
 """The smallest sessionstore site: a page that counts your visits.
 
 Run it with ``python examples/minimal.py`` and open http://127.0.0.1:8080/.
+The secret comes from ``$SESSIONSTORE_SECRET`` (``sessionstore secret`` prints
+one); without it, a random one lasts until the process stops.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 from wsgiref.simple_server import make_server
 
 from sessionstore import SessionMiddleware
@@ -20,7 +24,7 @@ def counter(environ, start_response):
 
 app = SessionMiddleware(
     counter,
-    secret="change-me-to-a-long-random-string",
+    secret=os.environ.get("SESSIONSTORE_SECRET") or secrets.token_urlsafe(32),
     backend="sqlite",
     backend_options={"filename": "sessions.db"},
 )

@@ -6,12 +6,15 @@
     sessionstore --config site.ini list
     sessionstore --backend sqlite --option filename=sessions.db stats --json
     sessionstore --config site.ini set -s ID -n shop -k note -V "hello"
+    sessionstore secret                # a fresh random secret for an ini
 
 The backend comes from ``--config FILE.ini`` (its sessionstore filter section)
 or from ``--backend NAME --option KEY=VALUE ...``.  Commands that read or write
 session data (``show``, ``get``, ``set``, ``del``) need the secret: from the
-ini, ``--secret``, or ``SESSIONSTORE_SECRET``.  Errors print one line and exit
-with status 1.
+ini, ``--secret``, or ``SESSIONSTORE_SECRET``; no output ever shows it.
+``get`` prints a value's ``repr()`` (a stored string cannot send escape
+sequences to the terminal); ``--raw`` writes a string's or bytes' own bytes.
+Errors print one line and exit with status 1.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import configparser
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -28,13 +32,17 @@ from typing import Any
 from . import maintenance, users
 from .backends import backend_class, load_backend
 from .backends.base import Record
-from .config import Settings
+from .config import Settings, as_secrets
 from .errors import SessionStoreError
 from .ids import is_valid_id
 from .payload import AppData, PayloadCodec, dump_value, load_value
 from .store import check_app_name
 
 _EGGS = ("egg:sessionstore#session", "egg:sessionstore")
+
+
+#: Stands in for the secret when validating an ini whose secret is not needed.
+_PLACEHOLDER = "placeholder-for-validation-only-0123456789"
 
 
 class CommandError(Exception):
@@ -55,11 +63,15 @@ def read_ini(path: str, section: str | None = None) -> dict[str, str]:
         parser.read(path, encoding="utf-8")
     except configparser.Error as exc:
         raise CommandError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
-    names = (
-        [section]
-        if section
-        else [s for s in parser.sections() if parser.get(s, "use", fallback="").strip() in _EGGS]
-    )
+
+    def is_session(name: str) -> bool:
+        use = parser.get(name, "use", fallback="").strip()
+        # The demo's own section holds session settings when it has a secret line.
+        return use in _EGGS or (
+            use == "egg:sessionstore#demo" and parser.has_option(name, "secret")
+        )
+
+    names = [section] if section else [s for s in parser.sections() if is_session(s)]
     if not names or not parser.has_section(names[0]):
         raise CommandError(f"{path} has no [filter:...] section using egg:sessionstore#session")
     if len(names) > 1:
@@ -91,8 +103,8 @@ class Target:
             options = {k[8:]: v for k, v in conf.items() if k.startswith("backend.")}
             settings = {k: v for k, v in conf.items() if not k.startswith("backend.")}
             secret = secret or settings.get("secret")
-            if settings:
-                Settings.from_mapping({"secret": secret or "x", **settings})  # validate
+            if settings:  # validate (a placeholder when no secret is known yet)
+                Settings.from_mapping({**settings, "secret": secret or _PLACEHOLDER})
         elif args.backend:
             name, options = args.backend, _pairs(args.option, "--option")
         else:
@@ -101,7 +113,7 @@ class Target:
             self.backend = backend_class(name).from_options(options, busy_timeout=5.0)
         else:
             self.backend = load_backend(name, options)
-        self.codec = PayloadCodec(tuple(secret.split())) if secret else None
+        self.codec = PayloadCodec(as_secrets("secret", secret)) if secret else None
 
     def record(self, session_id: str) -> Record:
         record = self.backend.get(session_id) if is_valid_id(session_id) else None
@@ -228,7 +240,22 @@ def cmd_get(args: argparse.Namespace, target: Target) -> None:
     if data is None:
         raise CommandError(f"session {args.session} has no key {args.key!r} in {args.app!r}")
     value = load_value(data)
-    _emit(args, value, value if isinstance(value, str) else repr(value))
+    if args.raw:
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not isinstance(value, (bytes, bytearray)):
+            raise CommandError(f"--raw prints str or bytes, not {type(value).__name__}")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(bytes(value))
+        sys.stdout.buffer.flush()
+        return
+    # repr(): a stored string may hold terminal escape sequences.
+    _emit(args, value, repr(value))
+
+
+def cmd_secret(args: argparse.Namespace) -> None:
+    """Print a fresh random secret: 43 URL-safe characters (256 bits)."""
+    print(secrets.token_urlsafe(32))
 
 
 def cmd_set(args: argparse.Namespace, target: Target) -> None:
@@ -373,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     class _Commands:
         @staticmethod
         def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-            parents = [] if name == "serve" else [common]
+            parents = [] if name in ("serve", "secret") else [common]
             return subparsers.add_parser(name, parents=parents, **kwargs)
 
     commands = _Commands()
@@ -397,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-k", "--key", required=True)
         if name == "set":
             sub.add_argument("-V", "--value", required=True)
+        if name == "get":
+            sub.add_argument(
+                "--raw", action="store_true", help="write a str's or bytes' own bytes, not repr()"
+            )
     commands.add_parser("destroy", help="delete one session").add_argument("session_id")
     purge = commands.add_parser("purge", help="delete expired sessions")
     purge.add_argument("--all", action="store_true", help="delete every session")
@@ -413,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     logout = commands.add_parser("logout-user", help="destroy every session of a user")
     logout.add_argument("user")
     logout.add_argument("--keep", metavar="ID", help="a session id to keep")
+    commands.add_parser("secret", help="print a fresh random secret for an ini")
     return parser
 
 
@@ -462,6 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             cmd_serve(args)
+            return 0
+        if args.command == "secret":
+            cmd_secret(args)
             return 0
         target = Target(args)
         try:

@@ -4,16 +4,24 @@ Every setting goes through one strict converter that accepts the native value
 (from Python) or its ini spelling (from PasteDeploy).  A bad value raises
 :class:`~sessionstore.errors.ConfigurationError` naming the key and the value;
 nothing is parsed per request.
+
+Whatever would fail later, per request, fails here instead: ``SameSite=None``
+without ``secure = true``, and numbers too large to use (a ``cookie_max_age``
+that overflows a date, a ``busy_timeout`` longer than a lock can wait).
+
+Secrets are never shown: not in an error, not in ``repr(settings)``, and the
+value of an unknown key (perhaps a misspelt ``secret``) is not shown either.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigurationError
 
@@ -25,6 +33,26 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ATTRIBUTE_RE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")
 _ENVIRON_KEY_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
+#: The shortest secret accepted: 32 characters (``sessionstore secret`` prints 43).
+MIN_SECRET_LENGTH = 32
+#: Example secrets published in our README, SPEC and demo: known to everyone.
+KNOWN_SECRETS = frozenset(
+    {
+        "change-me",
+        "new-secret",
+        "old-secret",
+        "secret",
+        "demo-secret-change-me-before-use",
+        "change-me-to-a-long-random-string",
+        "paste-the-output-of-sessionstore-secret-here",
+    }
+)
+#: The longest time span accepted, in seconds (100 years): anything longer
+#: overflows a cookie's expiry date or a backend's TTL.
+MAX_SPAN = 100 * 365 * 86400
+#: The longest ``busy_timeout``, in seconds: a request never waits longer.
+MAX_BUSY_TIMEOUT = 3600.0
+
 
 def as_bool(key: str, value: object) -> bool:
     if isinstance(value, bool):
@@ -34,8 +62,10 @@ def as_bool(key: str, value: object) -> bool:
     raise ConfigurationError(key, value, "expected true or false")
 
 
-def as_number(key: str, value: object, *, integer: bool, minimum: float = 0) -> Any:
-    """A finite number >= ``minimum``; an int when ``integer``."""
+def as_number(
+    key: str, value: object, *, integer: bool, minimum: float = 0, maximum: float = math.inf
+) -> Any:
+    """A finite number from ``minimum`` to ``maximum``; an int when ``integer``."""
     number: float
     if isinstance(value, bool):
         raise ConfigurationError(key, value, "expected a number")
@@ -55,7 +85,15 @@ def as_number(key: str, value: object, *, integer: bool, minimum: float = 0) -> 
         number = int(number)
     if not math.isfinite(number) or number < minimum:
         raise ConfigurationError(key, value, f"expected a number >= {minimum:g}")
+    if number > maximum:
+        raise ConfigurationError(key, value, f"too large: at most {maximum:g}")
     return number
+
+
+def _as_span(key: str, value: object, minimum: int = 0) -> int:
+    """Whole seconds, from ``minimum`` to :data:`MAX_SPAN`."""
+    result: int = as_number(key, value, integer=True, minimum=minimum, maximum=MAX_SPAN)
+    return result
 
 
 def as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
@@ -66,22 +104,65 @@ def as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     raise ConfigurationError(key, value, "expected one of " + ", ".join(choices))
 
 
-def _as_secrets(key: str, value: object) -> tuple[str, ...]:
+def as_secrets(key: str, value: object) -> tuple[str, ...]:
+    """One or more secrets, newest first: a list, or a whitespace-separated string.
+
+    Each must be at least :data:`MIN_SECRET_LENGTH` characters and must not be
+    one of the example values we publish.  No message shows a secret.
+    """
     if isinstance(value, str):
         secrets = tuple(value.split())
+        if not secrets:
+            raise ConfigurationError(key, "", "a secret is required")
+        spaced = len(secrets) > 1
     elif isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
-        secrets = tuple(s for s in value if s.strip())
+        secrets = tuple(s.strip() for s in value)
+        if not secrets:
+            raise ConfigurationError(key, "", "a secret is required")
+        if not all(secrets):
+            raise ConfigurationError(key, value, "an empty secret in the list", hide=True)
+        spaced = False
     else:
-        raise ConfigurationError(key, "<hidden>", "expected a string or a list of strings")
-    if not secrets:
-        raise ConfigurationError(key, "", "a secret is required")
+        raise ConfigurationError(key, value, "expected a string or a list of strings", hide=True)
+    for number, secret in enumerate(secrets, 1):
+        which = f"secret {number} of {len(secrets)}" if len(secrets) > 1 else "the secret"
+        if secret.lower() in KNOWN_SECRETS:
+            raise ConfigurationError(
+                key,
+                value,
+                f"{which} is an example value published with sessionstore; "
+                "generate one with `sessionstore secret`",
+                hide=True,
+            )
+        if len(secret) < MIN_SECRET_LENGTH:
+            reason = f"{which} is shorter than {MIN_SECRET_LENGTH} characters"
+            if spaced:
+                reason += (
+                    "; whitespace separates secrets (for rotation), so a passphrase "
+                    "must not contain spaces"
+                )
+            raise ConfigurationError(
+                key, value, reason + "; generate one with `sessionstore secret`", hide=True
+            )
     return secrets
 
 
 def _as_optional_seconds(key: str, value: object) -> int | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
         return None
-    result: int = as_number(key, value, integer=True)
+    return _as_span(key, value)
+
+
+def _as_touch_interval(key: str, value: object) -> int | None:
+    """Seconds, or ``None`` (``auto``) for the default derived from ``timeout``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "auto"}):
+        return None
+    return _as_span(key, value)
+
+
+def _as_size(key: str, value: object) -> int:
+    """A size in bytes: a whole number >= 1."""
+    result: int = as_number(key, value, integer=True, minimum=1)
     return result
 
 
@@ -128,7 +209,7 @@ def _as_cache_control(key: str, value: object) -> str | None:
 
 
 _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
-    "secret": _as_secrets,
+    "secret": as_secrets,
     "cookie_name": _as_cookie_name,
     "cookie_path": _as_attribute,
     "cookie_domain": _as_attribute,
@@ -136,14 +217,16 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "secure": _as_secure,
     "httponly": as_bool,
     "samesite": lambda k, v: as_choice(k, v, ("Lax", "Strict", "None")),
-    "timeout": lambda k, v: as_number(k, v, integer=True, minimum=1),
-    "max_lifetime": lambda k, v: as_number(k, v, integer=True),
-    "touch_interval": lambda k, v: as_number(k, v, integer=True),
-    "cleanup_probability": lambda k, v: as_number(k, v, integer=False),
+    "timeout": lambda k, v: _as_span(k, v, minimum=1),
+    "max_lifetime": _as_span,
+    "touch_interval": _as_touch_interval,
+    "cleanup_probability": lambda k, v: as_number(k, v, integer=False, maximum=1),
     "on_conflict": lambda k, v: as_choice(k, v, ("merge", "error")),
-    "busy_timeout": lambda k, v: as_number(k, v, integer=False),
+    "busy_timeout": lambda k, v: as_number(k, v, integer=False, maximum=MAX_BUSY_TIMEOUT),
     "environ_key": _as_environ_key,
     "cache_control": _as_cache_control,
+    "max_value_size": _as_size,
+    "max_session_size": _as_size,
 }
 
 
@@ -151,10 +234,14 @@ _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
 class Settings:
     """The middleware's settings, converted and cross-checked.
 
-    Times are in seconds.  ``secret`` holds one or more secrets, newest first.
+    Times are in seconds, sizes in bytes.  ``secret`` holds one or more
+    secrets, newest first; it is left out of ``repr()``.  ``touch_interval``
+    defaults to 60 s, or half the ``timeout`` when that is shorter.
+    ``max_value_size`` (default 1 MiB) and ``max_session_size`` (default
+    4 MiB) bound one pickled value and a session's pickled values together.
     """
 
-    secret: tuple[str, ...]
+    secret: tuple[str, ...] = field(repr=False)
     cookie_name: str = "session"
     cookie_path: str | None = "/"
     cookie_domain: str | None = None
@@ -164,12 +251,15 @@ class Settings:
     samesite: str = "Lax"
     timeout: int = 86400
     max_lifetime: int = 0
-    touch_interval: int = 60
+    #: Default (``None`` or ``auto``): min(60, timeout // 2), set at start-up.
+    touch_interval: int = cast(int, None)
     cleanup_probability: float = 0.001
     on_conflict: str = "merge"
     busy_timeout: float = 5.0
     environ_key: str = "session"
     cache_control: str | None = "no-store"
+    max_value_size: int = 1024 * 1024
+    max_session_size: int = 4 * 1024 * 1024
     #: How long a cookie signature stays valid; derived, not configurable.
     signature_max_age: int = field(init=False)
 
@@ -179,16 +269,22 @@ class Settings:
         if self.cookie_path is None:
             object.__setattr__(self, "cookie_path", "/")
         self._check_prefixes()
-        if self.cleanup_probability > 1:
-            raise ConfigurationError(
-                "cleanup_probability", self.cleanup_probability, "expected 0 to 1"
-            )
-        if self.touch_interval >= self.timeout:
+        if self.touch_interval is None:
+            object.__setattr__(self, "touch_interval", min(60, self.timeout // 2))
+        elif self.touch_interval >= self.timeout:
             raise ConfigurationError(
                 "touch_interval", self.touch_interval, "must be shorter than timeout"
             )
-        if self.samesite == "None" and self.secure is False:
-            raise ConfigurationError("samesite", "None", "SameSite=None needs secure")
+        if self.samesite == "None" and self.secure is not True:
+            # Browsers drop a SameSite=None cookie without Secure, and WebOb
+            # refuses to build one: every plain-http response would fail.
+            raise ConfigurationError(
+                "samesite", "None", f"SameSite=None needs secure = true, not {self.secure}"
+            )
+        if self.max_value_size > self.max_session_size:
+            raise ConfigurationError(
+                "max_value_size", self.max_value_size, "must not exceed max_session_size"
+            )
         # A cookie is re-signed whenever the idle clock is refreshed, so its
         # signature never gets older than the longest span a session may live.
         longest = max(self.timeout, self.max_lifetime, self.cookie_max_age or 0)
@@ -216,7 +312,10 @@ class Settings:
         known = {f.name for f in fields(cls) if f.init}
         for key, value in values.items():
             if key not in known:
-                raise ConfigurationError(key, value, "unknown setting")
+                # The value is not shown: a misspelt "secret" holds a secret.
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigurationError(key, value, "unknown setting" + hint, hide=True)
         if "secret" not in values:
             raise ConfigurationError("secret", None, "a secret is required")
         return cls(**values)  # type: ignore[arg-type]

@@ -5,6 +5,15 @@ The cookie carries nothing but the session id, signed with itsdangerous.
 one cookie name, which a precompiled pattern finds in one pass (a full parse
 of every cookie in the header cost more than the rest of a read); whatever it
 finds must still pass the signature check.
+
+Several cookies may carry our name: a stale one on another path, or one
+planted from a sibling subdomain ("cookie tossing").  Values that cannot be a
+signed id (wrong length or alphabet) are skipped before anything is counted,
+so junk cannot crowd the real cookie out; up to :data:`MAX_CANDIDATES`
+well-shaped values are then verified, and *every* one that verifies is
+returned, in header order.  Choosing among them needs the backend (only live
+sessions count) and is the Session's job: two different live sessions mean
+the request gets neither.
 """
 
 from __future__ import annotations
@@ -18,13 +27,14 @@ from itsdangerous import BadData, TimestampSigner
 from webob.cookies import make_cookie
 
 from .config import Settings
-from .ids import is_valid_id
+from .ids import ID_PATTERN, is_valid_id
 
 SALT = "sessionstore.cookie"
-#: A signed id is 44 + 1 + 6 + 1 + 43 characters; anything much longer is junk.
-MAX_COOKIE_VALUE = 256
-#: At most this many cookies with our name are tried (duplicates, cookie tossing).
-MAX_CANDIDATES = 4
+#: The shape of a signed id: id, base64 timestamp, base64 HMAC-SHA256 (43).
+_SIGNED_ID_RE = re.compile(ID_PATTERN + r"\.[A-Za-z0-9_-]{0,12}\.[A-Za-z0-9_-]{43}")
+#: At most this many well-shaped cookies with our name are verified (each
+#: costs one HMAC); junk of the wrong shape is not counted.
+MAX_CANDIDATES = 16
 #: Verified cookie values remembered, so a repeat visitor costs no HMAC.
 _MEMO_SIZE = 10_000
 
@@ -83,20 +93,27 @@ class CookieCodec:
         return self._newest.sign(session_id).decode("ascii")
 
     def read(self, cookie_header: str) -> list[CookieId]:
-        """Every verified id among the cookies named ``cookie_name``, in order.
+        """Every verified id among the cookies named ``cookie_name``, in header
+        order (the same id may appear twice).
 
-        Tampered, forged, expired, oversized and malformed values are skipped
-        silently: they simply mean "no session".
+        Values that cannot be a signed id are skipped before counting; among
+        the first :data:`MAX_CANDIDATES` well-shaped ones, tampered, forged
+        and expired values are dropped silently: they mean "no session".
         """
         found = []
-        for value in self._pairs.findall(cookie_header)[:MAX_CANDIDATES]:
+        tried = 0
+        for value in self._pairs.findall(cookie_header):
             value = value.rstrip(" \t")
             if len(value) > 1 and value[0] == value[-1] == '"':
                 value = value[1:-1]  # a quoted value (RFC 6265 allows DQUOTEs)
-            if 0 < len(value) <= MAX_COOKIE_VALUE:
-                verified = self._verify(value)
-                if verified is not None:
-                    found.append(verified)
+            if _SIGNED_ID_RE.fullmatch(value) is None:
+                continue  # junk: not counted, so it cannot hide the real cookie
+            tried += 1
+            if tried > MAX_CANDIDATES:
+                break
+            verified = self._verify(value)
+            if verified is not None:
+                found.append(verified)
         return found
 
     def _verify(self, value: str) -> CookieId | None:

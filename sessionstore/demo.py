@@ -7,15 +7,36 @@
 * ``/session``: what the session holds, store by store.
 
 Served by ``sessionstore serve examples/demo.ini`` (``use = egg:sessionstore#demo``).
+Given session settings in its own section, the demo wraps itself in the
+session middleware: with no ``secret`` there it takes ``$SESSIONSTORE_SECRET``,
+or draws a random one and writes it into the ini's empty ``secret =`` line
+(saying so on stderr).  Over https it uses a ``__Host-`` cookie.  Without any
+settings it is the bare application, for use under a ``[filter:session]``.
+
+Every form carries a CSRF token.  A visitor with a session has it in the
+session (the ``demo`` store); before that it lives in a ``demo_csrf`` cookie
+(nothing is stored for a visitor who only looks).  A POST without the right
+token is refused (403) before the session is touched, so it stores nothing,
+and a failed or empty login creates no session.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
+import os
+import re
+import secrets
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs
+
+from webob.cookies import make_cookie
+
+from .middleware import SessionMiddleware
 
 PRODUCTS = {"book": "A book on WSGI", "mug": "A coffee mug", "pen": "A fountain pen"}
 THEMES = ("light", "dark")
@@ -27,6 +48,9 @@ td, th { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; vertic
 body.dark { background: #222; color: #eee; } body.dark a { color: #9cf; }
 .note { color: #666; font-size: .9rem; } form { display: inline; }
 """
+
+CSRF_COOKIE = "demo_csrf"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 Handler = Callable[[Any, dict[str, str]], "Response"]
 Response = tuple[str, list[tuple[str, str]], str]
@@ -61,9 +85,10 @@ def _redirect(location: str) -> Response:
 def home(session: Any, form: dict[str, str]) -> Response:
     user = session.store("auth").get_default("user")
     if user:
-        account = '<form method="post" action="/logout"><button>Log out</button></form>'
+        account = f"""<form method="post" action="/logout">{_csrf(form)}
+<button>Log out</button></form>"""
     else:
-        account = """<form method="post" action="/login"><label>Name
+        account = f"""<form method="post" action="/login">{_csrf(form)}<label>Name
 <input name="user" required></label> <button>Log in</button></form>"""
     body = f"""<p>Three applications share one session cookie, each with its own store:
 the <a href="/shop">shop</a> keeps your cart, <a href="/prefs">preferences</a> keep
@@ -78,25 +103,28 @@ def shop(session: Any, form: dict[str, str]) -> Response:
     cart = session.store("shop").get_default("cart", [])
     rows = "".join(
         f"""<tr><td>{html.escape(label)}</td><td><form method="post" action="/shop/add">
-<input type="hidden" name="item" value="{name}"><button>Add to cart</button></form></td></tr>"""
+{_csrf(form)}<input type="hidden" name="item" value="{name}"><button>Add to cart</button>
+</form></td></tr>"""
         for name, label in PRODUCTS.items()
     )
     items = "".join(f"<li>{html.escape(PRODUCTS.get(i, i))}</li>" for i in cart) or "<li>empty</li>"
     body = f"""<table>{rows}</table><h2>Your cart</h2><ul id="cart">{items}</ul>
-<form method="post" action="/shop/empty"><button>Empty the cart</button></form>"""
+<form method="post" action="/shop/empty">{_csrf(form)}<button>Empty the cart</button></form>"""
     return _page(session, "Shop", body)
 
 
 def shop_add(session: Any, form: dict[str, str]) -> Response:
     item = form.get("item", "")
     if item in PRODUCTS:
+        _keep_token(session, form)
         # update(): two tabs adding at once both land (SPEC section 6).
         session.store("shop").update("cart", lambda cart: [*cart, item], [])
     return _redirect("/shop")
 
 
 def shop_empty(session: Any, form: dict[str, str]) -> Response:
-    session.store("shop").empty()
+    if session.exists:  # emptying nothing must not create a session
+        session.store("shop").empty()
     return _redirect("/shop")
 
 
@@ -105,7 +133,8 @@ def prefs(session: Any, form: dict[str, str]) -> Response:
     options = "".join(
         f'<option value="{t}"{" selected" if t == current else ""}>{t}</option>' for t in THEMES
     )
-    body = f"""<form method="post" action="/prefs"><label>Theme <select name="theme">{options}
+    body = f"""<form method="post" action="/prefs">{_csrf(form)}
+<label>Theme <select name="theme">{options}
 </select></label> <button>Save</button></form>
 <p class="note">Stored in the <code>prefs</code> store; the shop cannot see it.</p>"""
     return _page(session, "Preferences", body)
@@ -113,14 +142,16 @@ def prefs(session: Any, form: dict[str, str]) -> Response:
 
 def prefs_save(session: Any, form: dict[str, str]) -> Response:
     if form.get("theme") in THEMES:
+        _keep_token(session, form)
         session.store("prefs")["theme"] = form["theme"]
     return _redirect("/prefs")
 
 
 def login(session: Any, form: dict[str, str]) -> Response:
     user = form.get("user", "").strip()[:40]
-    if user:
+    if user:  # an empty login creates no session
         session.regenerate()  # a new id at login: the fixation defence
+        _keep_token(session, form)
         session.store("auth")["user"] = user
     return _redirect("/")
 
@@ -128,6 +159,34 @@ def login(session: Any, form: dict[str, str]) -> Response:
 def logout(session: Any, form: dict[str, str]) -> Response:
     session.destroy()
     return _redirect("/")
+
+
+def _csrf(form: dict[str, str]) -> str:
+    """The hidden CSRF field of a form."""
+    return f'<input type="hidden" name="csrf" value="{html.escape(form["csrf"])}">'
+
+
+def _keep_token(session: Any, form: dict[str, str]) -> None:
+    """Before a handler's first write: keep the form's token in the session."""
+    demo = session.store("demo")
+    if "csrf" not in demo:
+        demo["csrf"] = form["csrf"]
+
+
+def _session_token(session: Any) -> str | None:
+    if not session.exists:
+        return None
+    token = session.store("demo").get_default("csrf")
+    return token if isinstance(token, str) else None
+
+
+def _cookie_token(environ: dict[str, Any]) -> str | None:
+    header: str = environ.get("HTTP_COOKIE", "")
+    for pair in header.split(";"):
+        name, _, value = pair.strip().partition("=")
+        if name == CSRF_COOKIE and _TOKEN_RE.fullmatch(value):
+            return value
+    return None
 
 
 def _when(epoch: float | None) -> str:
@@ -175,6 +234,9 @@ def demo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     if handler is None:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"Not found\n"]
+    session = environ["session"]
+    token = _session_token(session) or _cookie_token(environ)
+    extra: list[tuple[str, str]] = []
     form: dict[str, str] = {}
     if method == "POST":
         try:
@@ -183,13 +245,97 @@ def demo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
             length = 0
         raw = environ["wsgi.input"].read(length).decode("utf-8", "replace")
         form = {k: v[0] for k, v in parse_qs(raw).items()}
-    status, headers, body = handler(environ["session"], form)
-    start_response(status, headers)
+        sent = form.get("csrf", "").encode("utf-8")
+        if token is None or not hmac.compare_digest(sent, token.encode("ascii")):
+            # Refused before any write: a forged or anonymous POST stores nothing.
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"The form's token is missing or stale: reload the page and try again.\n"]
+    elif token is None:
+        token = secrets.token_urlsafe(32)
+        https = environ.get("wsgi.url_scheme") == "https"
+        cookie = make_cookie(
+            CSRF_COOKIE, token, path="/", secure=https, httponly=True, samesite="Strict"
+        )
+        extra.append(("Set-Cookie", cookie))
+    form["csrf"] = token
+    status, headers, body = handler(session, form)
+    start_response(status, headers + extra)
     return [body.encode("utf-8")]
 
 
+class _Site:
+    """The demo behind two session middlewares on one backend: over https the
+    cookie is ``__Host-`` prefixed (Secure, host-only, ``Path=/``)."""
+
+    def __init__(self, plain: SessionMiddleware, https: SessionMiddleware | None) -> None:
+        self.plain = plain
+        self.https = https
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if self.https is not None and environ.get("wsgi.url_scheme") == "https":
+            return self.https(environ, start_response)
+        return self.plain(environ, start_response)
+
+
 def make_app(global_conf: dict[str, Any], **local_conf: Any) -> Callable[..., Iterable[bytes]]:
-    """``paste.app_factory`` for ``use = egg:sessionstore#demo``."""
-    if local_conf:
-        raise ValueError(f"the demo takes no settings, got {sorted(local_conf)}")
-    return demo_app
+    """``paste.app_factory`` for ``use = egg:sessionstore#demo``.
+
+    Without settings: the bare application (put a session filter in front).
+    With session settings (the keys of ``egg:sessionstore#session``): the
+    whole site, its secret from the ini, ``$SESSIONSTORE_SECRET`` or drawn now.
+    """
+    if not local_conf:
+        return demo_app
+    from .paste import split_ini
+
+    conf = dict(local_conf)
+    conf["secret"] = _secret(conf.get("secret", ""), global_conf.get("__file__"))
+    kwargs = split_ini(conf)
+    plain = SessionMiddleware(demo_app, **kwargs)
+    name = plain.settings.cookie_name
+    if name.startswith("__") or plain.settings.cookie_domain or plain.settings.cookie_path != "/":
+        return _Site(plain, None)
+    kwargs.update(backend=plain.backend, backend_options=None, cookie_name="__Host-" + name)
+    return _Site(plain, SessionMiddleware(demo_app, **kwargs))
+
+
+def _secret(configured: str, ini: str | None) -> str:
+    """The demo's secret: the ini's, the environment's, or a fresh one that is
+    written into the ini's empty ``secret =`` line (the file becomes 0600)."""
+    if configured.strip():
+        return configured
+    from_env = os.environ.get("SESSIONSTORE_SECRET", "").strip()
+    if from_env:
+        print("demo: using the secret from $SESSIONSTORE_SECRET", file=sys.stderr, flush=True)
+        return from_env
+    secret = secrets.token_urlsafe(32)
+    if ini and _write_secret(ini, secret):
+        print(f"demo: wrote a new random secret into {ini}", file=sys.stderr, flush=True)
+    else:
+        print(
+            "demo: no secret configured; using a random one until the server stops",
+            file=sys.stderr,
+            flush=True,
+        )
+    return secret
+
+
+def _write_secret(ini: str, secret: str) -> bool:
+    """Fill the one empty ``secret =`` line of ``ini``; False when there is none."""
+    with open(ini, encoding="utf-8") as file:
+        text = file.read()
+    filled, count = re.subn(r"(?m)^secret[ \t]*=[ \t]*$", f"secret = {secret}", text)
+    if count != 1:
+        return False
+    # A temp file beside it, then rename: the ini is never half-written.
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(ini)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:  # mkstemp makes it 0600
+            file.write(filled)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, ini)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return True

@@ -11,14 +11,21 @@ class ConfigurationError(SessionStoreError, ValueError):
     """A setting is missing or has a bad value.
 
     ``key`` and ``value`` name the offending setting; both also appear in the
-    message, so a log line is enough to fix the ini file.
+    message, so a log line is enough to fix the ini file.  A secret's value
+    (and any value given with ``hide=True``) is never kept or shown.
     """
 
-    def __init__(self, key: str, value: object, reason: str) -> None:
+    #: What ``value`` holds when the real value must not be shown.
+    HIDDEN = "<hidden>"
+
+    def __init__(self, key: str, value: object, reason: str, *, hide: bool = False) -> None:
         self.key = key
-        self.value = value
+        #: The offending value, or :attr:`HIDDEN` for a secret (or for the value
+        #: of an unknown key, which may be a misspelt secret).
+        self.value = self.HIDDEN if hide else value
         self.reason = reason
-        super().__init__(f"{key} = {value!r}: {reason}")
+        shown = self.HIDDEN if hide else repr(value)
+        super().__init__(f"{key} = {shown}: {reason}")
 
 
 class InvalidAppName(SessionStoreError, ValueError):

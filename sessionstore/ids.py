@@ -12,7 +12,9 @@ import secrets
 
 ID_BYTES = 33
 ID_LENGTH = 44
-_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{43}")
+#: The exact shape of an id (a regular expression), also used by the cookie reader.
+ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_-]{43}"
+_ID_RE = re.compile(ID_PATTERN)
 
 
 def new_session_id() -> str:

@@ -11,6 +11,10 @@
 Every value is converted once, strictly, when the ini is loaded; an unknown
 key or a bad value raises :class:`~sessionstore.errors.ConfigurationError`
 naming the key and the value.
+
+``clock`` and ``chance`` take functions, which an ini file cannot hold (they
+would arrive as strings and fail on the first request): they are refused
+here, and stay keyword arguments for Python code and tests.
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ from typing import Any
 from .errors import ConfigurationError
 from .middleware import SessionMiddleware, WSGIApp
 
+#: Keyword arguments of SessionMiddleware that only Python can give.
+_PYTHON_ONLY = ("clock", "chance")
+
 
 def split_ini(conf: Mapping[str, Any]) -> dict[str, Any]:
     """Turn a filter section into SessionMiddleware keyword arguments."""
     if "secret" not in conf:
         raise ConfigurationError("secret", None, "a secret is required")
+    for key in _PYTHON_ONLY:
+        if key in conf:
+            raise ConfigurationError(
+                key, conf[key], "takes a function: pass it to SessionMiddleware in Python"
+            )
     kwargs: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for key, value in conf.items():

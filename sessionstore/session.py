@@ -328,7 +328,10 @@ class Session:
             return
         manager = self._manager
         now = manager.clock()
+        live: list[tuple[CookieId, Record, Decoded]] = []
         for cookie in manager.cookies.read(header):
+            if any(cookie.session_id == found[0].session_id for found in live):
+                continue  # the same session twice: one candidate
             record = self._fetch(cookie.session_id)
             if record is None or record.is_tombstone or record.is_expired(now):
                 continue
@@ -339,6 +342,14 @@ class Session:
                 continue
             if manager.deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
                 continue  # expired under the current settings
+            live.append((cookie, record, decoded))
+        if len(live) > 1:
+            # Two live sessions under our name: one was planted (cookie
+            # tossing).  Trust neither, and clear the one our scope can reach.
+            log.warning("%d live session cookies in one request; none used", len(live))
+            self._clear_cookie = True
+            return
+        for cookie, record, decoded in live:
             self._cookie = cookie
             self._adopt(record, decoded, dict(decoded.apps))
             manager.counters.add("requests")
@@ -346,7 +357,6 @@ class Session:
             # the response leaves, so the old secret can be retired.
             self._stale_secret = decoded.stale or cookie.stale_secret
             self._send_cookie = cookie.stale_secret
-            return
 
     def _fetch(self, session_id: str) -> Record | None:
         try:

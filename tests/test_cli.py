@@ -87,7 +87,7 @@ def test_show_get_set_del(site):
     shown = json.loads(cli("--config", ini, "--json", "show", sid).stdout)
     assert shown["stores"] == {"shop": {"cart": "book"}, "prefs": {"theme": "dark"}}
     assert "[shop]" in cli("--config", ini, "show", sid).stdout
-    assert cli("--config", ini, "get", "-s", sid, "-n", "shop", "-k", "cart").stdout == "book\n"
+    assert cli("--config", ini, "get", "-s", sid, "-n", "shop", "-k", "cart").stdout == "'book'\n"
     assert (
         cli("--config", ini, "set", "-s", sid, "-n", "shop", "-k", "note", "-V", "hi").stdout
         == "new\n"

@@ -48,6 +48,8 @@ class Browser:
             return response.read().decode()
 
     def post(self, path, **form):
+        # Every form carries the CSRF token of the page it came from.
+        form.setdefault("csrf", re.search(r'name="csrf" value="([^"]+)"', self.get("/"))[1])
         data = urllib.parse.urlencode(form).encode()
         with self.opener.open(self.base + path, data=data, timeout=30) as response:
             return response.read().decode()

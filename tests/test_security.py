@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import pickle
 import random
@@ -15,10 +16,10 @@ from itsdangerous import TimestampSigner
 from webtest import TestApp
 
 from sessionstore import ConfigurationError, SessionMiddleware
-from sessionstore.cookies import SALT
+from sessionstore.cookies import MAX_CANDIDATES, SALT
 from sessionstore.ids import new_session_id
 
-from .conftest import SessionClient, consume
+from .conftest import Clock, SessionClient, consume
 
 SECRET = "test-secret-0123456789abcdefghij"
 
@@ -332,53 +333,90 @@ def test_pickle_planted_in_the_sqlite_table_is_never_unpickled(tmp_path, clock, 
 
 # -- property: arbitrary Cookie headers ------------------------------------------------
 
-_PROPERTY_MW = None
+_PROPERTY = {}
 
 
-def _property_middleware():
-    global _PROPERTY_MW
-    if _PROPERTY_MW is None:
+def _property_site():
+    """One middleware for every example, and a genuine session in it."""
+    if not _PROPERTY:
+        clock = Clock()
 
         def app(environ, start_response):
             session = environ["session"]
             environ["test.seen"] = (session.id, session.store("a").get_default("k"))
             session.store("a").set("k", "written")
-            environ["test.after"] = (session.is_new, session.id)
             start_response("200 OK", [])
             return [b""]
 
-        _PROPERTY_MW = SessionMiddleware(
-            app, secret="s-0123456789abcdefghijklmnopqrst", backend="memory", cleanup_probability=0
+        mw = SessionMiddleware(
+            app, secret=SECRET, backend="memory", cleanup_probability=0, clock=clock
         )
-    return _PROPERTY_MW
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+        consume(mw(environ, lambda status, headers, exc=None: None))
+        [real_id] = mw.backend.get_all()
+        _PROPERTY.update(mw=mw, clock=clock, real_id=real_id, real=sign(real_id, clock))
+    return _PROPERTY
+
+
+_TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=120)
+_UNKNOWN_ID = (
+    st.binary(min_size=33, max_size=33)
+    .map(lambda b: base64.urlsafe_b64encode(b).decode())
+    .filter(lambda i: not i.startswith("-"))
+)
+_PIECE = st.one_of(
+    st.tuples(st.just("junk"), st.sampled_from(["session", "Session", " session", "", "x"]), _TEXT),
+    st.tuples(st.just("unknown"), st.just("session"), _UNKNOWN_ID),
+    st.tuples(st.just("forged"), st.just("session"), _UNKNOWN_ID),
+    st.tuples(st.just("real"), st.just("session"), st.just("")),
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.one_of(
-        st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=300),
-        st.lists(
-            st.tuples(
-                st.sampled_from(["session", "Session", "__Host-session", "", " session"]),
-                st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=120),
-            ),
-            max_size=6,
-        ).map(lambda pairs: "; ".join(f"{k}={v}" for k, v in pairs)),
-    )
-)
-def test_any_cookie_header_never_fails_and_never_adopts(header):
-    mw = _property_middleware()
+@given(st.lists(st.lists(_PIECE, max_size=8), min_size=1, max_size=3))
+def test_any_cookie_headers_never_fail_never_adopt_never_lose_the_real_session(headers):
+    site = _property_site()
+    mw, real_id = site["mw"], site["real_id"]
+    unknown_ids, parts, has_real, shaped = set(), [], False, 0
+    for header in headers:
+        pairs = []
+        for kind, name, value in header:
+            if kind == "unknown":  # validly signed: the id was never created here
+                unknown_ids.add(value)
+                value = sign(value, site["clock"])
+            elif kind == "forged":
+                value = sign(value, site["clock"], secret="f" * 32)
+            elif kind == "real":
+                has_real = True
+                value = site["real"]
+            shaped += kind in ("unknown", "forged") and not has_real
+            pairs.append(f"{name}={value}")
+        parts.append("; ".join(pairs))
+    # Several Cookie headers reach the application joined, as servers join them.
+    cookie_header = "; ".join(parts)
+    before = set(mw.backend.get_all())
     environ = {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": "/",
         "wsgi.url_scheme": "http",
-        "HTTP_COOKIE": header,
+        "HTTP_COOKIE": cookie_header,
     }
     statuses = []
     consume(mw(environ, lambda status, headers, exc=None: statuses.append(status)))
     assert statuses == ["200 OK"]
-    assert environ["test.seen"] == (None, None)
-    assert environ["test.after"][0] is False or environ["test.after"][1] not in header
+    seen_id = environ["test.seen"][0]
+    assert seen_id in (None, real_id)  # never a client-chosen id
+    if has_real and shaped < MAX_CANDIDATES:
+        assert seen_id == real_id  # junk never hides the real session
+    # After the commit: nothing stored under an id the client chose.
+    after = set(mw.backend.get_all())
+    assert not unknown_ids & after
+    created = after - before
+    if seen_id == real_id:
+        assert not created
+    else:
+        [new_id] = created
+        assert new_id not in cookie_header and new_id not in unknown_ids
 
 
 def test_ids_are_long_random_and_never_look_like_options():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 
 from ..errors import ConfigurationError
@@ -24,21 +25,30 @@ BACKENDS = {
 
 
 def backend_class(spec: str) -> type[Backend]:
-    """Resolve a short name or ``module:Class`` path to a Backend subclass."""
+    """Resolve a short name or ``module:Class`` path to a concrete Backend subclass.
+
+    Anything else (a relative module, a module that fails to import, a class
+    that is not a Backend or is abstract) is a ConfigurationError at start-up.
+    """
     path = BACKENDS.get(spec, spec)
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         names = ", ".join(BACKENDS)
         raise ConfigurationError("backend", spec, f"expected one of {names}, or module:Class")
+    if module_name.startswith("."):
+        raise ConfigurationError("backend", spec, "a relative module path cannot be imported")
     try:
         module = importlib.import_module(module_name)
     except ConfigurationError:
         raise
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or whatever the module raised
         raise ConfigurationError("backend", spec, f"cannot import {module_name}: {exc}") from exc
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ConfigurationError("backend", spec, f"{path} is not a Backend subclass")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise ConfigurationError("backend", spec, f"{path} is abstract (lacks {missing})")
     return cls
 
 
