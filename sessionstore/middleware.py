@@ -10,8 +10,8 @@
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
-    app = SessionMiddleware(app, secret="change-me", backend="sqlite",
-                            backend_options={"filename": "sessions.db"})
+    app = SessionMiddleware(app, secret=os.environ["SESSIONSTORE_SECRET"],
+                            backend="sqlite", backend_options={"filename": "sessions.db"})
 
 Each request gets a lazy :class:`~sessionstore.session.Session` in
 ``environ["session"]``.  The application's ``start_response`` is held back
@@ -34,7 +34,13 @@ from . import users
 from .backends import load_backend
 from .backends.base import Backend
 from .config import Settings
-from .errors import BackendError, BusyRetry, ConcurrentUpdate, SessionStoreError
+from .errors import (
+    BackendError,
+    BusyRetry,
+    ConcurrentUpdate,
+    ConfigurationError,
+    SessionStoreError,
+)
 from .manager import SessionManager
 from .session import Session
 from .users import UserSession
@@ -77,6 +83,9 @@ class SessionMiddleware:
         **settings: Any,
     ) -> None:
         self.app = app
+        for name, given in (("clock", clock), ("chance", chance)):
+            if given is not None and not callable(given):
+                raise ConfigurationError(name, given, "expected a function (called per request)")
         self.settings = Settings.from_mapping({"secret": secret, **settings})
         #: The backend instance in use.
         self.backend = load_backend(

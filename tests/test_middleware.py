@@ -422,3 +422,11 @@ def test_set_expiry_validates_and_makes_a_persistent_cookie(client, clock):
     assert client.run(lambda s: s.expires_at)[0] == clock.now + 7200
     clock.advance(7200)
     assert client.run(lambda s: s.exists)[0] is False
+
+
+@pytest.mark.parametrize("name", ["clock", "chance"])
+def test_a_clock_or_chance_that_is_not_a_function_fails_at_start_up(name):
+    from sessionstore import ConfigurationError, SessionMiddleware
+
+    with pytest.raises(ConfigurationError, match=f"^{name} = 5: expected a function"):
+        SessionMiddleware(lambda e, s: [], secret="x" * 40, backend="memory", **{name: 5})
