@@ -38,7 +38,10 @@ def cli(*args):
 
 def good_record():
     record = make_record()
-    return record._replace(payload=CODEC.dumps({"app": {"k": b"v"}}, None))
+    payload = CODEC.dumps(
+        {"app": {"k": b"v"}}, None, record.session_id, record.created_at, record.expires_at
+    )
+    return record._replace(payload=payload)
 
 
 def store_with(kind, tmp_path, records):
