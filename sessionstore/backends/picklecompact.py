@@ -68,6 +68,7 @@ class Compaction:
     _corrupt: Any
     _compact_after: int
     _compacting: bool
+    _compactor: threading.Thread | None
     _mutex: threading.RLock
 
     if TYPE_CHECKING:
@@ -151,9 +152,10 @@ class Compaction:
         self._compacting = True
         snapshot = list(self._index.values())
         args = (snapshot, self._offset, self._file_id)
-        threading.Thread(
+        self._compactor = threading.Thread(
             target=self._compact_quietly, args=args, name="sessionstore-compact", daemon=True
-        ).start()
+        )
+        self._compactor.start()
 
     def _compact_quietly(self, *args: Any) -> None:
         try:

@@ -58,6 +58,8 @@ log = logging.getLogger("sessionstore")
 
 #: Expired sessions deleted per lock hold by an unlimited delete_expired().
 _PURGE_BATCH = 1000
+#: Index entries a limited delete_expired() looks at per call.
+_PURGE_SCAN = 20_000
 #: New bytes in the log worth reading before taking the lock.
 _CATCH_UP = 256 << 10
 
@@ -124,6 +126,9 @@ class PickleBackend(Compaction, Backend):
         self._corrupt: tuple[tuple[int, int, int, int], BackendError] | None = None
         self._compact_after = 0  # back-off after a failed compaction
         self._compacting = False  # a compaction thread of ours is running
+        self._compactor: threading.Thread | None = None
+        self._purge_keys: list[str] = []  # the ids delete_expired() goes through
+        self._purge_pos = 0
         #: (file id, offset, index) as of the last time the lock was released:
         #: what reads use without any lock while the file has not grown.
         self._view: tuple[tuple[int, int] | None, int, dict[str, Record]] | None = None
@@ -436,6 +441,9 @@ class PickleBackend(Compaction, Backend):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        compactor = self._compactor
+        if compactor is not None and self._pid == os.getpid():
+            compactor.join()  # let it finish: it would open the files again
         with self._mutex:
             for fd in (self._fd, self._lock_fd):
                 if fd is not None:
@@ -537,24 +545,51 @@ class PickleBackend(Compaction, Backend):
             return count
 
     def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
-        """Delete up to ``limit`` expired sessions (all when None), in batches
-        of at most 1,000 per hold of the lock, so other processes wait briefly."""
+        """Delete up to ``limit`` expired sessions (all when None).
+
+        The index is scanned with no file lock held, at most 20,000 entries
+        per call when there is a ``limit`` (a request's cleanup: a few
+        milliseconds at any size; the next call resumes where it stopped);
+        the expired ones are deleted under the exclusive lock, 1,000 at a time,
+        each checked again there."""
         now = time.time() if now is None else now
+        if self._file_id is None:
+            with self._locked(exclusive=False):
+                pass
+        if limit is None:
+            self._purge_keys, self._purge_pos = [], 0  # one whole pass from the start
         deleted = 0
         while limit is None or deleted < limit:
             batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - deleted)
-            with self._locked(exclusive=True):
-                expired = []
-                for record in self._index.values():
-                    if record.expires_at <= now:
-                        expired.append(record.session_id)
-                        if len(expired) >= batch:
-                            break
-                count = self._delete_ids(expired)
-            deleted += count
-            if count < batch:
+            budget = None if limit is None else _PURGE_SCAN
+            candidates, finished = self._expired_candidates(now, batch, budget)
+            if candidates:
+                with self._locked(exclusive=True):
+                    index = self._index
+                    still = [i for i in candidates if i in index and index[i].expires_at <= now]
+                    deleted += self._delete_ids(still)
+            if finished or limit is not None:
                 break
         return deleted
+
+    def _expired_candidates(
+        self, now: float, batch: int, budget: int | None
+    ) -> tuple[list[str], bool]:
+        """Up to ``batch`` expired ids, looking at up to ``budget`` entries
+        from where the last scan stopped; and whether the pass is complete."""
+        with self._mutex:
+            if self._purge_pos >= len(self._purge_keys):
+                self._purge_keys, self._purge_pos = list(self._index), 0
+            keys, pos, index = self._purge_keys, self._purge_pos, self._index
+            end = len(keys) if budget is None else min(len(keys), pos + budget)
+            found: list[str] = []
+            while pos < end and len(found) < batch:
+                record = index.get(keys[pos])
+                pos += 1
+                if record is not None and record.expires_at <= now:
+                    found.append(record.session_id)
+            self._purge_pos = pos
+            return found, pos >= len(keys)
 
     def count(self) -> int:
         with self._locked(exclusive=False):
