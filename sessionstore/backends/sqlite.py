@@ -320,6 +320,14 @@ class SqliteBackend(Backend):
             conn.close()
         self._local = threading.local()
 
+    def __del__(self) -> None:
+        # Dropped without close() (a middleware nobody closed): close the
+        # connections here rather than leave them to the garbage collector,
+        # which warns on Python 3.13.  Never the parent's, after a fork.
+        with contextlib.suppress(Exception):
+            if self._pid == os.getpid():
+                self.close()
+
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
