@@ -28,6 +28,12 @@ Bounded and cheap at scale:
   ``immutable=1`` when not even the ``-shm`` file can be made) and serves
   reads; writes fail with a :class:`BackendError`.
 
+A damaged database found at start-up is refused with a :class:`BackendError`
+naming the file (not renamed, not changed): SQLite's pages cannot be sorted
+into readable and damaged cheaply at start-up, and the file may be someone
+else's.  ``sessionstore check`` says what is wrong and ``sessionstore salvage
+--to sqlite --to-option filename=NEW`` copies every readable row out.
+
 A symlink at the database, ``-wal`` or ``-shm`` path is refused; the
 database is created with mode 0600 (SQLite gives ``-wal``/``-shm`` the same
 mode) and an existing wider mode is narrowed, with a warning.  Every
