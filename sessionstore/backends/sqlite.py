@@ -55,7 +55,7 @@ from typing import Any
 from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record, checked_record
-from .picklefile import make_private
+from .safefiles import make_private
 
 log = logging.getLogger("sessionstore")
 
