@@ -182,6 +182,7 @@ def test_a_replaced_file_is_logged_but_a_compaction_is_not(tmp_path, caplog):
             new = record._replace(version=version, payload=os.urandom(4096))
             assert writer.compare_and_swap(record.session_id, version - 1, new)
             record = new
+        writer.close()  # waits for its background compaction
         inode = path.stat().st_ino
         assert reader.get(record.session_id) == record
     assert inode != (tmp_path / "backup.dat").stat().st_ino
@@ -191,7 +192,6 @@ def test_a_replaced_file_is_logged_but_a_compaction_is_not(tmp_path, caplog):
         assert reader.get(record.session_id).version == 1
     assert "was replaced by another file" in caplog.text
     reader.close()
-    writer.close()
 
 
 def test_orphan_temp_files_are_removed_at_setup_but_not_a_live_one(tmp_path):

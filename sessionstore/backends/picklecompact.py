@@ -68,6 +68,7 @@ class Compaction:
     _corrupt: Any
     _compact_after: int
     _compacting: bool
+    _compactor: threading.Thread | None
     _mutex: threading.RLock
 
     if TYPE_CHECKING:
@@ -96,6 +97,14 @@ class Compaction:
 
     def _publish(self, temp: str) -> None:
         """Rename the fsynced ``temp`` over the log, then follow it."""
+        # Whoever puts a file at the path without our lock (an operator
+        # restoring a backup) must not lose it to a rename: look first.  (A
+        # window of microseconds remains; Python has no renameat2 exchange.)
+        if self._file_id is not None:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(self.filename, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) != self._file_id:
+                    raise BackendError(f"{self.filename} was replaced meanwhile: not renamed over")
         os.replace(temp, self.filename)
         if self.fsync:
             dir_fd = os.open(os.path.dirname(self.filename), os.O_RDONLY)
@@ -132,9 +141,11 @@ class Compaction:
                 # Always fsync here: the rename must never publish an empty file.
                 os.fsync(out.fileno())
             self._publish(temp)
-        except OSError as exc:
+        except (OSError, BackendError) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+            if isinstance(exc, BackendError):
+                raise
             raise BackendError(f"cannot write a new {self.filename}", exc) from exc
         self._mark = None
         self._lineage = lineage
@@ -151,9 +162,10 @@ class Compaction:
         self._compacting = True
         snapshot = list(self._index.values())
         args = (snapshot, self._offset, self._file_id)
-        threading.Thread(
+        self._compactor = threading.Thread(
             target=self._compact_quietly, args=args, name="sessionstore-compact", daemon=True
-        ).start()
+        )
+        self._compactor.start()
 
     def _compact_quietly(self, *args: Any) -> None:
         try:

@@ -92,7 +92,21 @@ def record_of(frame: tuple[Any, ...]) -> Record:
     """The record of a ``put`` frame, every field type-checked."""
     if len(frame) != 7:
         raise ValueError("a put frame has 7 fields")
-    return checked_record(*frame[1:])
+    _, sid, version, created, accessed, expires, payload = frame
+    # The usual case checked in one expression (a million of them at open):
+    # x - x is 0.0 for a finite float only.
+    if (
+        type(sid) is str
+        and type(version) is int
+        and version >= 1
+        and type(created) is float
+        and type(accessed) is float
+        and type(expires) is float
+        and type(payload) is bytes
+        and created - created + accessed - accessed + expires - expires == 0.0
+    ):
+        return Record(sid, version, created, accessed, expires, payload)
+    return checked_record(*frame[1:])  # converts, or names what is wrong
 
 
 def header_size(data: bytes) -> int | None:

@@ -35,6 +35,12 @@ Bounded and cheap at scale:
   ``immutable=1`` when not even the ``-shm`` file can be made) and serves
   reads; writes fail with a :class:`BackendError`.
 
+A damaged database found at start-up is refused with a :class:`BackendError`
+naming the file (not renamed, not changed): SQLite's pages cannot be sorted
+into readable and damaged cheaply at start-up, and the file may be someone
+else's.  ``sessionstore check`` says what is wrong and ``sessionstore salvage
+--to sqlite --to-option filename=NEW`` copies every readable row out.
+
 A symlink at the database, ``-wal`` or ``-shm`` path is refused; the
 database is created with mode 0600 (SQLite gives ``-wal``/``-shm`` the same
 mode) and an existing wider mode is narrowed, with a warning.  Every
@@ -56,7 +62,7 @@ from typing import Any
 from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record, checked_record
-from .picklefile import make_private
+from .safefiles import make_private
 
 log = logging.getLogger("sessionstore")
 
@@ -345,6 +351,14 @@ class SqliteBackend(Backend):
         for conn in connections:
             conn.close()
         self._local = threading.local()
+
+    def __del__(self) -> None:
+        # Dropped without close() (a middleware nobody closed): close the
+        # connections here rather than leave them to the garbage collector,
+        # which warns on Python 3.13.  Never the parent's, after a fork.
+        with contextlib.suppress(Exception):
+            if self._pid == os.getpid():
+                self.close()
 
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
