@@ -214,9 +214,7 @@ def test_sql_text_payload_column_is_a_backend_error_naming_the_id(server):
             " created_at FLOAT, accessed_at FLOAT, expires_at FLOAT, payload TEXT,"
             " user_id VARCHAR(255))"
         )
-        conn.exec_driver_sql(
-            f"INSERT INTO {table} VALUES ('abc', 1, 1.0, 1.0, 2e9, 'text', NULL)"
-        )
+        conn.exec_driver_sql(f"INSERT INTO {table} VALUES ('abc', 1, 1.0, 1.0, 2e9, 'text', NULL)")
     try:
         with pytest.raises(BackendError, match="abc"):
             backend.get("abc")

@@ -59,7 +59,7 @@ from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record
 from .picklecompact import Compaction
-from .picklelog import encode, encode_put
+from .picklelog import RecordIndex, encode, encode_put
 from .picklesync import LogReader
 from .safefiles import make_private, open_nofollow
 
@@ -94,7 +94,7 @@ class PickleBackend(LogReader, Compaction, Backend):
         #: (position, the 8-byte header (length + CRC) of a frame indexed
         #: last): re-read before each operation to notice an in-place rewrite.
         self._mark: tuple[int, bytes] | None = None
-        self._index: dict[str, Record] = {}
+        self._index: dict[str, Record] = RecordIndex()
         self._sizes: dict[str, int] = {}  # frame size of each live record
         self._live = 0  # sum of self._sizes, kept up to date
         self._tail: tuple[Any, ...] | None = None  # a cuttable torn tail, as seen
@@ -335,6 +335,12 @@ class PickleBackend(LogReader, Compaction, Backend):
             records = list(self._index.values())
         return iter(records)
 
+    def user_sessions(self, user: str) -> list[Record]:
+        with self._locked(exclusive=False):
+            index = self._index
+            assert isinstance(index, RecordIndex)
+            return index.of_user(user)
+
     def delete(self, session_id: str) -> int:
         with self._locked(exclusive=True):
             return self._delete_ids([session_id])
@@ -348,7 +354,7 @@ class PickleBackend(LogReader, Compaction, Backend):
             count = len(self._index)
             if count:
                 self._rewrite(b"")
-                self._index = {}
+                self._index = RecordIndex()
                 self._sizes = {}
                 self._live = 0
             return count

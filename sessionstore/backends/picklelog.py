@@ -10,7 +10,8 @@ plain tuple:
   each compaction, which adds one to ``generation``.  A process that sees the
   inode change to a file of another lineage, or of a generation not above the
   one it knew (a backup put back), logs that the file was replaced;
-* ``("put", id, version, created_at, accessed_at, expires_at, payload)``;
+* ``("put", id, version, created_at, accessed_at, expires_at, payload)``, with
+  an eighth field, the user, for a session bound to one;
 * ``("del", id)``.
 
 Bodies only ever hold str, int, float and bytes and are read with an
@@ -76,9 +77,8 @@ def encode(frame: tuple[Any, ...]) -> bytes:
 
 
 def encode_put(r: Record) -> bytes:
-    return encode(
-        ("put", r.session_id, r.version, r.created_at, r.accessed_at, r.expires_at, r.payload)
-    )
+    frame = ("put", r.session_id, r.version, r.created_at, r.accessed_at, r.expires_at, r.payload)
+    return encode(frame if r.user is None else (*frame, r.user))
 
 
 def decode(body: bytes) -> tuple[Any, ...]:
@@ -90,8 +90,10 @@ def decode(body: bytes) -> tuple[Any, ...]:
 
 def record_of(frame: tuple[Any, ...]) -> Record:
     """The record of a ``put`` frame, every field type-checked."""
+    if len(frame) == 8:
+        return checked_record(*frame[1:])  # bound to a user
     if len(frame) != 7:
-        raise ValueError("a put frame has 7 fields")
+        raise ValueError("a put frame has 7 or 8 fields")
     _, sid, version, created, accessed, expires, payload = frame
     # The usual case checked in one expression (a million of them at open):
     # x - x is 0.0 for a finite float only.
@@ -107,6 +109,49 @@ def record_of(frame: tuple[Any, ...]) -> Record:
     ):
         return Record(sid, version, created, accessed, expires, payload)
     return checked_record(*frame[1:])  # converts, or names what is wrong
+
+
+class RecordIndex(dict[str, Record]):
+    """The records of a file by id, and the ids of each user's sessions
+    (``user_sessions``), kept in step by every change made through
+    ``index[id] = record``, ``del index[id]`` and ``index.pop(id)``."""
+
+    __slots__ = ("users",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users: dict[str, set[str]] = {}
+
+    def __setitem__(self, session_id: str, record: Record) -> None:
+        old = self.get(session_id)
+        if old is not None and old.user is not None and old.user != record.user:
+            self._forget(old.user, session_id)
+        if record.user is not None:
+            self.users.setdefault(record.user, set()).add(session_id)
+        super().__setitem__(session_id, record)
+
+    def __delitem__(self, session_id: str) -> None:
+        old = self[session_id]
+        if old.user is not None:
+            self._forget(old.user, session_id)
+        super().__delitem__(session_id)
+
+    def pop(self, session_id: str, *default: Any) -> Any:
+        if session_id in self:
+            record = self[session_id]
+            del self[session_id]
+            return record
+        return super().pop(session_id, *default)
+
+    def _forget(self, user: str, session_id: str) -> None:
+        ids = self.users.get(user)
+        if ids is not None:
+            ids.discard(session_id)
+            if not ids:
+                del self.users[user]
+
+    def of_user(self, user: str) -> list[Record]:
+        return [self[i] for i in self.users.get(user, ())]
 
 
 def header_size(data: bytes) -> int | None:
@@ -161,10 +206,10 @@ def classify_tail(data: bytes, pos: int) -> str | None:
     if len(tail) >= FRAME.size:
         length, crc = FRAME.unpack_from(data, pos)
         end = pos + FRAME.size + length
-        if length > MAX_FRAME or end < len(data):
+        if length > MAX_FRAME or end <= len(data):
+            # Every byte the frame announces is there: whatever its checksum
+            # says, an append did finish, so it is damage, never a torn write.
             return None
-        if end == len(data) and zlib.crc32(tail[FRAME.size :]) == crc:
-            return None  # whole and intact, yet unreadable: not a torn write
         start = bytes(tail[FRAME.size : FRAME.size + 2])
         if not _PICKLE_START.startswith(start):
             return None

@@ -156,7 +156,7 @@ class LogReader:
         self._file_id = file_id
         self._offset = 0
         self._mark = None
-        self._index = {}
+        self._index = picklelog.RecordIndex()
         self._sizes = {}
         self._live = 0
         self._tail = None
