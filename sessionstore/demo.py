@@ -50,9 +50,11 @@ body.dark { background: #222; color: #eee; } body.dark a { color: #9cf; }
 """
 
 CSRF_COOKIE = "demo_csrf"
+#: Where the demo site puts itself in the environ (for the user's sessions page).
+_SITE_KEY = "sessionstore.demo.site"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
-Handler = Callable[[Any, dict[str, str]], "Response"]
+Handler = Callable[[Any, dict[str, Any]], "Response"]
 Response = tuple[str, list[tuple[str, str]], str]
 
 
@@ -82,7 +84,7 @@ def _redirect(location: str) -> Response:
     )
 
 
-def home(session: Any, form: dict[str, str]) -> Response:
+def home(session: Any, form: dict[str, Any]) -> Response:
     user = session.store("auth").get_default("user")
     if user:
         account = f"""<form method="post" action="/logout">{_csrf(form)}
@@ -99,7 +101,7 @@ destroys it.</p>"""
     return _page(session, "Welcome", body)
 
 
-def shop(session: Any, form: dict[str, str]) -> Response:
+def shop(session: Any, form: dict[str, Any]) -> Response:
     cart = session.store("shop").get_default("cart", [])
     rows = "".join(
         f"""<tr><td>{html.escape(label)}</td><td><form method="post" action="/shop/add">
@@ -113,7 +115,7 @@ def shop(session: Any, form: dict[str, str]) -> Response:
     return _page(session, "Shop", body)
 
 
-def shop_add(session: Any, form: dict[str, str]) -> Response:
+def shop_add(session: Any, form: dict[str, Any]) -> Response:
     item = form.get("item", "")
     if item in PRODUCTS:
         _keep_token(session, form)
@@ -122,13 +124,13 @@ def shop_add(session: Any, form: dict[str, str]) -> Response:
     return _redirect("/shop")
 
 
-def shop_empty(session: Any, form: dict[str, str]) -> Response:
+def shop_empty(session: Any, form: dict[str, Any]) -> Response:
     if session.exists:  # emptying nothing must not create a session
         session.store("shop").empty()
     return _redirect("/shop")
 
 
-def prefs(session: Any, form: dict[str, str]) -> Response:
+def prefs(session: Any, form: dict[str, Any]) -> Response:
     current = session.store("prefs").get_default("theme", "light")
     options = "".join(
         f'<option value="{t}"{" selected" if t == current else ""}>{t}</option>' for t in THEMES
@@ -140,33 +142,34 @@ def prefs(session: Any, form: dict[str, str]) -> Response:
     return _page(session, "Preferences", body)
 
 
-def prefs_save(session: Any, form: dict[str, str]) -> Response:
+def prefs_save(session: Any, form: dict[str, Any]) -> Response:
     if form.get("theme") in THEMES:
         _keep_token(session, form)
         session.store("prefs")["theme"] = form["theme"]
     return _redirect("/prefs")
 
 
-def login(session: Any, form: dict[str, str]) -> Response:
+def login(session: Any, form: dict[str, Any]) -> Response:
     user = form.get("user", "").strip()[:40]
     if user:  # an empty login creates no session
         session.regenerate()  # a new id at login: the fixation defence
         _keep_token(session, form)
         session.store("auth")["user"] = user
+        session.bind_user(user)  # listed among the user's sessions
     return _redirect("/")
 
 
-def logout(session: Any, form: dict[str, str]) -> Response:
+def logout(session: Any, form: dict[str, Any]) -> Response:
     session.destroy()
     return _redirect("/")
 
 
-def _csrf(form: dict[str, str]) -> str:
+def _csrf(form: dict[str, Any]) -> str:
     """The hidden CSRF field of a form."""
     return f'<input type="hidden" name="csrf" value="{html.escape(form["csrf"])}">'
 
 
-def _keep_token(session: Any, form: dict[str, str]) -> None:
+def _keep_token(session: Any, form: dict[str, Any]) -> None:
     """Before a handler's first write: keep the form's token in the session."""
     demo = session.store("demo")
     if "csrf" not in demo:
@@ -195,7 +198,7 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def inspect(session: Any, form: dict[str, str]) -> Response:
+def inspect(session: Any, form: dict[str, Any]) -> Response:
     if not session.exists:
         return _page(session, "Session", "<p>No session yet: nothing has been stored.</p>")
     stores = "".join(
@@ -211,8 +214,36 @@ def inspect(session: Any, form: dict[str, str]) -> Response:
 <tr><th>created</th><td>{_when(session.created_at)}</td></tr>
 <tr><th>last access</th><td>{_when(session.accessed_at)}</td></tr>
 <tr><th>expires</th><td>{_when(session.expires_at)}</td></tr></table>
-<h2>Stores</h2><table>{stores}</table>"""
+<h2>Stores</h2><table>{stores}</table>{_other_sessions(session, form)}"""
     return _page(session, "Session", body)
+
+
+def _other_sessions(session: Any, form: dict[str, Any]) -> str:
+    """The user's other sessions (other browsers and devices), and a button
+    that signs them all out."""
+    site = form.get("site")
+    user = session.user
+    if not isinstance(site, _Site) or user is None:
+        return ""
+    others = [s for s in site.plain.sessions_of(user) if s.session_id != session.id]
+    rows = "".join(
+        f"<tr><td>{_when(s.created_at)}</td><td>{_when(s.accessed_at)}</td>"
+        f"<td>{html.escape(s.address or '?')}</td><td>{html.escape(s.user_agent[:80])}</td></tr>"
+        for s in others
+    )
+    if not rows:
+        return '<h2>Your other sessions</h2><p id="others">None: you are signed in here only.</p>'
+    return f"""<h2>Your other sessions</h2><table id="others">
+<tr><th>signed in</th><th>last seen</th><th>from</th><th>browser</th></tr>{rows}</table>
+<form method="post" action="/session/others">{_csrf(form)}
+<button>Sign out everywhere else</button></form>"""
+
+
+def sign_out_others(session: Any, form: dict[str, Any]) -> Response:
+    site = form.get("site")
+    if isinstance(site, _Site) and session.user is not None:
+        site.plain.destroy_user(session.user, keep=session.id)
+    return _redirect("/session")
 
 
 ROUTES: dict[tuple[str, str], Handler] = {
@@ -225,6 +256,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/login"): login,
     ("POST", "/logout"): logout,
     ("GET", "/session"): inspect,
+    ("POST", "/session/others"): sign_out_others,
 }
 
 
@@ -237,7 +269,7 @@ def demo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     session = environ["session"]
     token = _session_token(session) or _cookie_token(environ)
     extra: list[tuple[str, str]] = []
-    form: dict[str, str] = {}
+    form: dict[str, Any] = {}
     if method == "POST":
         try:
             length = min(int(environ.get("CONTENT_LENGTH") or 0), 10_000)
@@ -258,7 +290,7 @@ def demo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
         )
         extra.append(("Set-Cookie", cookie))
     form["csrf"] = token
-    status, headers, body = handler(session, form)
+    status, headers, body = handler(session, {**form, "site": environ.get(_SITE_KEY)})
     start_response(status, headers + extra)
     return [body.encode("utf-8")]
 
@@ -272,6 +304,7 @@ class _Site:
         self.https = https
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        environ[_SITE_KEY] = self
         if self.https is not None and environ.get("wsgi.url_scheme") == "https":
             return self.https(environ, start_response)
         return self.plain(environ, start_response)

@@ -273,3 +273,29 @@ def test_the_command_line_lists_and_logs_out_a_user(tmp_path):
     }
     assert laptop in cli("sessions-of", "alice") and phone not in cli("sessions-of", "alice")
     assert "no live session" in cli("sessions-of", "bob")
+
+
+def test_the_demo_signs_a_user_out_everywhere_else(tmp_path):
+    """Two browsers log in to the demo as one user; the first lists the
+    second under "your other sessions" and signs it out."""
+    import re
+
+    from sessionstore.demo import make_app
+
+    app = make_app(
+        {}, secret=SECRET, backend="sqlite", **{"backend.filename": str(tmp_path / "d.db")}
+    )
+    browsers = {name: TestApp(app, extra_environ={"HTTP_USER_AGENT": name}) for name in "AB"}
+
+    def csrf(web):
+        return re.search(r'name="csrf" value="([^"]+)"', web.get("/").text)[1]
+
+    for web in browsers.values():
+        web.post("/login", {"user": "alice", "csrf": csrf(web)})
+    page = browsers["A"].get("/session").text
+    assert "Your other sessions" in page and ">B<" in page and ">A<" not in page
+    page = browsers["A"].post("/session/others", {"csrf": csrf(browsers["A"])}).follow().text
+    assert "None: you are signed in here only." in page
+    assert 'action="/logout"' not in browsers["B"].get("/").text  # B is signed out
+    assert 'action="/logout"' in browsers["A"].get("/").text  # A is not
+    app.plain.close()
