@@ -107,12 +107,10 @@ def destroy_all_of(backend: Backend, user: str, keep: str | None = None) -> int:
     """
     destroyed = 0
     for _ in range(DESTROY_ROUNDS):
-        doomed = [r for r in backend.user_sessions(user) if r.session_id != keep]
+        doomed = [r.session_id for r in backend.user_sessions(user) if r.session_id != keep]
         if not doomed:
             break
-        for record in doomed:
-            if backend.delete(record.session_id) and not record.is_tombstone:
-                destroyed += 1
+        destroyed += backend.delete_many(doomed)  # one round trip where the backend can
     else:
         log.warning("user %s kept getting new sessions while being logged out", user)
     return destroyed

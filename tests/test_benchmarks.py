@@ -16,6 +16,7 @@ RUNS = {
     "cleanup": ["--sessions", "300", "--rounds", "1"],
     "scale": ["--sizes", "10,30", "--commits", "10", "--rounds", "1"],
     "http": ["--only", "sessionstore sqlite", "--seconds", "0.2", "--rounds", "1"],
+    "users": ["--sessions", "200", "--users", "10", "--only", "memory,sqlite"],
 }
 
 
