@@ -148,7 +148,7 @@ def fast_fill(kind: str, path: str, size: int) -> None:
             elif isinstance(backend, SqliteBackend):
                 with backend._conn() as conn:  # noqa: SLF001 - one transaction per batch
                     conn.execute("BEGIN")
-                    conn.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)", batch)
+                    conn.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
                     conn.execute("COMMIT")
             batch = []
     backend.close()
