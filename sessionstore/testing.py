@@ -219,6 +219,14 @@ class BackendContract:
         assert backend.get(record.session_id) is None
         assert backend.compare_and_swap(record.session_id, 5, None) is False
 
+    def test_delete_expecting_absent_succeeds_only_when_absent(self, backend: Backend) -> None:
+        """``compare_and_swap(id, None, None)``: "absent, and leave it absent"."""
+        assert backend.compare_and_swap(new_session_id(), None, None) is True
+        record = make_record()
+        backend.add(record)
+        assert backend.compare_and_swap(record.session_id, None, None) is False
+        assert backend.get(record.session_id) == record
+
     def test_swap_after_delete_cannot_resurrect(self, backend: Backend) -> None:
         record = make_record()
         backend.add(record)

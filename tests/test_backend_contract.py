@@ -4,12 +4,15 @@ pickle log's damage rule."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
 import threading
 
 import pytest
 
+from sessionstore import BusyRetry
 from sessionstore.backends.base import Record
 from sessionstore.backends.memory import MemoryBackend
 from sessionstore.backends.picklefile import PickleBackend
@@ -136,6 +139,84 @@ class TestPickleBackend(PersistentBackendContract):
             assert commit()
             assert len(synced) > before if fsync else len(synced) == 0
         backend.close()
+
+    def test_a_swap_waits_for_another_processs_reader(self, tmp_path):
+        """Writers hold ``<filename>.lock`` exclusively: while another process
+        holds it shared (reading), a swap waits, and gives up after busy_timeout."""
+        path = str(tmp_path / "locked.dat")
+        backend = PickleBackend(path, busy_timeout=0.05)
+        backend.setup()
+        record = make_record()
+        # A second open file description of the lock file: flock treats it
+        # as another process.
+        reader = os.open(path + ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(reader, fcntl.LOCK_SH)
+            with pytest.raises(BusyRetry):
+                backend.compare_and_swap(record.session_id, None, record)
+            fcntl.flock(reader, fcntl.LOCK_UN)
+        finally:
+            os.close(reader)
+        assert backend.compare_and_swap(record.session_id, None, record)
+        backend.close()
+
+    def test_deleting_most_sessions_compacts_the_file(self, tmp_path):
+        path = tmp_path / "compacted.dat"
+        backend = PickleBackend(str(path))
+        backend.setup()
+        records = [make_record(payload=os.urandom(100_000)) for _ in range(20)]
+        for record in records:
+            assert backend.compare_and_swap(record.session_id, None, record)
+        assert path.stat().st_size > 2_000_000
+        for record in records[1:]:
+            assert backend.compare_and_swap(record.session_id, 1, None)
+        backend.close()  # waits for the compaction running in the background
+        assert path.stat().st_size < 1_000_000  # the dead frames were compacted away
+        again = PickleBackend(str(path))
+        again.setup()
+        assert again.get_all() == {records[0].session_id: records[0]}
+        again.close()
+
+    def test_a_torn_frame_header_at_the_end_is_cut(self, tmp_path):
+        """A crash can leave even less than a frame header: that too is an
+        unfinished append, ignored and cut by the next write."""
+        path = tmp_path / "torn.dat"
+        backend = PickleBackend(str(path))
+        backend.setup()
+        kept = make_record()
+        assert backend.compare_and_swap(kept.session_id, None, kept)
+        backend.close()
+        good = path.read_bytes()
+        path.write_bytes(good + b"\x00\x00\x01")  # 3 of a header's 8 bytes
+        again = PickleBackend(str(path))
+        again.setup()
+        assert again.get_all() == {kept.session_id: kept}
+        other = make_record()
+        assert again.compare_and_swap(other.session_id, None, other)
+        again.close()
+        assert path.read_bytes().startswith(good)
+        assert len(path.read_bytes()) > len(good) + 3
+
+    def test_damage_inside_the_file_is_reported_at_its_offset(self, tmp_path, caplog):
+        path = tmp_path / "damaged.dat"
+        backend = PickleBackend(str(path))
+        backend.setup()
+        offsets = []
+        for _ in range(3):
+            offsets.append(os.path.getsize(path) if path.exists() else 0)
+            record = make_record()
+            assert backend.compare_and_swap(record.session_id, None, record)
+        backend.close()
+        data = bytearray(path.read_bytes())
+        data[offsets[1] + 20] ^= 0xFF  # inside the second frame
+        path.write_bytes(bytes(data))
+        damaged = PickleBackend(str(path))
+        with caplog.at_level(logging.ERROR, "sessionstore"):
+            damaged.setup()  # set aside whole; the site starts on what could be read
+        damaged.close()
+        assert re.search(rf"(?<![-\d]){offsets[1]}(?!\d)", caplog.text), caplog.text
+        [aside] = tmp_path.glob("damaged.dat.damaged-*")
+        assert aside.read_bytes() == bytes(data)
 
     def test_a_full_last_frame_with_a_bad_crc_is_damage_never_cut(self, tmp_path, caplog):
         """The rule: only a final append cut short (fewer bytes than its frame
