@@ -74,8 +74,8 @@ _NO_FENCE = 2**53
 # 'put' or 'del', the fence (server time in ms after which the swap is
 # refused: -1), the session id, the prefix of user sets, then for 'put':
 # version, created, accessed, expires, payload, the key's expiry time in
-# milliseconds, and the user ('' for none).  Returns 1 when it changed the
-# key ('del' of an absent key with '*': 0).
+# milliseconds, and the user ('' for none).  Returns 1 when the swap holds
+# (with '*', a 'del' returns how many keys it deleted, for ``delete``).
 _CAS = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -94,7 +94,9 @@ if old_user and old_user ~= user then
     redis.call('SREM', ARGV[5] .. old_user, ARGV[4])
 end
 if ARGV[2] == 'del' then
-    return redis.call('DEL', KEYS[1])
+    local deleted = redis.call('DEL', KEYS[1])
+    if ARGV[1] == '*' then return deleted end
+    return 1
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'e', ARGV[9], 'p', ARGV[10])
