@@ -67,6 +67,8 @@ CORE_TESTS = [
     "tests/test_payload.py",
     "tests/test_security.py",
     "tests/test_races.py",
+    "tests/test_atomic.py",
+    "tests/test_users.py",
     "tests/test_concurrency.py",
 ]
 TESTS = {

@@ -471,3 +471,36 @@ def test_a_write_after_the_headers_that_cannot_commit_aborts_the_body(pair):
     consume(body)
     assert received == [b"first"]  # the client never gets a complete 200
     assert [r for r in mw.backend.get_all().values() if not r.is_tombstone] == []
+
+
+# -- payloads bound to their record, on every backend ---------------------------------
+
+
+@pytest.mark.parametrize("tamper", ["copied-to-another-id", "expiry-extended", "created-moved"])
+def test_a_payload_moved_or_given_a_longer_life_in_the_store_is_refused(pair, tamper, caplog):
+    """Whoever can write to the store, but has not the secret, cannot copy a
+    victim's data into their own session, or stretch a session's life by
+    editing its record's times: the payload is signed with both."""
+    site = _start(pair)  # the victim
+    [victim] = [r for r in site.mw.backend.get_all().values() if not r.is_tombstone]
+    attacker = pair()
+    attacker.steps["/start"] = lambda s, _: s.store("a").set("items", ["mine"])
+    attacker.get("/start")
+    [mine] = [
+        r
+        for r in attacker.mw.backend.get_all().values()
+        if r.session_id != victim.session_id and not r.is_tombstone
+    ]
+    if tamper == "copied-to-another-id":
+        forged = mine._replace(payload=victim.payload, version=mine.version + 1)
+        site = attacker
+    elif tamper == "expiry-extended":
+        forged = victim._replace(expires_at=victim.expires_at + 10**6, version=victim.version + 1)
+    else:
+        forged = victim._replace(created_at=victim.created_at + 3600, version=victim.version + 1)
+    site.mw.backend.add(forged)
+    with caplog.at_level(logging.ERROR, "sessionstore"):
+        seen = site.stored()
+    assert seen == {}  # no session: nothing of the victim's data
+    assert f"stored session {forged.session_id}" in caplog.text
+    assert site.mw.backend.get(forged.session_id) == forged  # kept for an administrator
