@@ -504,3 +504,62 @@ def test_a_payload_moved_or_given_a_longer_life_in_the_store_is_refused(pair, ta
     assert seen == {}  # no session: nothing of the victim's data
     assert f"stored session {forged.session_id}" in caplog.text
     assert site.mw.backend.get(forged.session_id) == forged  # kept for an administrator
+
+
+# -- the change log's own bookkeeping, replayed after a lost race ---------------------
+
+
+def test_several_updates_of_one_key_in_one_request_all_replay(pair):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").update("items", append("b"), [])
+
+    def a(session, run_b):
+        store = session.store("a")
+        store.update("items", append("a1"), [])
+        store.update("items", append("a2"), [])
+        run_b("/b")
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.stored() == {"items": ["start", "b", "a1", "a2"]}
+
+
+def test_what_was_set_before_an_empty_stays_emptied_on_replay(pair):
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("other").set("x", 1)
+
+    def a(session, run_b):
+        store = session.store("a")
+        store.set("gone", "set, then emptied")
+        store.empty()
+        store.set("after", "kept")
+        run_b("/b")
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.stored() == {"after": "kept"}
+    assert site.stored("other") == {"x": 1}
+
+
+def test_a_refused_set_values_keeps_the_requests_earlier_changes(pair):
+    """set_values() refuses only the collection: what the request changed
+    before it stays pending, replayed on the fresh data, and is committed at
+    response time."""
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", ["b"])
+
+    def a(session, run_b):
+        store = session.store("a")
+        store.update("count", lambda n: n + 1, 0)  # pending before using()
+        store.set("note", "before using")
+        collection = store.using("items")
+        run_b("/b")
+        collection["items"] = ["a"]
+        with pytest.raises(ConcurrentUpdate):
+            collection.commit()
+        return store.get("count"), store.get("note"), store.get("items")
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 200
+    assert site.results["/a"] == (1, "before using", ["b"])
+    assert site.stored() == {"items": ["b"], "count": 1, "note": "before using"}
