@@ -168,10 +168,6 @@ class ChangeLog:
         clone.reads = {app: (None if k is None else set(k)) for app, k in self.reads.items()}
         return clone
 
-    def forget_reads(self) -> None:
-        """After a catch-up the fresh data is what the request builds on."""
-        self.reads = {}
-
     def replay(self, fresh: AppData) -> AppData:
         """This request's changes applied to another request's data."""
         apps = dict(fresh)

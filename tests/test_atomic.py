@@ -563,3 +563,19 @@ def test_a_refused_set_values_keeps_the_requests_earlier_changes(pair):
     assert site.get("/a").status_int == 200
     assert site.results["/a"] == (1, "before using", ["b"])
     assert site.stored() == {"items": ["b"], "count": 1, "note": "before using"}
+
+
+def test_a_whole_read_after_a_key_read_counts_as_reading_everything(pair):
+    site = _start(pair, on_conflict="error")
+    site.steps["/b"] = lambda s, _: s.store("a").set("added", 1)
+
+    def a(session, run_b):
+        store = session.store("a")
+        store.get("items")  # one key first...
+        assert len(store) == 1  # ...then everything
+        run_b("/b")
+        store.empty()
+
+    site.steps["/a"] = a
+    assert site.get("/a").status_int == 409
+    assert site.stored() == {"items": ["start"], "added": 1}
