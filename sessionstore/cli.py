@@ -25,8 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import load_backend
-from .backends.base import Record
+from .backends import backend_class, load_backend
+from .backends.base import Backend, Record
 from .config import Settings
 from .errors import SessionStoreError
 from .ids import is_valid_id
@@ -52,21 +52,35 @@ def read_ini(path: str, section: str | None = None) -> dict[str, str]:
     )
     try:
         parser.read(path, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path} is not an ini file: it is not UTF-8 text") from exc
+    except configparser.MissingSectionHeaderError as exc:
+        raise CommandError(
+            f"{path} is not an ini file: line {exc.lineno} comes before any [section]"
+        ) from exc
     except configparser.Error as exc:
-        raise CommandError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
-    names = (
-        [section]
-        if section
-        else [s for s in parser.sections() if parser.get(s, "use", fallback="").strip() in _EGGS]
-    )
-    if not names or not parser.has_section(names[0]):
+        detail = str(exc).splitlines()[0]
+        raise CommandError(f"{path} is not a valid ini file: {detail}") from exc
+    filters = [s for s in parser.sections() if parser.get(s, "use", fallback="").strip() in _EGGS]
+    if section:
+        # "--section session" finds [filter:session] too.
+        found = [s for s in (section, f"filter:{section}") if parser.has_section(s)]
+        if not found:
+            known = ", ".join(f"[{s}]" for s in filters) or "none"
+            raise CommandError(f"{path} has no section [{section}] (its session filters: {known})")
+        if found[0] not in filters:
+            raise CommandError(
+                f"[{found[0]}] in {path} is not a session filter (use = egg:sessionstore#session)"
+            )
+        filters = found[:1]
+    if not filters:
         raise CommandError(f"{path} has no [filter:...] section using egg:sessionstore#session")
-    if len(names) > 1:
+    if len(filters) > 1:
         raise CommandError(f"{path} has several session filters; pick one with --section")
     # Like PasteDeploy, pass the section's own keys only ([DEFAULT] is global).
     own = configparser.ConfigParser(default_section="\0", interpolation=None)
     own.read(path, encoding="utf-8")
-    return {key: parser.get(names[0], key) for key in own.options(names[0]) if key != "use"}
+    return {key: parser.get(filters[0], key) for key in own.options(filters[0]) if key != "use"}
 
 
 def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
@@ -77,6 +91,23 @@ def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
             raise CommandError(f"{flag} takes KEY=VALUE, not {item!r}")
         result[key] = value
     return result
+
+
+def open_existing(name: str, options: dict[str, str]) -> Backend:
+    """The backend of an existing store: a command never creates one.
+
+    A store kept in a file (``filename``) must exist: a mistyped name is an
+    error naming it, not a new empty store listing nothing.
+    """
+    backend = backend_class(name.strip()).from_options(options, busy_timeout=5.0)
+    filename = getattr(backend, "filename", None)
+    if isinstance(filename, str) and filename != ":memory:" and not os.path.exists(filename):
+        raise CommandError(f"no session store at {filename}: no such file")
+    try:
+        return load_backend(backend)  # runs its setup(): a damaged store fails here
+    except BaseException:
+        backend.close()
+        raise
 
 
 class Target:
@@ -96,7 +127,7 @@ class Target:
             name, options = args.backend, _pairs(args.option, "--option")
         else:
             raise CommandError("name a store with --config FILE.ini or --backend NAME")
-        self.backend = load_backend(name, options)
+        self.backend = open_existing(name, options)
         self.codec = PayloadCodec(tuple(secret.split())) if secret else None
 
     def record(self, session_id: str) -> Record:
@@ -118,8 +149,11 @@ class Target:
         for _ in range(20):
             record = self.record(session_id)
             apps, expiry = self.data(record)
+            before = {app: dict(keys) for app, keys in apps.items()}
             result = edit(apps)
             apps = {app: keys for app, keys in apps.items() if keys}
+            if apps == {app: keys for app, keys in before.items() if keys}:
+                return result  # nothing changed: write nothing, not even a new version
             new = Record(
                 record.session_id,
                 record.version + 1,
