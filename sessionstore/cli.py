@@ -189,20 +189,21 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import waitress
     from paste.deploy import loadapp
+
+    from . import serving
 
     path = os.path.abspath(args.config_file)
     if not os.path.isfile(path):
         raise CommandError(f"cannot read {args.config_file}: no such file")
+    serving.log_to_stderr(quiet=args.quiet)
     app = loadapp(f"config:{path}", name=args.app)
-    server = waitress.create_server(app, host=args.host, port=args.port)
-    port = server.effective_port  # the real one when --port 0 asked for any free port
-    print(f"Serving {args.config_file} on http://{args.host}:{port}/", flush=True)
-    try:
-        server.run()
-    finally:
-        server.close()
+    middleware = None
+    if args.stats:
+        middleware = serving.find_session_middleware(app)
+        if middleware is None:
+            raise CommandError(f"--stats: no session middleware in [{args.app}] of {path}")
+    serving.serve(app, args.host, args.port, stats=middleware, name=args.config_file)
 
 
 def cmd_list(args: argparse.Namespace, target: Target) -> None:
@@ -388,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--app", default="main", help="the [app:NAME] or pipeline to serve")
+    serve.add_argument("--quiet", action="store_true", help="no access log")
+    serve.add_argument(
+        "--stats",
+        action="store_true",
+        help="serve the session counters as JSON at /__sessionstore__/stats",
+    )
 
     commands.add_parser("list", help="list stored sessions, one per line (streamed)")
     commands.add_parser("show", help="show one session and its stores").add_argument("session_id")
