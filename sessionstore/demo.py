@@ -20,12 +20,77 @@ from urllib.parse import parse_qs
 PRODUCTS = {"book": "A book on WSGI", "mug": "A coffee mug", "pen": "A fountain pen"}
 THEMES = ("light", "dark")
 
-_STYLE = """
-body { font: 16px/1.5 system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; padding: 0 1rem; }
-nav a { margin-right: 1rem; } table { border-collapse: collapse; }
-td, th { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; vertical-align: top; }
-body.dark { background: #222; color: #eee; } body.dark a { color: #9cf; }
-.note { color: #666; font-size: .9rem; } form { display: inline; }
+# Two themes from one set of colours; every text colour has a contrast of at
+# least 4.5:1 on the backgrounds it is drawn on (WCAG AA; tests/test_demo_look.py
+# computes them, and the browser test checks what Chromium draws).
+THEME_COLOURS = {
+    "light": {
+        "bg": "#ffffff",
+        "fg": "#1b1b1f",
+        "muted": "#4d4f5a",
+        "link": "#0b57d0",
+        "line": "#c4c6cf",
+        "panel": "#f1f3f6",
+        "button-bg": "#0b57d0",
+        "button-fg": "#ffffff",
+        "button-hover": "#0842a0",
+        "field-bg": "#ffffff",
+    },
+    "dark": {
+        "bg": "#16181d",
+        "fg": "#e8e8ec",
+        "muted": "#b4b7c2",
+        "link": "#8ab4f8",
+        "line": "#4a4e59",
+        "panel": "#20232a",
+        "button-bg": "#8ab4f8",
+        "button-fg": "#0e1116",
+        "button-hover": "#aecbfa",
+        "field-bg": "#23262e",
+    },
+}
+# (text, background) pairs as drawn by the style sheet below.
+TEXT_ON = [
+    ("fg", "bg"),
+    ("muted", "bg"),
+    ("link", "bg"),
+    ("fg", "panel"),
+    ("link", "panel"),
+    ("muted", "panel"),
+    ("button-fg", "button-bg"),
+    ("button-fg", "button-hover"),
+    ("fg", "field-bg"),
+]
+
+
+def _variables(theme: str) -> str:
+    return " ".join(f"--{name}: {value};" for name, value in THEME_COLOURS[theme].items())
+
+
+_STYLE = f"""
+body {{ {_variables("light")} color-scheme: light; }}
+body.dark {{ {_variables("dark")} color-scheme: dark; }}
+body {{ background: var(--bg); color: var(--fg); font: 16px/1.5 system-ui, sans-serif;
+  max-width: 44rem; margin: 0 auto; padding: 1.5rem 1rem; }}
+a {{ color: var(--link); }}
+nav {{ display: flex; flex-wrap: wrap; gap: .25rem 1.25rem; padding-bottom: .6rem;
+  border-bottom: 1px solid var(--line); }}
+nav a {{ text-decoration: none; font-weight: 600; }} nav a:hover {{ text-decoration: underline; }}
+h1 {{ margin: 1rem 0 .75rem; font-size: 1.6rem; }} h2 {{ font-size: 1.2rem; }}
+.note {{ color: var(--muted); font-size: .9rem; }}
+table {{ border-collapse: collapse; background: var(--panel); }}
+td, th {{ border: 1px solid var(--line); padding: .4rem .6rem; text-align: left;
+  vertical-align: middle; }}
+form {{ display: inline; }}
+button {{ font: inherit; font-weight: 600; color: var(--button-fg); background: var(--button-bg);
+  border: 0; border-radius: .4rem; padding: .35rem .9rem; cursor: pointer; }}
+button:hover {{ background: var(--button-hover); }}
+input, select {{ font: inherit; color: var(--fg); background: var(--field-bg);
+  border: 1px solid var(--line); border-radius: .4rem; padding: .3rem .5rem; }}
+a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible {{
+  outline: 3px solid var(--link); outline-offset: 2px; }}
+ul#cart {{ background: var(--panel); border: 1px solid var(--line); border-radius: .4rem;
+  padding: .5rem .5rem .5rem 2rem; }}
 """
 
 Handler = Callable[[Any, dict[str, str]], "Response"]
@@ -38,7 +103,9 @@ def _page(session: Any, title: str, body: str) -> Response:
     who = f"signed in as <b>{html.escape(user)}</b>" if user else "not signed in"
     cart = len(session.store("shop").get_default("cart", []))
     doc = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)} - sessionstore demo</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)} - sessionstore demo</title>
 <style>{_STYLE}</style></head>
 <body class="{html.escape(theme)}">
 <nav><a href="/">Home</a><a href="/shop">Shop ({cart})</a><a href="/prefs">Preferences</a>
@@ -91,7 +158,12 @@ def shop_add(session: Any, form: dict[str, str]) -> Response:
     item = form.get("item", "")
     if item in PRODUCTS:
         store = session.store("shop")
-        store["cart"] = store.get_default("cart", []) + [item]
+        # update(), not a read then a set: two tabs adding at once both count.
+        # (Store.update lands with the new commit protocol; until then, set.)
+        if hasattr(store, "update"):
+            store.update("cart", lambda cart: [*cart, item], [])
+        else:
+            store["cart"] = [*store.get_default("cart", []), item]
     return _redirect("/shop")
 
 
@@ -169,23 +241,41 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 
+def not_found(session: Any, path: str) -> Response:
+    body = f"""<p>There is no page at <code>{html.escape(path)}</code>.</p>
+<p><a href="/">Back to the start</a>, or to the <a href="/shop">shop</a>.</p>"""
+    _, headers, doc = _page(session, "Page not found", body)
+    return "404 Not Found", headers, doc
+
+
 def demo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     method = environ.get("REQUEST_METHOD", "GET")
-    handler = ROUTES.get((method, environ.get("PATH_INFO") or "/"))
+    path = environ.get("PATH_INFO") or "/"
+    # HEAD is GET without the body (the same status and headers).
+    handler = ROUTES.get(("GET" if method == "HEAD" else method, path))
     if handler is None:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"Not found\n"]
-    form: dict[str, str] = {}
-    if method == "POST":
-        try:
-            length = min(int(environ.get("CONTENT_LENGTH") or 0), 10_000)
-        except ValueError:
-            length = 0
-        raw = environ["wsgi.input"].read(length).decode("utf-8", "replace")
-        form = {k: v[0] for k, v in parse_qs(raw).items()}
-    status, headers, body = handler(environ["session"], form)
-    start_response(status, headers)
-    return [body.encode("utf-8")]
+        allowed = {m for m, p in ROUTES if p == path}
+        if allowed:
+            allowed |= {"HEAD"} if "GET" in allowed else set()
+            start_response(
+                "405 Method Not Allowed",
+                [("Allow", ", ".join(sorted(allowed))), ("Content-Type", "text/plain")],
+            )
+            return [] if method == "HEAD" else [b"Method not allowed\n"]
+        status, headers, body = not_found(environ["session"], path)
+    else:
+        form: dict[str, str] = {}
+        if method == "POST":
+            try:
+                length = min(int(environ.get("CONTENT_LENGTH") or 0), 10_000)
+            except ValueError:
+                length = 0
+            raw = environ["wsgi.input"].read(length).decode("utf-8", "replace")
+            form = {k: v[0] for k, v in parse_qs(raw).items()}
+        status, headers, body = handler(environ["session"], form)
+    data = body.encode("utf-8")
+    start_response(status, [*headers, ("Content-Length", str(len(data)))])
+    return [] if method == "HEAD" else [data]
 
 
 def make_app(global_conf: dict[str, Any], **local_conf: Any) -> Callable[..., Iterable[bytes]]:
