@@ -1,10 +1,12 @@
 """The smallest sessionstore site: a page that counts your visits.
 
-Run it with ``python examples/minimal.py`` and open http://127.0.0.1:8080/.
+Run it with ``python examples/minimal.py`` and open http://127.0.0.1:8080/
+(``--port 9000`` for another port, ``--port 0`` for any free one).
 """
 
 from __future__ import annotations
 
+import argparse
 from wsgiref.simple_server import make_server
 
 from sessionstore import SessionMiddleware
@@ -26,6 +28,15 @@ app = SessionMiddleware(
 )
 
 if __name__ == "__main__":
-    with make_server("127.0.0.1", 8080, app) as server:
-        print("Serving on http://127.0.0.1:8080/ (Ctrl-C to stop)")
-        server.serve_forever()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    with make_server(args.host, args.port, app) as server:
+        print(f"Serving on http://{args.host}:{server.server_port}/ (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            app.close()

@@ -182,3 +182,26 @@ def test_find_session_middleware_through_filters():
     assert find_session_middleware(Filter(Filter(middleware))) is middleware
     assert find_session_middleware(Filter(hello)) is None
     assert find_session_middleware(StatsPage(middleware, middleware)) is middleware
+
+
+def test_minimal_example_takes_a_port(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "minimal.py"), "--port", "0"],
+        cwd=tmp_path,  # its sessions.db lands here
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", proc.stdout.readline())
+        assert match and match.group(1) != "0"
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        pages = []
+        for _ in range(2):
+            with opener.open(f"http://127.0.0.1:{match.group(1)}/", timeout=30) as response:
+                pages.append(response.read().decode())
+        assert pages == ["You have been here 1 time(s).\n", "You have been here 2 time(s).\n"]
+        assert (tmp_path / "sessions.db").exists()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
