@@ -205,3 +205,6 @@ def serve(
         server.run()
     finally:
         server.close()
+        middleware = find_session_middleware(app)
+        if middleware is not None:
+            middleware.close()  # its backend's connections and files
