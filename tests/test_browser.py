@@ -120,15 +120,28 @@ class Page:
         self.wait = WebDriverWait(driver, WAIT)
 
     def open(self, path: str, shows: str) -> None:
+        self.leaving()
         self.driver.get(self.base + path)
         self.until_shows(shows)
+
+    def click(self, element, shows: str) -> None:
+        """Click something that loads a page, and wait for that page."""
+        self.leaving()
+        element.click()
+        self.until_shows(shows)
+
+    def leaving(self) -> None:
+        # Marks this document: the next page is the one without the mark (the
+        # old page may show the awaited text too, and go stale under the test).
+        self.driver.execute_script("window.__leaving = true")
 
     def until_shows(self, text: str) -> None:
         def shown(driver):
             try:
-                if driver.execute_script("return document.readyState") != "complete":
-                    return False
-                return text in driver.find_element("tag name", "body").text
+                state = driver.execute_script(
+                    "return window.__leaving ? 'old' : document.readyState"
+                )
+                return state == "complete" and text in driver.find_element("tag name", "body").text
             except Exception:  # the page is being replaced
                 return False
 
@@ -182,8 +195,7 @@ def test_a_visit_in_chromium(site, browser, shots):
 
     # Log in.
     browser.find_element("css selector", "input[name=user]").send_keys("ada")
-    page.button("Log in").click()
-    page.until_shows("signed in as ada")
+    page.click(page.button("Log in"), "signed in as ada")
     page.shot("2-logged-in")
 
     # Two tabs on the shop; each adds a different item, at once.
@@ -192,12 +204,13 @@ def test_a_visit_in_chromium(site, browser, shots):
     browser.switch_to.new_window("tab")
     second = browser.current_window_handle
     page.open("/shop", "Your cart")
+    page.leaving()
     page.button("Add to cart", "tr:nth-child(2)").click()  # the mug, held at the barrier
     browser.switch_to.window(first)
+    page.leaving()
     page.button("Add to cart", "tr:nth-child(1)").click()  # the book: both go on
     for handle in (first, second):
         browser.switch_to.window(handle)
-        page.until_shows("Shop (")
         page.until_shows("Empty the cart")
     browser.switch_to.window(second)
     page.shot("3-second-tab-after-adding")
@@ -215,8 +228,8 @@ def test_a_visit_in_chromium(site, browser, shots):
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element("css selector", "select[name=theme]")).select_by_value("dark")
-    page.button("Save").click()
-    page.wait.until(lambda d: d.find_element("tag name", "body").get_attribute("class") == "dark")
+    page.click(page.button("Save"), "Theme")
+    assert browser.find_element("tag name", "body").get_attribute("class") == "dark"
     page.shot("5-prefs-dark")
     for path, shows in (("/shop", "Your cart"), ("/", "signed in"), ("/nosuch", "no page")):
         page.open(path, shows)
@@ -229,8 +242,7 @@ def test_a_visit_in_chromium(site, browser, shots):
 
     # Log out: the session is gone, and its cookie with it.
     page.open("/", "signed in as ada")
-    page.button("Log out").click()
-    page.until_shows("not signed in")
+    page.click(page.button("Log out"), "not signed in")
     page.shot("8-logged-out")
     assert [c["name"] for c in browser.get_cookies()] == []
     page.open("/shop", "Shop (0)")
