@@ -31,7 +31,7 @@ from typing import Any
 
 from . import maintenance, users
 from .backends import backend_class, load_backend
-from .backends.base import Record
+from .backends.base import Backend, Record
 from .config import Settings, as_secrets
 from .errors import SessionStoreError
 from .ids import is_valid_id
@@ -61,8 +61,15 @@ def read_ini(path: str, section: str | None = None) -> dict[str, str]:
     )
     try:
         parser.read(path, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path} is not an ini file: it is not UTF-8 text") from exc
+    except configparser.MissingSectionHeaderError as exc:
+        raise CommandError(
+            f"{path} is not an ini file: line {exc.lineno} comes before any [section]"
+        ) from exc
     except configparser.Error as exc:
-        raise CommandError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
+        detail = str(exc).splitlines()[0]
+        raise CommandError(f"{path} is not a valid ini file: {detail}") from exc
 
     def is_session(name: str) -> bool:
         use = parser.get(name, "use", fallback="").strip()
@@ -71,15 +78,26 @@ def read_ini(path: str, section: str | None = None) -> dict[str, str]:
             use == "egg:sessionstore#demo" and parser.has_option(name, "secret")
         )
 
-    names = [section] if section else [s for s in parser.sections() if is_session(s)]
-    if not names or not parser.has_section(names[0]):
+    filters = [s for s in parser.sections() if is_session(s)]
+    if section:
+        # "--section session" finds [filter:session] too.
+        found = [s for s in (section, f"filter:{section}") if parser.has_section(s)]
+        if not found:
+            known = ", ".join(f"[{s}]" for s in filters) or "none"
+            raise CommandError(f"{path} has no section [{section}] (its session filters: {known})")
+        if found[0] not in filters:
+            raise CommandError(
+                f"[{found[0]}] in {path} is not a session filter (use = egg:sessionstore#session)"
+            )
+        filters = found[:1]
+    if not filters:
         raise CommandError(f"{path} has no [filter:...] section using egg:sessionstore#session")
-    if len(names) > 1:
+    if len(filters) > 1:
         raise CommandError(f"{path} has several session filters; pick one with --section")
     # Like PasteDeploy, pass the section's own keys only ([DEFAULT] is global).
     own = configparser.ConfigParser(default_section="\0", interpolation=None)
     own.read(path, encoding="utf-8")
-    return {key: parser.get(names[0], key) for key in own.options(names[0]) if key != "use"}
+    return {key: parser.get(filters[0], key) for key in own.options(filters[0]) if key != "use"}
 
 
 def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
@@ -90,6 +108,23 @@ def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
             raise CommandError(f"{flag} takes KEY=VALUE, not {item!r}")
         result[key] = value
     return result
+
+
+def open_existing(name: str, options: dict[str, str]) -> Backend:
+    """The backend of an existing store: a command never creates one.
+
+    A store kept in a file (``filename``) must exist: a mistyped name is an
+    error naming it, not a new empty store listing nothing.
+    """
+    backend = backend_class(name.strip()).from_options(options, busy_timeout=5.0)
+    filename = getattr(backend, "filename", None)
+    if isinstance(filename, str) and filename != ":memory:" and not os.path.exists(filename):
+        raise CommandError(f"no session store at {filename}: no such file")
+    try:
+        return load_backend(backend)  # runs its setup(): a damaged store fails here
+    except BaseException:
+        backend.close()
+        raise
 
 
 class Target:
@@ -112,7 +147,7 @@ class Target:
         if args.command in ("check", "salvage"):  # they read the files themselves
             self.backend = backend_class(name).from_options(options, busy_timeout=5.0)
         else:
-            self.backend = load_backend(name, options)
+            self.backend = open_existing(name, options)
         self.codec = PayloadCodec(as_secrets("secret", secret)) if secret else None
 
     def record(self, session_id: str) -> Record:
@@ -134,8 +169,11 @@ class Target:
         for _ in range(20):
             record = self.record(session_id)
             apps, expiry = self.data(record)
+            before = {app: dict(keys) for app, keys in apps.items()}
             result = edit(apps)
             apps = {app: keys for app, keys in apps.items() if keys}
+            if apps == {app: keys for app, keys in before.items() if keys}:
+                return result  # nothing changed: write nothing, not even a new version
             new = Record(
                 record.session_id,
                 record.version + 1,
@@ -173,20 +211,21 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import waitress
     from paste.deploy import loadapp
+
+    from . import serving
 
     path = os.path.abspath(args.config_file)
     if not os.path.isfile(path):
         raise CommandError(f"cannot read {args.config_file}: no such file")
+    serving.log_to_stderr(quiet=args.quiet)
     app = loadapp(f"config:{path}", name=args.app)
-    server = waitress.create_server(app, host=args.host, port=args.port)
-    port = server.effective_port  # the real one when --port 0 asked for any free port
-    print(f"Serving {args.config_file} on http://{args.host}:{port}/", flush=True)
-    try:
-        server.run()
-    finally:
-        server.close()
+    middleware = None
+    if args.stats:
+        middleware = serving.find_session_middleware(app)
+        if middleware is None:
+            raise CommandError(f"--stats: no session middleware in [{args.app}] of {path}")
+    serving.serve(app, args.host, args.port, stats=middleware, name=args.config_file)
 
 
 def cmd_list(args: argparse.Namespace, target: Target) -> None:
@@ -410,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--app", default="main", help="the [app:NAME] or pipeline to serve")
+    serve.add_argument("--quiet", action="store_true", help="no access log")
+    serve.add_argument(
+        "--stats",
+        action="store_true",
+        help="serve the session counters as JSON at /__sessionstore__/stats",
+    )
 
     commands.add_parser("list", help="list stored sessions, one per line (streamed)")
     commands.add_parser("show", help="show one session and its stores").add_argument("session_id")

@@ -41,12 +41,77 @@ from .middleware import SessionMiddleware
 PRODUCTS = {"book": "A book on WSGI", "mug": "A coffee mug", "pen": "A fountain pen"}
 THEMES = ("light", "dark")
 
-_STYLE = """
-body { font: 16px/1.5 system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; padding: 0 1rem; }
-nav a { margin-right: 1rem; } table { border-collapse: collapse; }
-td, th { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; vertical-align: top; }
-body.dark { background: #222; color: #eee; } body.dark a { color: #9cf; }
-.note { color: #666; font-size: .9rem; } form { display: inline; }
+# Two themes from one set of colours; every text colour has a contrast of at
+# least 4.5:1 on the backgrounds it is drawn on (WCAG AA; tests/test_demo_look.py
+# computes them, and the browser test checks what Chromium draws).
+THEME_COLOURS = {
+    "light": {
+        "bg": "#ffffff",
+        "fg": "#1b1b1f",
+        "muted": "#4d4f5a",
+        "link": "#0b57d0",
+        "line": "#c4c6cf",
+        "panel": "#f1f3f6",
+        "button-bg": "#0b57d0",
+        "button-fg": "#ffffff",
+        "button-hover": "#0842a0",
+        "field-bg": "#ffffff",
+    },
+    "dark": {
+        "bg": "#16181d",
+        "fg": "#e8e8ec",
+        "muted": "#b4b7c2",
+        "link": "#8ab4f8",
+        "line": "#4a4e59",
+        "panel": "#20232a",
+        "button-bg": "#8ab4f8",
+        "button-fg": "#0e1116",
+        "button-hover": "#aecbfa",
+        "field-bg": "#23262e",
+    },
+}
+# (text, background) pairs as drawn by the style sheet below.
+TEXT_ON = [
+    ("fg", "bg"),
+    ("muted", "bg"),
+    ("link", "bg"),
+    ("fg", "panel"),
+    ("link", "panel"),
+    ("muted", "panel"),
+    ("button-fg", "button-bg"),
+    ("button-fg", "button-hover"),
+    ("fg", "field-bg"),
+]
+
+
+def _variables(theme: str) -> str:
+    return " ".join(f"--{name}: {value};" for name, value in THEME_COLOURS[theme].items())
+
+
+_STYLE = f"""
+body {{ {_variables("light")} color-scheme: light; }}
+body.dark {{ {_variables("dark")} color-scheme: dark; }}
+body {{ background: var(--bg); color: var(--fg); font: 16px/1.5 system-ui, sans-serif;
+  max-width: 44rem; margin: 0 auto; padding: 1.5rem 1rem; }}
+a {{ color: var(--link); }}
+nav {{ display: flex; flex-wrap: wrap; gap: .25rem 1.25rem; padding-bottom: .6rem;
+  border-bottom: 1px solid var(--line); }}
+nav a {{ text-decoration: none; font-weight: 600; }} nav a:hover {{ text-decoration: underline; }}
+h1 {{ margin: 1rem 0 .75rem; font-size: 1.6rem; }} h2 {{ font-size: 1.2rem; }}
+.note {{ color: var(--muted); font-size: .9rem; }}
+table {{ border-collapse: collapse; background: var(--panel); }}
+td, th {{ border: 1px solid var(--line); padding: .4rem .6rem; text-align: left;
+  vertical-align: middle; }}
+form {{ display: inline; }}
+button {{ font: inherit; font-weight: 600; color: var(--button-fg); background: var(--button-bg);
+  border: 0; border-radius: .4rem; padding: .35rem .9rem; cursor: pointer; }}
+button:hover {{ background: var(--button-hover); }}
+input, select {{ font: inherit; color: var(--fg); background: var(--field-bg);
+  border: 1px solid var(--line); border-radius: .4rem; padding: .3rem .5rem; }}
+a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible {{
+  outline: 3px solid var(--link); outline-offset: 2px; }}
+ul#cart {{ background: var(--panel); border: 1px solid var(--line); border-radius: .4rem;
+  padding: .5rem .5rem .5rem 2rem; }}
 """
 
 CSRF_COOKIE = "demo_csrf"
@@ -64,7 +129,9 @@ def _page(session: Any, title: str, body: str) -> Response:
     who = f"signed in as <b>{html.escape(user)}</b>" if user else "not signed in"
     cart = len(session.store("shop").get_default("cart", []))
     doc = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)} - sessionstore demo</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)} - sessionstore demo</title>
 <style>{_STYLE}</style></head>
 <body class="{html.escape(theme)}">
 <nav><a href="/">Home</a><a href="/shop">Shop ({cart})</a><a href="/prefs">Preferences</a>
@@ -119,7 +186,7 @@ def shop_add(session: Any, form: dict[str, Any]) -> Response:
     item = form.get("item", "")
     if item in PRODUCTS:
         _keep_token(session, form)
-        # update(): two tabs adding at once both land (SPEC section 6).
+        # update(), not a read then a set: two tabs adding at once both count.
         session.store("shop").update("cart", lambda cart: [*cart, item], [])
     return _redirect("/shop")
 
@@ -260,39 +327,58 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 
+def not_found(session: Any, path: str) -> Response:
+    body = f"""<p>There is no page at <code>{html.escape(path)}</code>.</p>
+<p><a href="/">Back to the start</a>, or to the <a href="/shop">shop</a>.</p>"""
+    _, headers, doc = _page(session, "Page not found", body)
+    return "404 Not Found", headers, doc
+
+
 def demo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     method = environ.get("REQUEST_METHOD", "GET")
-    handler = ROUTES.get((method, environ.get("PATH_INFO") or "/"))
+    path = environ.get("PATH_INFO") or "/"
+    # HEAD is GET without the body (the same status and headers).
+    handler = ROUTES.get(("GET" if method == "HEAD" else method, path))
     if handler is None:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"Not found\n"]
-    session = environ["session"]
-    token = _session_token(session) or _cookie_token(environ)
-    extra: list[tuple[str, str]] = []
-    form: dict[str, Any] = {}
-    if method == "POST":
-        try:
-            length = min(int(environ.get("CONTENT_LENGTH") or 0), 10_000)
-        except ValueError:
-            length = 0
-        raw = environ["wsgi.input"].read(length).decode("utf-8", "replace")
-        form = {k: v[0] for k, v in parse_qs(raw).items()}
-        sent = form.get("csrf", "").encode("utf-8")
-        if token is None or not hmac.compare_digest(sent, token.encode("ascii")):
-            # Refused before any write: a forged or anonymous POST stores nothing.
-            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"The form's token is missing or stale: reload the page and try again.\n"]
-    elif token is None:
-        token = secrets.token_urlsafe(32)
-        https = environ.get("wsgi.url_scheme") == "https"
-        cookie = make_cookie(
-            CSRF_COOKIE, token, path="/", secure=https, httponly=True, samesite="Strict"
-        )
-        extra.append(("Set-Cookie", cookie))
-    form["csrf"] = token
-    status, headers, body = handler(session, {**form, "site": environ.get(_SITE_KEY)})
-    start_response(status, headers + extra)
-    return [body.encode("utf-8")]
+        allowed = {m for m, p in ROUTES if p == path}
+        if allowed:
+            allowed |= {"HEAD"} if "GET" in allowed else set()
+            start_response(
+                "405 Method Not Allowed",
+                [("Allow", ", ".join(sorted(allowed))), ("Content-Type", "text/plain")],
+            )
+            return [] if method == "HEAD" else [b"Method not allowed\n"]
+        status, headers, body = not_found(environ["session"], path)
+        extra: list[tuple[str, str]] = []
+    else:
+        session = environ["session"]
+        token = _session_token(session) or _cookie_token(environ)
+        extra = []
+        form: dict[str, Any] = {}
+        if method == "POST":
+            try:
+                length = min(int(environ.get("CONTENT_LENGTH") or 0), 10_000)
+            except ValueError:
+                length = 0
+            raw = environ["wsgi.input"].read(length).decode("utf-8", "replace")
+            form = {k: v[0] for k, v in parse_qs(raw).items()}
+            sent = form.get("csrf", "").encode("utf-8")
+            if token is None or not hmac.compare_digest(sent, token.encode("ascii")):
+                # Refused before any write: a forged or anonymous POST stores nothing.
+                start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+                return [b"The form's token is missing or stale: reload the page and try again.\n"]
+        elif token is None:
+            token = secrets.token_urlsafe(32)
+            https = environ.get("wsgi.url_scheme") == "https"
+            cookie = make_cookie(
+                CSRF_COOKIE, token, path="/", secure=https, httponly=True, samesite="Strict"
+            )
+            extra.append(("Set-Cookie", cookie))
+        form["csrf"] = token
+        status, headers, body = handler(session, {**form, "site": environ.get(_SITE_KEY)})
+    data = body.encode("utf-8")
+    start_response(status, [*headers, *extra, ("Content-Length", str(len(data)))])
+    return [] if method == "HEAD" else [data]
 
 
 class _Site:
@@ -302,6 +388,13 @@ class _Site:
     def __init__(self, plain: SessionMiddleware, https: SessionMiddleware | None) -> None:
         self.plain = plain
         self.https = https
+        #: What tools that walk a pipeline find (``serve --stats``): both
+        #: middlewares share one backend; this one counts plain http.
+        self.app = plain
+
+    def close(self) -> None:
+        """Close the backend both middlewares share."""
+        self.plain.close()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         environ[_SITE_KEY] = self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
@@ -129,3 +130,32 @@ def two_server_processes(tmp_path):
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture(autouse=True)
+def close_every_backend():
+    """Close each backend a test built, however it was built, when the test ends.
+
+    Tests build middlewares (directly, through SessionClient, from ini files with
+    PasteDeploy) and drop them; a dropped SQLite connection is a ResourceWarning
+    on Python 3.13, turned into an error at some later test's garbage collection.
+    """
+    from sessionstore.backends.base import Backend
+
+    built = []
+    original = Backend.__init__
+
+    def tracked(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    Backend.__init__ = tracked
+    try:
+        yield
+    finally:
+        Backend.__init__ = original
+        for backend in built:
+            # A backend whose __init__ failed half-way (a missing driver) has
+            # nothing to close, and may lack what close() looks at.
+            with contextlib.suppress(AttributeError):
+                backend.close()

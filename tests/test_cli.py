@@ -102,10 +102,14 @@ def test_show_get_set_del(site):
     )
     assert cli("--config", ini, "del", "-s", sid, "-n", "shop", "-k", "note").stdout == "deleted\n"
     # The site sees what the command line did.
-    web = TestApp(make_app(site["kind"], site["file"]))
-    web.set_cookie("session", _cookie_for(sid))
-    assert web.get("/read", {"app": "shop", "key": "note"}).text == "None"
-    assert web.get("/read", {"app": "shop", "key": "cart"}).text == "'book'"
+    middleware = make_app(site["kind"], site["file"])
+    try:
+        web = TestApp(middleware)
+        web.set_cookie("session", _cookie_for(sid))
+        assert web.get("/read", {"app": "shop", "key": "note"}).text == "None"
+        assert web.get("/read", {"app": "shop", "key": "cart"}).text == "'book'"
+    finally:
+        middleware.close()
 
 
 def _cookie_for(session_id):
@@ -224,3 +228,110 @@ def test_show_without_the_secret_says_so(site):
         check=False,
     )
     assert proc.returncode == 1 and "needs the secret" in proc.stderr
+
+
+def _version(site):
+    shown = cli("--config", site["ini"], "--json", "show", site["id"]).stdout
+    return json.loads(shown)["version"]
+
+
+def test_a_failed_del_writes_nothing(site):
+    before, size = _version(site), os.path.getsize(site["file"])
+    args = ["del", "-s", site["id"], "-n", "shop", "-k", "missing"]
+    proc = cli("--config", site["ini"], *args, check=False)
+    assert proc.returncode == 1 and "no key 'missing'" in proc.stderr
+    assert _version(site) == before
+    if site["kind"] == "pickle":  # an append-only log: any write would grow it
+        assert os.path.getsize(site["file"]) == size
+    # A del that removes something does write.
+    cli("--config", site["ini"], *args[:-1], "cart")
+    assert _version(site) == before + 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "pickle"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["stats"],
+        ["show", "A" * 44],
+        ["get", "-s", "A" * 44, "-n", "shop", "-k", "cart"],
+        ["set", "-s", "A" * 44, "-n", "shop", "-k", "cart", "-V", "x"],
+        ["del", "-s", "A" * 44, "-n", "shop", "-k", "cart"],
+        ["destroy", "A" * 44],
+        ["purge"],
+        ["migrate", "--to", "memory"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_command_never_creates_a_store(tmp_path, kind, command):
+    typo = tmp_path / "sesions.db"
+    proc = cli(
+        "--backend", kind, "--option", f"filename={typo}", "--secret", SECRET, *command, check=False
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == f"sessionstore: error: no session store at {typo}: no such file\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_never_creates_a_store_named_by_an_ini(tmp_path):
+    ini = tmp_path / "site.ini"
+    ini.write_text(
+        "[filter:session]\nuse = egg:sessionstore#session\n"
+        f"secret = {SECRET}\nbackend.filename = %(here)s/typo.db\n"
+    )
+    proc = cli("--config", str(ini), "list", check=False)
+    assert proc.returncode == 1 and str(tmp_path / "typo.db") in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.ini"]
+
+
+def test_section_names_what_is_missing_and_what_there_is(site):
+    proc = cli("--config", site["ini"], "--section", "nosuch", "list", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"sessionstore: error: {site['ini']} has no section [nosuch]"
+        " (its session filters: [filter:session])\n"
+    )
+    # The filter's short name works, like its full one.
+    for section in ("session", "filter:session"):
+        assert (
+            len(cli("--config", site["ini"], "--section", section, "list").stdout.split("\n")) == 3
+        )
+
+
+def test_section_that_is_not_a_session_filter(tmp_path):
+    ini = tmp_path / "site.ini"
+    ini.write_text("[app:main]\nuse = egg:sessionstore#demo\n")
+    proc = cli("--config", str(ini), "--section", "app:main", "list", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"sessionstore: error: [app:main] in {ini} is not a session filter"
+        " (use = egg:sessionstore#session)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(
+            b'"""A Python module."""\n\nimport os\n',
+            "is not an ini file: line 1 comes before any [section]",
+            id="python",
+        ),
+        pytest.param(
+            b"SQLite format 3\x00\xff\xfe\x00", "is not an ini file: it is not UTF-8", id="binary"
+        ),
+        pytest.param(
+            b"[filter:session]\nsecret = a\nsecret = b\n",
+            "is not a valid ini file: While reading from",
+            id="duplicate-key",
+        ),
+    ],
+)
+def test_config_that_is_not_an_ini_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "site.py"
+    path.write_bytes(content)
+    proc = cli("--config", str(path), "list", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"sessionstore: error: {path} {message}")
+    assert proc.stderr.count("\n") == 1

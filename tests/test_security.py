@@ -318,10 +318,12 @@ def test_pickle_planted_in_the_sqlite_table_is_never_unpickled(tmp_path, clock, 
     marker = tmp_path / "pwned"
     inner = pickle.dumps((1, None, {"a": {"k": pickle.dumps(_Exploit(str(marker)))}}))
     for planted in (pickle.dumps(_Exploit(str(marker))), inner):
-        with sqlite3.connect(db) as conn:
+        conn = sqlite3.connect(db)  # "with connect()" commits but never closes
+        with conn:
             conn.execute(
                 "UPDATE sessions SET payload = ? WHERE id = ?", (b"\0" * 32 + planted, session_id)
             )
+        conn.close()
         caplog.clear()
         value, response = client.run(lambda s: s.store("a").get_default("k"))
         # Damaged or planted: "no session" for its visitor, kept for an administrator.
