@@ -579,3 +579,61 @@ def test_a_whole_read_after_a_key_read_counts_as_reading_everything(pair):
     site.steps["/a"] = a
     assert site.get("/a").status_int == 409
     assert site.stored() == {"items": ["start"], "added": 1}
+
+
+def test_a_failing_replay_raises_update_failed_naming_app_and_key(pair):
+    from sessionstore import UpdateFailed
+
+    site = _start(pair)
+    site.steps["/b"] = lambda s, _: s.store("a").set("items", 42)
+
+    def a(session, run_b):
+        session.store("a").update("items", append("a"), [])
+        run_b("/b")
+        try:
+            session.commit()
+        except UpdateFailed as exc:
+            return exc.app, exc.key, type(exc.__cause__).__name__
+        return "committed"
+
+    site.steps["/a"] = a
+    site.get("/a")
+    assert site.results["/a"] == ("a", "items", "TypeError")
+    assert site.stored() == {"items": 42}
+
+
+def test_an_update_whose_result_cannot_be_pickled_raises_update_failed(pair):
+    from sessionstore import UpdateFailed
+
+    site = _start(pair)
+
+    def a(session, _):
+        try:
+            session.store("a").update("items", lambda items: lambda: None, [])
+        except UpdateFailed as exc:
+            return exc.key, "not picklable" in str(exc)
+        return "stored"
+
+    site.steps["/a"] = a
+    site.get("/a")
+    assert site.results["/a"] == ("items", True)
+    assert site.stored() == {"items": ["start"]}
+
+
+def test_every_key_read_is_remembered(pair, caplog):
+    site = _start(pair)
+    site.steps["/seed"] = lambda s, _: s.store("a").set("second", 0)
+    site.get("/seed")
+    site.steps["/b"] = lambda s, _: s.store("a").set("second", 1)
+
+    def a(session, run_b):
+        store = session.store("a")
+        store.get("items")
+        seen = store.get("second")  # the second key read
+        run_b("/b")
+        store.set("second", seen + 10)
+
+    site.steps["/a"] = a
+    with caplog.at_level(logging.WARNING, "sessionstore"):
+        assert site.get("/a").status_int == 200
+    assert "lost update of application 'a', key 'second'" in caplog.text
