@@ -163,6 +163,8 @@ def test_concurrent_update_appends_are_never_lost(serve, store, how):
     cookie = start_session(port)
     statuses, acknowledged, failed = append_concurrently(port, cookie, "/append")
     found = cart(port, cookie)
+    lost = len(acknowledged - set(found))
+    print(f"update() {how} {store[0]}: statuses {dict(statuses)}, stored {len(found)}, lost {lost}")
     assert statuses[200] > 0 and set(statuses) <= {200, 503}
     assert acknowledged <= set(found)  # every 200 is stored...
     assert not failed & set(found)  # ...and no failed request's item
@@ -174,6 +176,8 @@ def test_plain_get_then_set_under_error_loses_nothing_acknowledged(serve, store)
     cookie = start_session(port)
     statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
     found = cart(port, cookie)
+    lost = len(acknowledged - set(found))
+    print(f"get-then-set error {store[0]}: statuses {dict(statuses)}, lost {lost}")
     assert set(statuses) <= {200, 409, 503}
     assert statuses[409] > 0  # they did collide...
     assert acknowledged <= set(found)  # ...and not one acknowledged append was lost
@@ -219,5 +223,6 @@ def test_plain_get_then_set_under_merge_logs_every_lost_update(serve, store, cap
     # none goes unlogged: an acknowledged append is missing only if a lost
     # update was logged and counted.
     lost = app.stats()["lost_updates"]
+    print(f"get-then-set merge {store[0]}: {len(missing)} overwritten, {lost} lost updates logged")
     assert caplog.text.count("lost update of application 'shop', key 'cart'") == lost
     assert lost > 0 or not missing
