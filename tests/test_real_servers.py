@@ -178,9 +178,10 @@ def test_plain_get_then_set_under_error_loses_nothing_acknowledged(serve, store)
     found = cart(port, cookie)
     lost = len(acknowledged - set(found))
     print(f"get-then-set error {store[0]}: statuses {dict(statuses)}, lost {lost}")
+    # They collide (409s; almost every run, test_atomic forces it) and not one
+    # acknowledged append is lost.
     assert set(statuses) <= {200, 409, 503}
-    assert statuses[409] > 0  # they did collide...
-    assert acknowledged <= set(found)  # ...and not one acknowledged append was lost
+    assert acknowledged <= set(found)
     assert not failed & set(found)
 
 
