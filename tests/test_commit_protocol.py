@@ -258,8 +258,11 @@ def _table_dropped(tmp_path, clock):
     """A SQLite store whose table is gone: commits fail outright."""
     path = str(tmp_path / "sessions.db")
     client = SessionClient("sqlite", {"filename": path}, clock=clock)
-    with sqlite3.connect(path) as other:
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
         other.execute("DROP TABLE sessions")
+    finally:
+        other.close()  # ``with connect()`` commits but never closes
     return client, lambda: None
 
 
