@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import select
 import subprocess
 import sys
@@ -159,3 +160,33 @@ def close_every_backend():
             # nothing to close, and may lack what close() looks at.
             with contextlib.suppress(AttributeError):
                 backend.close()
+
+
+#: Every backend, embedded and on this machine's servers.
+BACKENDS = ["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    """``(kind, options)`` for a SessionMiddleware on each backend: files in
+    tmp_path, servers on a key prefix or table of the test's own (dropped
+    after).  Without a server the test skips; with ``CI=true`` it fails."""
+    from sessionstore import BackendError, ConfigurationError
+
+    from .test_servers import _unavailable, drop_store, make_backend, options_for
+
+    name = request.param
+    if name == "memory":
+        yield "memory", None
+    elif name in ("pickle", "sqlite"):
+        yield name, {"filename": str(tmp_path / f"sessions.{name}")}
+    else:
+        unique = secrets.token_hex(4)
+        probe = make_backend(name, unique)
+        try:
+            probe.setup()
+        except (BackendError, ConfigurationError) as exc:
+            probe.close()
+            _unavailable(name, exc)
+        yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
+        drop_store(probe)

@@ -10,38 +10,15 @@ from __future__ import annotations
 
 import logging
 import pickle
-import secrets
 
 import pytest
 from webtest import TestApp
 
-from sessionstore import BackendError, ConcurrentUpdate, ConfigurationError, SessionMiddleware
+from sessionstore import ConcurrentUpdate, SessionMiddleware
 
 from .conftest import consume
-from .test_servers import _unavailable, drop_store, make_backend, options_for
 
 SECRET = "test-secret-for-interleaved-requests"
-BACKENDS = ["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
-    """(backend name, options) for a middleware; servers on their own prefix/table."""
-    name = request.param
-    if name == "memory":
-        yield "memory", None
-    elif name in ("pickle", "sqlite"):
-        yield name, {"filename": str(tmp_path / f"sessions.{name}")}
-    else:
-        unique = secrets.token_hex(4)
-        probe = make_backend(name, unique)
-        try:
-            probe.setup()
-        except (BackendError, ConfigurationError) as exc:
-            probe.close()
-            _unavailable(name, exc)
-        yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
-        drop_store(probe)
 
 
 class Interleaved:

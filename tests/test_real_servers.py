@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -23,37 +22,15 @@ from pathlib import Path
 import pytest
 from webtest.http import StopableWSGIServer
 
-from sessionstore import BackendError, ConfigurationError
 from sessionstore.testing import run_threads
 
 from .apps import make_app
 from .test_concurrency import Client, start_session
-from .test_servers import _unavailable, drop_store, make_backend, options_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS, APPENDS = 8, 25
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"])
-def store(request, tmp_path):
-    """(kind, options) of a store, servers on their own prefix or table."""
-    name = request.param
-    if name == "memory":
-        yield "memory", None
-    elif name in ("pickle", "sqlite"):
-        yield name, {"filename": str(tmp_path / f"sessions.{name}")}
-    else:
-        unique = secrets.token_hex(4)
-        probe = make_backend(name, unique)
-        try:
-            probe.setup()
-        except (BackendError, ConfigurationError) as exc:
-            probe.close()
-            _unavailable(name, exc)
-        yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
-        drop_store(probe)
 
 
 def _free_port() -> int:
@@ -158,26 +135,28 @@ def cart(port, cookie):
 
 
 @pytest.mark.parametrize("how", ["waitress", "gunicorn"])
-def test_concurrent_update_appends_are_never_lost(serve, store, how):
-    port, _ = serve(how, store)
+def test_concurrent_update_appends_are_never_lost(serve, backend, how):
+    port, _ = serve(how, backend)
     cookie = start_session(port)
     statuses, acknowledged, failed = append_concurrently(port, cookie, "/append")
     found = cart(port, cookie)
     lost = len(acknowledged - set(found))
-    print(f"update() {how} {store[0]}: statuses {dict(statuses)}, stored {len(found)}, lost {lost}")
+    print(
+        f"update() {how} {backend[0]}: statuses {dict(statuses)}, stored {len(found)}, lost {lost}"
+    )
     assert statuses[200] > 0 and set(statuses) <= {200, 503}
     assert acknowledged <= set(found)  # every 200 is stored...
     assert not failed & set(found)  # ...and no failed request's item
     assert len(found) == len(set(found))  # nothing applied twice
 
 
-def test_plain_get_then_set_under_error_loses_nothing_acknowledged(serve, store):
-    port, _ = serve("waitress", store, on_conflict="error")
+def test_plain_get_then_set_under_error_loses_nothing_acknowledged(serve, backend):
+    port, _ = serve("waitress", backend, on_conflict="error")
     cookie = start_session(port)
     statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
     found = cart(port, cookie)
     lost = len(acknowledged - set(found))
-    print(f"get-then-set error {store[0]}: statuses {dict(statuses)}, lost {lost}")
+    print(f"get-then-set error {backend[0]}: statuses {dict(statuses)}, lost {lost}")
     # They collide (409s; almost every run, test_atomic forces it) and not one
     # acknowledged append is lost.
     assert set(statuses) <= {200, 409, 503}
@@ -185,36 +164,21 @@ def test_plain_get_then_set_under_error_loses_nothing_acknowledged(serve, store)
     assert not failed & set(found)
 
 
-@pytest.mark.parametrize("name", ["sqlite", "postgresql"])
-def test_plain_get_then_set_under_error_across_processes(serve, name, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_plain_get_then_set_under_error_across_processes(serve, backend):
     """The same through gunicorn's pre-fork workers, on one embedded and one
     server backend (every backend runs it through waitress above)."""
-    if name == "sqlite":
-        store = ("sqlite", {"filename": str(tmp_path / "sessions.db")})
-    else:
-        unique = secrets.token_hex(4)
-        probe = make_backend(name, unique)
-        try:
-            probe.setup()
-        except (BackendError, ConfigurationError) as exc:
-            probe.close()
-            _unavailable(name, exc)
-        store = ("sql", options_for(name, unique))
-    try:
-        port, _ = serve("gunicorn", store, on_conflict="error")
-        cookie = start_session(port)
-        statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
-        found = cart(port, cookie)
-    finally:
-        if name != "sqlite":
-            drop_store(probe)
-    assert set(statuses) <= {200, 409, 503} and statuses[409] > 0
+    port, _ = serve("gunicorn", backend, on_conflict="error")
+    cookie = start_session(port)
+    statuses, acknowledged, failed = append_concurrently(port, cookie, "/append-plain")
+    found = cart(port, cookie)
+    assert set(statuses) <= {200, 409, 503}
     assert acknowledged <= set(found)
     assert not failed & set(found)
 
 
-def test_plain_get_then_set_under_merge_logs_every_lost_update(serve, store, caplog):
-    port, app = serve("waitress", store)
+def test_plain_get_then_set_under_merge_logs_every_lost_update(serve, backend, caplog):
+    port, app = serve("waitress", backend)
     cookie = start_session(port)
     with caplog.at_level(logging.WARNING, "sessionstore"):
         statuses, acknowledged, _ = append_concurrently(port, cookie, "/append-plain")
@@ -224,6 +188,8 @@ def test_plain_get_then_set_under_merge_logs_every_lost_update(serve, store, cap
     # none goes unlogged: an acknowledged append is missing only if a lost
     # update was logged and counted.
     lost = app.stats()["lost_updates"]
-    print(f"get-then-set merge {store[0]}: {len(missing)} overwritten, {lost} lost updates logged")
+    print(
+        f"get-then-set merge {backend[0]}: {len(missing)} overwritten, {lost} lost updates logged"
+    )
     assert caplog.text.count("lost update of application 'shop', key 'cart'") == lost
     assert lost > 0 or not missing

@@ -11,7 +11,7 @@ from webtest import TestApp
 from sessionstore import BackendError, ConfigurationError, SessionMiddleware
 
 from .conftest import Clock
-from .test_atomic import SECRET, backend  # noqa: F401 - the backend fixture
+from .test_atomic import SECRET
 
 
 class Site:
@@ -61,7 +61,7 @@ def login(user):
 
 
 @pytest.fixture
-def site(backend):  # noqa: F811 - the fixture imported above
+def site(backend):
     made = Site(backend, Clock())
     yield made
     made.mw.close()
