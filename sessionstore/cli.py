@@ -494,10 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_sessions_of(args: argparse.Namespace, target: Target) -> None:
-    found = users.list_user(target.backend, target._codec(), args.user, time.time())
-    for entry in found:
-        if entry is None:
-            continue  # damaged: logged, and `check` names it
+    found, _ = users.list_user(target.backend, target._codec(), args.user, time.time())
+    for entry in found:  # a damaged one is logged, and `check` names it
         data = entry._asdict()
         _emit(
             args,
@@ -506,7 +504,7 @@ def cmd_sessions_of(args: argparse.Namespace, target: Target) -> None:
             f"accessed {_iso(entry.accessed_at)}  expires {_iso(entry.expires_at)}  "
             f"from {entry.address or '?'}  {entry.user_agent!r}",
         )
-    if not args.json and not any(found):
+    if not args.json and not found:
         print(f"no live session of user {args.user!r}")
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from . import users
 from .backends import load_backend
 from .backends.base import Backend
+from .commit import SessionEnded
 from .config import Settings
 from .errors import (
     BackendError,
@@ -279,8 +280,9 @@ class _Response:
             counters.add("busy")
         elif isinstance(exc, BackendError):
             counters.add("backend_errors")
-        # A session ended by another request: the cookie naming it goes too.
-        headers.extend(self.session._cookie_headers(self.is_secure()))
+        if isinstance(exc, SessionEnded):
+            # Ended by another request: the cookie naming it goes too.
+            headers.extend(self.session._cookie_headers(self.is_secure()))
         self.replaced = True
         self.failed = True
         self.sent = True

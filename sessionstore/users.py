@@ -41,11 +41,12 @@ class UserSession(NamedTuple):
 
 def sessions_of(manager: SessionManager, user: str) -> list[UserSession]:
     """The live sessions bound to ``user``, newest first."""
-    found = list_user(manager.backend, manager.payloads, user, manager.clock(), manager.deadline)
-    damaged = sum(1 for entry in found if entry is None)
+    found, damaged = list_user(
+        manager.backend, manager.payloads, user, manager.clock(), manager.deadline
+    )
     if damaged:
         manager.counters.add("damaged_records", damaged)
-    return [entry for entry in found if entry is not None]
+    return found
 
 
 def list_user(
@@ -54,12 +55,12 @@ def list_user(
     user: str,
     now: float,
     deadline: Callable[[float, float, float | None], float] | None = None,
-) -> list[UserSession | None]:
+) -> tuple[list[UserSession], int]:
     """The live sessions of ``user`` in ``backend``, newest first, verified
-    with ``payloads`` (``None`` stands for each damaged one, logged);
-    ``deadline`` recomputes expiry under current settings."""
+    with ``payloads``, and how many were damaged (logged); ``deadline``
+    recomputes expiry under current settings."""
     found: list[UserSession] = []
-    damaged: list[None] = []
+    damaged = 0
     for record in backend.user_sessions(user):
         if record.is_tombstone or record.is_expired(now):
             continue
@@ -67,7 +68,7 @@ def list_user(
             decoded = payloads.decode(record)
         except DamagedRecord as exc:
             log.error("%s; not listed for its user", exc)
-            damaged.append(None)
+            damaged += 1
             continue
         binding = decoded.binding
         if binding is None or binding.user != user:
@@ -86,7 +87,7 @@ def list_user(
             )
         )
     found.sort(key=lambda s: (s.created_at, s.accessed_at), reverse=True)
-    return [*found, *damaged]
+    return found, damaged
 
 
 def destroy_user(manager: SessionManager, user: str, keep: str | None = None) -> int:
