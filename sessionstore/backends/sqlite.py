@@ -53,6 +53,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -62,7 +63,6 @@ from typing import Any
 from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record, checked_record
-from .safefiles import make_private
 
 log = logging.getLogger("sessionstore")
 
@@ -96,6 +96,22 @@ _WAL_CHECK_EVERY = 50
 
 def _row_to_record(row: tuple[Any, ...]) -> Record:
     return checked_record(*row)
+
+
+def _narrow_mode(path: str) -> None:
+    """Mode 0600 on ``path`` (a regular file, not a link), warning when it was wider."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    mode = st.st_mode & 0o777
+    if not stat.S_ISREG(st.st_mode) or not mode & 0o077:
+        return
+    log.warning("%s had mode %04o (others could read it): set to 0600", path, mode)
+    try:
+        os.chmod(path, 0o600)
+    except OSError:
+        log.warning("could not make %s private", path, exc_info=True)
 
 
 def _create(conn: sqlite3.Connection) -> None:
@@ -141,27 +157,20 @@ class SqliteBackend(Backend):
         for path in (self.filename, self.filename + "-wal", self.filename + "-shm"):
             if os.path.islink(path):
                 raise BackendError(f"{path} is a symbolic link: refused")
+        # Never open and close a file SQLite may hold open: closing any
+        # descriptor of a file drops every POSIX lock this process holds on
+        # it, and two processes then write the WAL index at once ("database
+        # disk image is malformed").  So: create only a missing file, and
+        # narrow modes by path.
         flags = os.O_NOFOLLOW | os.O_CLOEXEC
+        with contextlib.suppress(FileExistsError, PermissionError, OSError):
+            os.close(os.open(self.filename, os.O_RDWR | os.O_CREAT | os.O_EXCL | flags, 0o600))
         try:
-            fd = os.open(self.filename, os.O_RDWR | os.O_CREAT | flags, 0o600)
+            st = os.lstat(self.filename)
         except OSError:
-            # Read-only: SQLite says what is wrong, or opens read-only.
-            with contextlib.suppress(OSError):
-                st = os.stat(self.filename)
-                self._identity = self._identity or (st.st_dev, st.st_ino)
-            return
-        try:
-            make_private(fd, self.filename)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        for extra in (self.filename + "-wal", self.filename + "-shm"):
-            with contextlib.suppress(OSError):
-                fd = os.open(extra, os.O_RDWR | flags)
-                try:
-                    make_private(fd, extra)
-                finally:
-                    os.close(fd)
+            return  # read-only or missing: SQLite says what is wrong, or opens read-only
+        for path in (self.filename, self.filename + "-wal", self.filename + "-shm"):
+            _narrow_mode(path)
         if self._identity is None:
             self._identity = (st.st_dev, st.st_ino)
 
