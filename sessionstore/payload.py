@@ -16,9 +16,13 @@ Invariants checked on every read, beyond the MAC:
   ``created_at`` and ``expires_at`` are exactly the signed ones (finite), so
   a payload copied to another id, or given a longer life by editing the
   record's times, is refused like a forged one;
-* ``token`` is 16 random bytes drawn for each payload signed, so no two
+* ``token`` is 16 bytes unique to each payload signed (8 random bytes drawn
+  per process, redrawn in a forked child, then a counter), so no two
   commits ever store the same bytes: a backend that lost the reply to a
-  write can read back and tell whether *its* write was applied.
+  write can read back and tell whether *its* write was applied.  (A
+  counter, not 16 fresh random bytes each time: the token needs to be
+  unique, not unpredictable, and ``os.urandom`` is a system call per
+  commit.)
 
 Format 1 payloads (before 0.2: no binding) are refused, so an upgrade ends
 the sessions that were open; the visitor starts a fresh one.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 import os
 import pickle
@@ -55,6 +60,27 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 _PURPOSE = b"sessionstore.payload.v1"  # the key derivation, not the format
 
 AppData = dict[str, dict[str, bytes]]
+
+
+class _Tokens:
+    """Commit tokens: this process's random prefix, then a counter."""
+
+    __slots__ = ("prefix", "counter")
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self.prefix = os.urandom(TOKEN_SIZE // 2)
+        self.counter = itertools.count()
+
+    def __call__(self) -> bytes:
+        # next() on an itertools.count is atomic: threads never share a value.
+        return self.prefix + next(self.counter).to_bytes(TOKEN_SIZE // 2, "big")
+
+
+new_token = _Tokens()
 
 #: Sessions whose last payload is remembered, and the largest payload kept.
 MEMO_SESSIONS = 10_000
@@ -128,13 +154,21 @@ class PayloadCodec:
     ) -> bytes:
         """Sign ``apps``, ``expiry`` and ``binding``, bound to the id and
         times of the record they will be stored in; remember the result."""
-        token = os.urandom(TOKEN_SIZE)
+        token = new_token.prefix + next(new_token.counter).to_bytes(TOKEN_SIZE // 2, "big")
         plain = None if binding is None else tuple(binding)  # no class name in storage
         fields = (FORMAT, session_id, created_at, expires_at, expiry, token, plain, apps)
         body = pickle.dumps(fields, PROTOCOL)
         payload = self._macs[0](body) + body
-        decoded = Decoded(apps, expiry, binding, False)
-        self._remember(session_id, payload, decoded, created_at, expires_at)
+        if len(payload) <= MEMO_MAX_PAYLOAD:  # self._remember(), inline: every write
+            memo = self._memo
+            if len(memo) >= MEMO_SESSIONS and session_id not in memo:
+                memo.clear()
+            memo[session_id] = (
+                payload,
+                Decoded(apps, expiry, binding, False),
+                created_at,
+                expires_at,
+            )
         return payload
 
     def _remember(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import pickle
+import threading
 
 import pytest
 from hypothesis import given
@@ -11,7 +13,8 @@ from hypothesis import strategies as st
 from sessionstore import BackendError
 from sessionstore.backends.base import Record
 from sessionstore.errors import DamagedRecord
-from sessionstore.payload import PayloadCodec, _derive, _Mac
+from sessionstore.payload import MAC_SIZE, PayloadCodec, _derive, _Mac
+from sessionstore.testing import in_forked_child, run_threads
 
 from .conftest import SessionClient
 
@@ -30,6 +33,31 @@ def test_a_payload_changed_in_the_store_is_verified_again():
     with pytest.raises(BackendError, match="bad signature"):
         ours.loads(planted)
     assert ours.loads(good) == ({"a": {"k": b"v"}}, None)
+
+
+def test_no_two_payloads_share_a_token_across_threads_and_forked_workers():
+    """The token tells a backend whether *its* write was applied (issue 13):
+    it must never repeat, in threads of one process or in a forked worker."""
+    codec = PayloadCodec(("s",))
+
+    def token():
+        return pickle.loads(codec.dumps({}, None, "sid", 1.0, 2.0)[MAC_SIZE:])[5]
+
+    seen: set[bytes] = set()
+    lock = threading.Lock()
+
+    def sign_many(_):
+        mine = [token() for _ in range(500)]
+        with lock:
+            seen.update(mine)
+
+    run_threads(sign_many, 8)
+    assert len(seen) == 8 * 500
+    assert all(len(t) == 16 for t in seen)
+    parent = token()
+    # A pre-fork server's workers start from the same memory: each draws a
+    # prefix of its own, so the counter starting where the parent's was is fine.
+    assert in_forked_child(lambda: token()[:8] != parent[:8] and token() not in seen)
 
 
 def _record(payload, session_id="sid", created_at=1.0, expires_at=2.0):
