@@ -20,17 +20,23 @@ Bounded and cheap at scale:
   checkpoints are off: under busy writers every commit of every process
   attempted one and they collided, so none reset the WAL (241 MB in 4 s with
   4 writers).  Instead every :data:`_WAL_CHECK_EVERY` writes a process looks
-  at the WAL's size: past 4 MiB it runs a passive checkpoint, past 24 MiB a
+  at the WAL's size: past 1 MiB it runs a passive checkpoint, past 16 MiB a
   ``TRUNCATE`` one; ``journal_size_limit`` caps what a reset leaves behind.
+  (A WAL that restarts keeps its file size, so past the first MiB this is a
+  checkpoint every 200 writes of each process: 2-4 us per write alone, about
+  SQLite's own rate.)
   ``benchmarks/scale.py --wal 60`` measures it.
 * :meth:`SqliteBackend.setup` checks only what costs milliseconds (the file
   header, the size it declares against the file's, the schema).  The full
   ``PRAGMA integrity_check`` is ``sessionstore check``'s.
 * ``delete_expired`` deletes in batches of :data:`_PURGE_BATCH`, one short
   write transaction each.
-* The file is ``stat``-ed on each use: a database deleted or replaced under a
-  running process is logged as an error and every connection is reopened on
-  the file now at that path, never written to a deleted inode unnoticed.
+* The file is ``stat``-ed before each write: a database deleted or replaced
+  under a running process is logged as an error and every connection is
+  reopened on the file now at that path, never written to a deleted inode
+  unnoticed.  Reads do not look (the ``stat`` was a tenth of a request's
+  cost): until a thread's next write, it may read the deleted file's last
+  state.
 * A store in a read-only place opens read-only (``mode=ro``, or
   ``immutable=1`` when not even the ``-shm`` file can be made) and serves
   reads; writes fail with a :class:`BackendError`.
@@ -88,10 +94,10 @@ _PURGE_BATCH = 250
 WAL_LIMIT = 64 << 20
 #: Checkpoints are ours, not SQLite's automatic ones (which, once the WAL
 #: outgrows 1,000 pages, every commit of every process attempts, colliding
-#: so that none completes): a passive one past 4 MiB, a TRUNCATE past 24 MiB.
+#: so that none completes): a passive one past 1 MiB, a TRUNCATE past 16 MiB.
 _WAL_PASSIVE = 1 << 20
 _WAL_TRUNCATE = 16 << 20
-_WAL_CHECK_EVERY = 50
+_WAL_CHECK_EVERY = 200
 
 
 def _row_to_record(row: tuple[Any, ...]) -> Record:
@@ -265,12 +271,18 @@ class SqliteBackend(Backend):
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
 
-    def _thread_connection(self) -> sqlite3.Connection:
+    def _thread_connection(self, check_file: bool = True) -> sqlite3.Connection:
+        """This thread's connection; with ``check_file``, first make sure the
+        file at the path is still the one opened (a ``stat``, 1.6 us)."""
         if self._pid != os.getpid():
             self._after_fork()
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.generation == self._generation and not self._file_changed():
+        if (
+            conn is not None
+            and local.generation == self._generation
+            and not (check_file and self._file_changed())
+        ):
             return conn
         if conn is not None:
             with self._lock:
@@ -372,32 +384,47 @@ class SqliteBackend(Backend):
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
-        with self._conn() as conn:
-            self._wrote(conn)
-            if record is None:
-                if expected_version is None:
-                    return self._get(conn, session_id) is None
-                sql = "DELETE FROM sessions WHERE id = ? AND version = ?"
-                return conn.execute(sql, (session_id, expected_version)).rowcount == 1
-            values = (
-                record.version,
-                record.created_at,
-                record.accessed_at,
-                record.expires_at,
-                record.payload,
-                record.user,
-            )
+        if self._memory:
+            with self._conn() as conn:
+                return self._swap(conn, session_id, expected_version, record)
+        # Every write request comes here: no context manager on the way.
+        try:
+            return self._swap(self._thread_connection(), session_id, expected_version, record)
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+
+    def _swap(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        expected_version: int | None,
+        record: Record | None,
+    ) -> bool:
+        self._wrote(conn)
+        if record is None:
             if expected_version is None:
-                sql = (
-                    f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO NOTHING"
-                )
-                return conn.execute(sql, (session_id, *values)).rowcount == 1
+                return self._get(conn, session_id) is None
+            sql = "DELETE FROM sessions WHERE id = ? AND version = ?"
+            return conn.execute(sql, (session_id, expected_version)).rowcount == 1
+        values = (
+            record.version,
+            record.created_at,
+            record.accessed_at,
+            record.expires_at,
+            record.payload,
+            record.user,
+        )
+        if expected_version is None:
             sql = (
-                "UPDATE sessions SET version = ?, created_at = ?, accessed_at = ?, "
-                "expires_at = ?, payload = ?, user_id = ? WHERE id = ? AND version = ?"
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING"
             )
-            return conn.execute(sql, (*values, session_id, expected_version)).rowcount == 1
+            return conn.execute(sql, (session_id, *values)).rowcount == 1
+        sql = (
+            "UPDATE sessions SET version = ?, created_at = ?, accessed_at = ?, "
+            "expires_at = ?, payload = ?, user_id = ? WHERE id = ? AND version = ?"
+        )
+        return conn.execute(sql, (*values, session_id, expected_version)).rowcount == 1
 
     @staticmethod
     def _get(conn: sqlite3.Connection, session_id: str) -> Record | None:
@@ -410,9 +437,11 @@ class SqliteBackend(Backend):
         if self._memory:
             with self._conn() as conn:
                 return self._get(conn, session_id)
-        # Every request comes here: no context manager on the way.
+        # Every request comes here: no context manager on the way, and no
+        # look at the file (writes look: a read of a deleted file's last
+        # state is stale, never lost, and the next write notices).
         try:
-            return self._get(self._thread_connection(), session_id)
+            return self._get(self._thread_connection(check_file=False), session_id)
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
 
