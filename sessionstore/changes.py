@@ -93,12 +93,6 @@ class AppChanges:
         self.cleared = False
         self.ops: dict[str, list[Op]] = {}
 
-    def record(self, key: str, op: Op) -> None:
-        if isinstance(op, Update) and key in self.ops:
-            self.ops[key].append(op)
-        else:
-            self.ops[key] = [op]
-
     def clear(self) -> None:
         self.cleared = True
         self.ops.clear()
@@ -148,6 +142,17 @@ class ChangeLog:
         if changes is None:
             changes = self.apps[app] = AppChanges()
         return changes
+
+    def record(self, app: str, key: str, op: Op) -> None:
+        """Add ``op`` on ``key`` of ``app``: an update joins the key's list,
+        a set or delete replaces it."""
+        changes = self.apps.get(app)
+        if changes is None:
+            changes = self.apps[app] = AppChanges()
+        if type(op) is Update and key in changes.ops:
+            changes.ops[key].append(op)
+        else:
+            changes.ops[key] = [op]
 
     def read(self, app: str, key: str | None) -> None:
         """Remember a read of ``key`` (``None``: of the whole application)."""

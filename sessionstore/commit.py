@@ -73,15 +73,29 @@ def backoff(attempt: int) -> None:
 
 def commit(session: Session, strict: Strict | None = None) -> None:
     """Commit ``session``'s pending changes (see the module docstring)."""
-    now = session._manager.clock()
-    if session._record is None:
+    manager = session._manager
+    now = manager.clock()
+    record = session._record
+    if record is None:
         insert(session, now)
         return
-    lock = session._manager.commit_lock(session._record.session_id)
+    backend = manager.backend
+    lock = manager.commit_lock(record.session_id)
     try:
-        _update(session, now, strict)
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                backoff(attempt)
+            old = session._record
+            assert old is not None
+            new = build(session, old.session_id, old.version, old.created_at, now)
+            if backend.compare_and_swap(old.session_id, old.version, new):
+                _committed(session, new)
+                return
+            manager.counters.add("retries")
+            _catch_up(session, now, strict)
     finally:
         lock.release()
+    raise BusyRetry(f"session {session.id}: too many concurrent updates")
 
 
 def build(
@@ -89,20 +103,23 @@ def build(
 ) -> Record:
     """The record that stores ``session``'s current view under ``session_id``."""
     manager = session._manager
-    apps = {app: values for app, values in session._apps.items() if values}
+    apps = session._apps
+    if not all(apps.values()):  # an emptied application is not stored
+        apps = {app: values for app, values in apps.items() if values}
     expires_at = manager.deadline(created_at, now, session._expiry)
     binding = session._binding
     payload = manager.payloads.dumps(
         apps, session._expiry, session_id, created_at, expires_at, binding
     )
+    # Positional: a named tuple built from keywords costs twice as much.
     return Record(
-        session_id=session_id,
-        version=read_version + 1,
-        created_at=created_at,
-        accessed_at=now,
-        expires_at=expires_at,
-        payload=payload,
-        user=None if binding is None else binding.user,
+        session_id,
+        read_version + 1,
+        created_at,
+        now,
+        expires_at,
+        payload,
+        None if binding is None else binding.user,
     )
 
 
@@ -121,22 +138,6 @@ def insert(session: Session, now: float) -> None:
             return
         session._new_id = None  # taken: astronomically unlikely, draw again
     raise BackendError("could not allocate an unused session id")
-
-
-def _update(session: Session, now: float, strict: Strict | None) -> None:
-    backend = session._manager.backend
-    counters = session._manager.counters
-    for attempt in range(MAX_ATTEMPTS):
-        backoff(attempt)
-        old = session._record
-        assert old is not None
-        new = build(session, old.session_id, old.version, old.created_at, now)
-        if backend.compare_and_swap(old.session_id, old.version, new):
-            _committed(session, new)
-            return
-        counters.add("retries")
-        _catch_up(session, now, strict)
-    raise BusyRetry(f"session {session.id}: too many concurrent updates")
 
 
 def regenerate(session: Session) -> None:
@@ -188,18 +189,19 @@ def _regenerated(session: Session, record: Record) -> None:
 
 
 def _committed(session: Session, record: Record) -> None:
-    session._manager.counters.add("commits")
+    session._manager.counters.thread.counts["commits"] += 1
     if session._expiry_changed:
         session._send_cookie = True  # the cookie's Max-Age follows the expiry
     session._record = record
     session._new_id = None
     session._base = session._apps
     session._apps = dict(session._apps)  # writes copy inner dicts, not this one
+    session._size = len(record.payload)
     session._log = ChangeLog()
     session._expiry_changed = False
     session._binding_changed = False
-    refresh_cookie(session, record.accessed_at)
-    maybe_cleanup(session, record.accessed_at)
+    session._stale_secret = False  # signed with the newest secret just now
+    written(session, record.accessed_at)
 
 
 def _catch_up(
@@ -279,21 +281,19 @@ def touch(session: Session) -> None:
     if manager.backend.compare_and_swap(record.session_id, record.version, fresh):
         session._record = fresh
         session._stale_secret = False
-        refresh_cookie(session, now)
-        maybe_cleanup(session, now)
+        written(session, now)
 
 
-def refresh_cookie(session: Session, now: float) -> None:
-    cookie = session._cookie
-    interval = session._manager.settings.touch_interval
-    if cookie is None or now - cookie.signed_at >= interval:
-        session._send_cookie = True
-
-
-def maybe_cleanup(session: Session, now: float) -> None:
-    """Now and then, remove a small batch of expired sessions."""
+def written(session: Session, now: float) -> None:
+    """After a write at ``now``: re-sign the cookie when it is older than
+    ``touch_interval``, and now and then remove a small batch of expired
+    sessions."""
     manager = session._manager
-    probability = manager.settings.cleanup_probability
+    settings = manager.settings
+    cookie = session._cookie
+    if cookie is None or now - cookie.signed_at >= settings.touch_interval:
+        session._send_cookie = True
+    probability = settings.cleanup_probability
     if probability and manager.chance() < probability:
         try:
             removed = manager.backend.delete_expired(now, limit=CLEANUP_BATCH)

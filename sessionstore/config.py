@@ -237,8 +237,9 @@ class Settings:
     Times are in seconds, sizes in bytes.  ``secret`` holds one or more
     secrets, newest first; it is left out of ``repr()``.  ``touch_interval``
     defaults to 60 s, or half the ``timeout`` when that is shorter.
-    ``max_value_size`` (default 1 MiB) and ``max_session_size`` (default
-    4 MiB) bound one pickled value and a session's pickled values together.
+    ``max_value_size`` (default 1 MiB) bounds one pickled value, and
+    ``max_session_size`` (default 4 MiB) a session: its signed payload as
+    stored, plus the keys and pickled values this request adds.
     """
 
     secret: tuple[str, ...] = field(repr=False)

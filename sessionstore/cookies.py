@@ -106,7 +106,7 @@ class CookieCodec:
             value = value.rstrip(" \t")
             if len(value) > 1 and value[0] == value[-1] == '"':
                 value = value[1:-1]  # a quoted value (RFC 6265 allows DQUOTEs)
-            if _SIGNED_ID_RE.fullmatch(value) is None:
+            if value not in self._verified and _SIGNED_ID_RE.fullmatch(value) is None:
                 continue  # junk: not counted, so it cannot hide the real cookie
             tried += 1
             if tried > MAX_CANDIDATES:

@@ -90,7 +90,9 @@ class SessionManager:
     def deadline(self, created_at: float, accessed_at: float, expiry: float | None) -> float:
         """When a session expires: its explicit expiry, else idle timeout;
         capped by ``max_lifetime``."""
-        end = expiry if expiry is not None else accessed_at + self.settings.timeout
-        if self.settings.max_lifetime:
-            end = min(end, created_at + self.settings.max_lifetime)
+        settings = self.settings
+        end = expiry if expiry is not None else accessed_at + settings.timeout
+        lifetime = settings.max_lifetime
+        if lifetime and created_at + lifetime < end:
+            return created_at + lifetime
         return end

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from . import commit as protocol
 from . import users
 from .backends import load_backend
 from .backends.base import Backend
@@ -209,6 +210,7 @@ class _Response:
     def finish(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
         iterator: Iterator[bytes] | None = None
         buffered: list[bytes] = []
+        early = self.sent  # the application used write(): headers are gone
         if self.status is None:
             # A generator application calls start_response on its first step.
             iterator = iter(app_iter)
@@ -233,7 +235,8 @@ class _Response:
             # A ready body runs no application code while it is sent; only
             # writes made after the write() callable sent the headers are
             # left to commit, and they are committed before it goes out.
-            self.after_body()
+            if early:
+                self.after_body()
             return app_iter
         return _Body(self, app_iter, iterator, buffered)
 
@@ -242,19 +245,27 @@ class _Response:
         return not self.failed and 0 < self.code < 500
 
     def send_headers(self) -> None:
-        """Commit the session, then pass the headers on to the server."""
+        """Commit the session (or refresh its idle clock when nothing
+        changed), then pass the headers on to the server."""
         assert self.status is not None
         session = self.session
         headers = self.headers
         if session._loaded:
-            if self.ok():
-                try:
-                    session.commit()
-                except SessionStoreError as exc:
-                    self.replace(exc)
-                    return
-                self._touch()
-            cookie_headers = session._cookie_headers(self.is_secure()) if self.ok() else []
+            if not self.failed and 0 < self.code < 500:  # self.ok(), inline
+                if session._dirty():
+                    try:
+                        protocol.commit(session)
+                    except SessionStoreError as exc:
+                        self.replace(exc)
+                        return
+                else:
+                    self._touch()  # a commit refreshes the clock by itself
+                if session._send_cookie or session._clear_cookie:
+                    cookie_headers = session._cookie_headers(self.is_secure())
+                else:
+                    cookie_headers = []  # the usual case: the cookie stands
+            else:
+                cookie_headers = []
             headers = _with_session_headers(headers, cookie_headers)
         self.sent = True
         session._late = True
@@ -394,7 +405,10 @@ def _with_session_headers(
     A session cookie's ``Cache-Control`` replaces the application's, so no
     shared cache keeps a response that carries someone's session.
     """
-    replace_cache = any(name == "Cache-Control" for name, _ in cookie_headers)
+    replace_cache = False
+    for name, _ in cookie_headers:  # (a loop: no generator on every request)
+        if name == "Cache-Control":
+            replace_cache = True
     result = []
     vary_cookie = False
     for name, value in headers:

@@ -49,6 +49,7 @@ class Session:
         "_late",
         "_binding",
         "_binding_changed",
+        "_size",
     )
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
@@ -73,6 +74,8 @@ class Session:
         self._late = False
         self._binding: Binding | None = None
         self._binding_changed = False
+        #: What the session weighs (see _check_size).
+        self._size = 0
 
     # -- public API -----------------------------------------------------------
 
@@ -229,13 +232,16 @@ class Session:
     def _read(self, app: str, key: str | None) -> dict[str, bytes]:
         """The application's values; the read of ``key`` (``None``: of all
         keys) is remembered for lost-update detection."""
-        self._load()
+        if not self._loaded:
+            self._load()
         self._log.read(app, key)
         return self._apps.get(app) or {}
 
     def _writable(self, app: str) -> dict[str, bytes]:
-        self._load()
-        self._starting()
+        if not self._loaded:
+            self._load()
+        if self._record is None and self._new_id is None:
+            self._starting()
         if app not in self._log.apps:
             # Copy on first write: _base keeps what was read.
             self._apps[app] = dict(self._apps.get(app) or {})
@@ -243,24 +249,34 @@ class Session:
 
     def _change(self, app: str, key: str, op: Op, data: bytes | None) -> None:
         values = self._writable(app)
-        self._log.of(app).record(key, op)
+        self._log.record(app, key, op)
         if data is None:
             values.pop(key, None)
         else:
             values[key] = data
 
     def _write(self, app: str, key: str, data: bytes) -> bool:
-        self._load()
-        self._check_size(app, key, data)
-        is_new = key not in (self._apps.get(app) or {})
-        self._change(app, key, Set(data), data)
+        if not self._loaded:
+            self._load()
+        # self._check_size() and self._change(), inline: the most frequent write.
+        settings = self._manager.settings
+        old = (self._apps.get(app) or {}).get(key)
+        size = self._size + len(data) + (len(key) if old is None else -len(old))
+        if len(data) > settings.max_value_size or size > settings.max_session_size:
+            self._check_size(app, key, data)  # raises, naming the limit
+        values = self._apps[app] if app in self._log.apps else self._writable(app)
+        is_new = key not in values
+        self._log.record(app, key, Set(data))
+        values[key] = data
+        self._size = size
         return is_new
 
     def _update(self, app: str, key: str, fn: Any, default: Any) -> Any:
         self._load()
         value, data = apply_update(app, key, fn, default, (self._apps.get(app) or {}).get(key))
-        self._check_size(app, key, data)
+        size = self._check_size(app, key, data)
         self._change(app, key, Update(fn, default), data)
+        self._size = size
         return value
 
     def _remove(self, app: str, key: str) -> bool:
@@ -268,11 +284,13 @@ class Session:
         self._load()
         if key not in (self._apps.get(app) or {}):
             return False
+        self._size = self._check_size(app, key, None)
         self._change(app, key, DELETE, None)
         return True
 
     def _clear(self, app: str) -> None:
         values = self._writable(app)
+        self._size -= sum(len(key) + len(data) for key, data in values.items())
         values.clear()
         self._log.of(app).clear()
 
@@ -280,9 +298,12 @@ class Session:
         """Write ``writes`` (None: delete) and commit now; with ``seen``
         (``{key: bytes or None}``), refuse if any of those keys changed."""
         self._load()
-        for key, data in writes.items():
-            if data is not None:
-                self._check_size(app, key, data)
+        size = self._size
+        try:
+            for key, data in writes.items():  # the size after all of them
+                self._size = self._check_size(app, key, data)
+        finally:
+            size, self._size = self._size, size
         strict = None
         if seen is not None:
             checked = {(app, key): data for key, data in seen.items()}
@@ -297,25 +318,35 @@ class Session:
                     self._change(app, key, DELETE, None)
             else:
                 self._change(app, key, Set(data), data)
+        self._size = size
         if self._dirty():
             protocol.commit(self, strict)
 
-    def _check_size(self, app: str, key: str, data: bytes) -> None:
+    def _check_size(self, app: str, key: str, data: bytes | None) -> int:
+        """The session's size once ``key`` holds ``data`` (``None``: is
+        deleted); ValueError past a limit, before anything changes.
+
+        The size is that of the signed payload as stored (what the session
+        costs pickled), plus the keys and values this request added, minus
+        those it removed: one addition per write, not a sum over the session.
+        """
         settings = self._manager.settings
-        limit = getattr(settings, "max_value_size", 1 << 20)
-        if len(data) > limit:
+        old = (self._apps.get(app) or {}).get(key)
+        total = self._size - (0 if old is None else len(key) + len(old))
+        if data is None:
+            return total
+        if len(data) > settings.max_value_size:
             raise ValueError(
                 f"value of key {key!r} of application {app!r} is {len(data)} bytes "
-                f"pickled; max_value_size is {limit}"
+                f"pickled; max_value_size is {settings.max_value_size}"
             )
-        limit = getattr(settings, "max_session_size", 4 << 20)
-        total = len(data) - len((self._apps.get(app) or {}).get(key, b""))
-        total += sum(len(k) + len(v) for values in self._apps.values() for k, v in values.items())
-        if total > limit:
+        total += len(key) + len(data)
+        if total > settings.max_session_size:
             raise ValueError(
                 f"storing key {key!r} of application {app!r} would make the session "
-                f"{total} bytes pickled; max_session_size is {limit}"
+                f"{total} bytes pickled; max_session_size is {settings.max_session_size}"
             )
+        return total
 
     # -- loading --------------------------------------------------------------
 
@@ -330,10 +361,15 @@ class Session:
         now = manager.clock()
         live: list[tuple[CookieId, Record, Decoded]] = []
         for cookie in manager.cookies.read(header):
-            if any(cookie.session_id == found[0].session_id for found in live):
+            if live and any(cookie.session_id == found[0].session_id for found in live):
                 continue  # the same session twice: one candidate
-            record = self._fetch(cookie.session_id)
-            if record is None or record.is_tombstone or record.is_expired(now):
+            try:
+                record = manager.backend.get(cookie.session_id)
+            except DamagedRecord as exc:
+                self._damaged(exc)
+                continue
+            # (An empty payload is a regenerate tombstone: no session.)
+            if record is None or not record.payload or record.expires_at <= now:
                 continue
             try:
                 decoded = manager.payloads.decode(record)
@@ -351,19 +387,12 @@ class Session:
             return
         for cookie, record, decoded in live:
             self._cookie = cookie
-            self._adopt(record, decoded, dict(decoded.apps))
-            manager.counters.add("requests")
+            self._adopt(record, decoded)
+            manager.counters.thread.counts["requests"] += 1
             # What an older secret signed is re-signed with the newest before
             # the response leaves, so the old secret can be retired.
             self._stale_secret = decoded.stale or cookie.stale_secret
             self._send_cookie = cookie.stale_secret
-
-    def _fetch(self, session_id: str) -> Record | None:
-        try:
-            return self._manager.backend.get(session_id)
-        except DamagedRecord as exc:
-            self._damaged(exc)
-            return None
 
     def _damaged(self, exc: DamagedRecord) -> None:
         """A stored session that cannot be trusted is "no session" for its
@@ -371,12 +400,18 @@ class Session:
         self._manager.counters.add("damaged_records")
         log.error("%s; treated as no session, kept for `sessionstore check`", exc)
 
-    def _adopt(self, record: Record, decoded: Decoded, apps: AppData) -> None:
+    def _adopt(self, record: Record, decoded: Decoded, apps: AppData | None = None) -> None:
         """Build on ``record`` from now on; ``apps`` is the view (its data
-        with this request's changes replayed).  What this request changed of
-        the expiry and the binding stays."""
+        with this request's changes replayed; by default its data as is).
+        What this request changed of the expiry and the binding stays."""
         self._record = record
         self._base = decoded.apps
+        # The view's size: the record's, plus what replayed changes add.
+        self._size = len(record.payload)
+        if apps is None:
+            apps = dict(decoded.apps)  # writes copy the inner dicts
+        else:
+            self._size += _delta(decoded.apps, apps)
         self._apps = apps
         if not self._expiry_changed:
             self._expiry = decoded.expiry
@@ -394,6 +429,7 @@ class Session:
         self._record = None
         self._base = {}
         self._apps = {}
+        self._size = 0
         self._log = ChangeLog()
         self._expiry = None
         self._expiry_changed = False
@@ -415,7 +451,9 @@ class Session:
         self._cookie = None
 
     def _dirty(self) -> bool:
-        return self._loaded and (bool(self._log) or self._expiry_changed or self._binding_changed)
+        return self._loaded and bool(
+            self._log.apps or self._expiry_changed or self._binding_changed
+        )
 
     # -- response time ----------------------------------------------------------
 
@@ -441,3 +479,23 @@ class Session:
         if headers and settings.cache_control:
             headers.append(("Cache-Control", settings.cache_control))
         return headers
+
+
+def _delta(base: AppData, view: AppData) -> int:
+    """Bytes of keys and values that ``view`` has and ``base`` has not, minus
+    the other way round (zero when they are one object, as at a load)."""
+    if base is view:
+        return 0
+    delta = 0
+    for app in base.keys() | view.keys():
+        before = base.get(app) or {}
+        after = view.get(app) or {}
+        if before is after:
+            continue
+        for key in before.keys() | after.keys():
+            old, new = before.get(key), after.get(key)
+            if old is not new:
+                delta += (0 if new is None else len(key) + len(new)) - (
+                    0 if old is None else len(key) + len(old)
+                )
+    return delta

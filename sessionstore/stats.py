@@ -26,27 +26,32 @@ NAMES = (
 )
 
 
-class Counters:
-    """Lock-free per-thread counters."""
+class _PerThread(threading.local):
+    """Each thread's counts; made on a thread's first count (threading.local
+    runs ``__init__`` once per thread) and registered for snapshots."""
 
-    __slots__ = ("_local", "_all", "_register")
+    def __init__(self, every: list[dict[str, int]], register: threading.Lock) -> None:
+        self.counts = dict.fromkeys(NAMES, 0)
+        with register:
+            every.append(self.counts)
+
+
+class Counters:
+    """Lock-free per-thread counters.
+
+    ``counters.add(name)``, or on the hottest paths (one Python call less)
+    ``counters.thread.counts[name] += 1``.
+    """
+
+    __slots__ = ("thread", "_all", "_register")
 
     def __init__(self) -> None:
-        self._local = threading.local()
         self._all: list[dict[str, int]] = []
         self._register = threading.Lock()  # taken once per thread, not per count
-
-    def _mine(self) -> dict[str, int]:
-        try:
-            counts: dict[str, int] = self._local.counts
-        except AttributeError:
-            counts = self._local.counts = dict.fromkeys(NAMES, 0)
-            with self._register:
-                self._all.append(counts)
-        return counts
+        self.thread = _PerThread(self._all, self._register)
 
     def add(self, name: str, amount: int = 1) -> None:
-        self._mine()[name] += amount
+        self.thread.counts[name] += amount
 
     def snapshot(self) -> dict[str, int]:
         total = dict.fromkeys(NAMES, 0)

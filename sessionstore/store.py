@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .collection import Collection, Value
 from .errors import InvalidAppName
-from .payload import dump_value, load_value
+from .payload import PROTOCOL, dump_value, load_value
 
 if TYPE_CHECKING:
     from .session import Session
@@ -54,7 +55,7 @@ class Store:
 
     def __init__(self, session: Session, app: str) -> None:
         self._session = session
-        self._app = check_app_name(app)
+        self._app = app if type(app) is str and app in _CHECKED else check_app_name(app)
 
     @property
     def app(self) -> str:
@@ -72,7 +73,13 @@ class Store:
         ``max_value_size`` (or a session past ``max_session_size``) raises
         :class:`ValueError`, and nothing changes.
         """
-        return self._session._write(self._app, _check_key(key), self._dump(key, value))
+        if type(key) is not str or not key:
+            _check_key(key)
+        try:
+            data = pickle.dumps(value, PROTOCOL)  # dump_value(), inline: every write
+        except Exception:
+            data = self._dump(key, value)  # raises, saying what and where
+        return self._session._write(self._app, key, data)
 
     def _dump(self, key: str, value: Any) -> bytes:
         try:
@@ -139,7 +146,9 @@ class Store:
 
     def get(self, key: str, default: Any = _MISSING) -> Any:
         """The value of ``key``; ``KeyError`` when missing and no default is given."""
-        data = self._session._read(self._app, _check_key(key)).get(key)
+        if type(key) is not str or not key:
+            _check_key(key)
+        data = self._session._read(self._app, key).get(key)
         if data is None:
             if default is _MISSING:
                 raise KeyError(key)
@@ -148,7 +157,10 @@ class Store:
 
     def get_default(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` (``None``)."""
-        return self.get(key, default)
+        if type(key) is not str or not key:
+            _check_key(key)
+        data = self._session._read(self._app, key).get(key)
+        return default if data is None else pickle.loads(data)  # load_value(), inline
 
     def delete(self, key: str, ignore_keyerror: bool = False) -> bool:
         """Remove ``key``: True when removed; when missing, ``KeyError``, or

@@ -156,6 +156,37 @@ def test_secret_rotation_accepts_old_cookies_and_resigns_them(clock):
     assert results == ["v2"]
 
 
+def test_a_write_under_a_rotated_secret_re_signs_in_its_one_commit(clock):
+    old = SessionClient(clock=clock, secret="old-secret-0123456789abcdefghijk")
+    old.run(write)
+    (record,) = old.backend.iter_records()
+    rotated = SessionMiddleware(
+        SessionClient._app,
+        secret="new-secret-0123456789abcdefghijk old-secret-0123456789abcdefghijk",
+        backend=old.backend,
+        clock=clock,
+    )
+    web = TestApp(rotated, cookiejar=old.web.cookiejar)
+    results = []
+    fn = lambda s: s.store("a").set("k", "v2")  # noqa: E731
+    web.get("/", extra_environ={"test.fn": fn, "test.result": results})
+    # One backend write: the commit signs with the newest secret, so there is
+    # nothing left for a re-signing touch to do.
+    (after,) = old.backend.iter_records()
+    assert after.version == record.version + 1
+    retired = SessionMiddleware(
+        SessionClient._app,
+        secret="new-secret-0123456789abcdefghijk",
+        backend=old.backend,
+        clock=clock,
+    )
+    results.clear()
+    TestApp(retired, cookiejar=old.web.cookiejar).get(
+        "/", extra_environ={"test.fn": read, "test.result": results}
+    )
+    assert results == ["v2"]
+
+
 def test_old_secret_cookie_is_refused_once_retired(clock):
     old = SessionClient(clock=clock, secret="old-secret-0123456789abcdefghijk")
     old.run(write)

@@ -213,3 +213,92 @@ def test_values_are_snapshots_and_come_back_as_copies(client):
 
     assert client.run(write)[0] == {"items": [1]}
     assert client.run(lambda s: s.store("a").get("k"))[0] == {"items": [1]}
+
+
+# -- max_value_size and max_session_size (SPEC section 5) --------------------------
+
+
+def _limited(clock, **settings):
+    from tests.conftest import SessionClient
+
+    return SessionClient(clock=clock, max_value_size=1000, max_session_size=2500, **settings)
+
+
+def _refused(fn):
+    """Run ``fn``, expecting the size ValueError; return its message."""
+
+    def probe(session):
+        with pytest.raises(ValueError) as info:
+            fn(session)
+        return str(info.value)
+
+    return probe
+
+
+def test_a_value_over_max_value_size_is_refused_by_name_and_changes_nothing(clock):
+    client = _limited(clock)
+    client.run(lambda s: s.store("a").set("k", "old"))
+    message, response = client.run(_refused(lambda s: s.store("a").set("k", "x" * 1000)))
+    assert "'a'" in message and "'k'" in message and "max_value_size is 1000" in message
+    assert "Set-Cookie" not in response.headers
+    assert client.run(lambda s: s.store("a")["k"])[0] == "old"
+    # Just under the limit (the pickle adds a few bytes to the string) is fine.
+    client.run(lambda s: s.store("a").set("k", "x" * 950))
+    assert client.run(lambda s: len(s.store("a")["k"]))[0] == 950
+
+
+def test_the_session_limit_counts_what_is_stored_from_earlier_requests(clock):
+    client = _limited(clock)
+    for key in ("a", "b"):
+        client.run(lambda s, key=key: s.store("app").set(key, "x" * 900))
+    # A third 900-byte value fits in no request: the two stored ones count.
+    message, _ = client.run(_refused(lambda s: s.store("app").set("c", "x" * 900)))
+    assert "'app'" in message and "'c'" in message and "max_session_size is 2500" in message
+    message, _ = client.run(_refused(lambda s: s.store("other").update("c", lambda v: "x" * 900)))
+    assert "'other'" in message and "'c'" in message
+    assert client.run(lambda s: sorted(s.store("app").keys()) + s.store("other").keys())[0] == [
+        "a",
+        "b",
+    ]
+    # Overwriting a value replaces its size rather than adding to it.
+    client.run(lambda s: s.store("app").set("a", "y" * 900))
+    # Deleting, or emptying an application, makes room again, even within one request.
+    client.run(lambda s: (s.store("app").delete("a"), s.store("app").set("c", "x" * 900)))
+    client.run(lambda s: (s.store("app").empty(), s.store("app").set("d", "x" * 900)))
+    assert client.run(lambda s: s.store("app").keys())[0] == ["d"]
+
+
+def test_writes_of_one_request_add_up_against_the_session_limit(clock):
+    client = _limited(clock)
+
+    def three(session):
+        store = session.store("a")
+        store.set("k1", "x" * 900)
+        store.set("k2", "x" * 900)
+        with pytest.raises(ValueError):
+            store.set("k3", "x" * 900)
+        return store.keys()
+
+    assert client.run(three)[0] == ["k1", "k2"]
+    assert client.run(lambda s: sorted(s.store("a").keys()))[0] == ["k1", "k2"]
+
+
+def test_set_values_over_the_session_limit_writes_none_of_its_keys(clock):
+    client = _limited(clock)
+    client.run(lambda s: s.store("a").set("k", "x" * 900))
+
+    def probe(session):
+        store = session.store("a")
+        values = store.using("p", "q")
+        values["p"] = "x" * 900
+        values["q"] = "x" * 900
+        with pytest.raises(ValueError) as info:
+            store.set_values(values)
+        return str(info.value)
+
+    message, _ = client.run(probe)
+    assert "'q'" in message
+    assert client.run(lambda s: sorted(s.store("a").keys()))[0] == ["k"]
+    # Half of it fits.
+    client.run(lambda s: s.store("a").set_values({"p": "x" * 900}))
+    assert client.run(lambda s: sorted(s.store("a").keys()))[0] == ["k", "p"]

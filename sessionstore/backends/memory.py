@@ -44,7 +44,14 @@ class MemoryBackend(Backend):
             current = self._records.get(session_id)
             if (None if current is None else current.version) != expected_version:
                 return False
-            self._put(session_id, record)
+            if (
+                record is not None
+                and record.user is None
+                and (current is None or current.user is None)
+            ):
+                self._records[session_id] = record  # no user index to keep in step
+            else:
+                self._put(session_id, record)
             return True
 
     def get(self, session_id: str) -> Record | None:
