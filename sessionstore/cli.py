@@ -20,7 +20,6 @@ Errors print one line and exit with status 1.
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import os
 import secrets
@@ -30,164 +29,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import maintenance, users
-from .backends import backend_class, load_backend
-from .backends.base import Backend, Record
-from .config import Settings, as_secrets
+from .backends import load_backend
+from .backends.base import Record
+from .clitarget import CommandError, Target, pairs
 from .errors import SessionStoreError
 from .ids import is_valid_id
-from .payload import AppData, PayloadCodec, dump_value, load_value
+from .payload import AppData, dump_value, load_value
 from .store import check_app_name
-
-_EGGS = ("egg:sessionstore#session", "egg:sessionstore")
-
-
-#: Stands in for the secret when validating an ini whose secret is not needed.
-_PLACEHOLDER = "placeholder-for-validation-only-0123456789"
-
-
-class CommandError(Exception):
-    """Printed as one line; exit status 1."""
-
-
-# -- configuration ----------------------------------------------------------------
-
-
-def read_ini(path: str, section: str | None = None) -> dict[str, str]:
-    """The settings of the sessionstore filter section of an ini file."""
-    if not os.path.isfile(path):
-        raise CommandError(f"cannot read {path}: no such file")
-    parser = configparser.ConfigParser(
-        defaults={"here": os.path.dirname(os.path.abspath(path)), "__file__": path}
-    )
-    try:
-        parser.read(path, encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise CommandError(f"{path} is not an ini file: it is not UTF-8 text") from exc
-    except configparser.MissingSectionHeaderError as exc:
-        raise CommandError(
-            f"{path} is not an ini file: line {exc.lineno} comes before any [section]"
-        ) from exc
-    except configparser.Error as exc:
-        detail = str(exc).splitlines()[0]
-        raise CommandError(f"{path} is not a valid ini file: {detail}") from exc
-
-    def is_session(name: str) -> bool:
-        use = parser.get(name, "use", fallback="").strip()
-        # The demo's own section holds session settings when it has a secret line.
-        return use in _EGGS or (
-            use == "egg:sessionstore#demo" and parser.has_option(name, "secret")
-        )
-
-    filters = [s for s in parser.sections() if is_session(s)]
-    if section:
-        # "--section session" finds [filter:session] too.
-        found = [s for s in (section, f"filter:{section}") if parser.has_section(s)]
-        if not found:
-            known = ", ".join(f"[{s}]" for s in filters) or "none"
-            raise CommandError(f"{path} has no section [{section}] (its session filters: {known})")
-        if found[0] not in filters:
-            raise CommandError(
-                f"[{found[0]}] in {path} is not a session filter (use = egg:sessionstore#session)"
-            )
-        filters = found[:1]
-    if not filters:
-        raise CommandError(f"{path} has no [filter:...] section using egg:sessionstore#session")
-    if len(filters) > 1:
-        raise CommandError(f"{path} has several session filters; pick one with --section")
-    # Like PasteDeploy, pass the section's own keys only ([DEFAULT] is global).
-    own = configparser.ConfigParser(default_section="\0", interpolation=None)
-    own.read(path, encoding="utf-8")
-    return {key: parser.get(filters[0], key) for key in own.options(filters[0]) if key != "use"}
-
-
-def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
-    result = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CommandError(f"{flag} takes KEY=VALUE, not {item!r}")
-        result[key] = value
-    return result
-
-
-def open_existing(name: str, options: dict[str, str]) -> Backend:
-    """The backend of an existing store: a command never creates one.
-
-    A store kept in a file (``filename``) must exist: a mistyped name is an
-    error naming it, not a new empty store listing nothing.
-    """
-    backend = backend_class(name.strip()).from_options(options, busy_timeout=5.0)
-    filename = getattr(backend, "filename", None)
-    if isinstance(filename, str) and filename != ":memory:" and not os.path.exists(filename):
-        raise CommandError(f"no session store at {filename}: no such file")
-    try:
-        return load_backend(backend)  # runs its setup(): a damaged store fails here
-    except BaseException:
-        backend.close()
-        raise
-
-
-class Target:
-    """The backend (and the secret, when known) that a command works on."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        secret = args.secret or os.environ.get("SESSIONSTORE_SECRET")
-        if args.config:
-            conf = read_ini(args.config, args.section)
-            name = conf.pop("backend", "sqlite")
-            options = {k[8:]: v for k, v in conf.items() if k.startswith("backend.")}
-            settings = {k: v for k, v in conf.items() if not k.startswith("backend.")}
-            secret = secret or settings.get("secret")
-            if settings:  # validate (a placeholder when no secret is known yet)
-                Settings.from_mapping({**settings, "secret": secret or _PLACEHOLDER})
-        elif args.backend:
-            name, options = args.backend, _pairs(args.option, "--option")
-        else:
-            raise CommandError("name a store with --config FILE.ini or --backend NAME")
-        if args.command in ("check", "salvage"):  # they read the files themselves
-            self.backend = backend_class(name).from_options(options, busy_timeout=5.0)
-        else:
-            self.backend = open_existing(name, options)
-        self.codec = PayloadCodec(as_secrets("secret", secret)) if secret else None
-
-    def record(self, session_id: str) -> Record:
-        record = self.backend.get(session_id) if is_valid_id(session_id) else None
-        if record is None:
-            raise CommandError(f"no session {session_id}")
-        return record
-
-    def _codec(self) -> PayloadCodec:
-        if self.codec is None:
-            raise CommandError("reading session data needs the secret (--secret or the ini)")
-        return self.codec
-
-    def data(self, record: Record) -> tuple[AppData, float | None]:
-        return self._codec().loads(record)
-
-    def change(self, session_id: str, edit: Any) -> Any:
-        """Apply ``edit(apps)`` to a session's data by compare-and-swap."""
-        for _ in range(20):
-            record = self.record(session_id)
-            apps, expiry = self.data(record)
-            before = {app: dict(keys) for app, keys in apps.items()}
-            result = edit(apps)
-            apps = {app: keys for app, keys in apps.items() if keys}
-            if apps == {app: keys for app, keys in before.items() if keys}:
-                return result  # nothing changed: write nothing, not even a new version
-            new = Record(
-                record.session_id,
-                record.version + 1,
-                record.created_at,
-                record.accessed_at,
-                record.expires_at,
-                self._codec().dumps(
-                    apps, expiry, record.session_id, record.created_at, record.expires_at
-                ),
-            )
-            if self.backend.compare_and_swap(session_id, record.version, new):
-                return result
-        raise CommandError(f"session {session_id} kept changing; try again")
-
 
 # -- output -----------------------------------------------------------------------
 
@@ -352,7 +200,7 @@ def cmd_stats(args: argparse.Namespace, target: Target) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, target: Target) -> None:
-    destination = load_backend(args.to, _pairs(args.to_option, "--to-option"))
+    destination = load_backend(args.to, pairs(args.to_option, "--to-option"))
     count = 0
     try:
         for record in target.backend.iter_records():
@@ -373,7 +221,7 @@ def cmd_check(args: argparse.Namespace, target: Target) -> None:
 
 
 def cmd_salvage(args: argparse.Namespace, target: Target) -> None:
-    destination = load_backend(args.to, _pairs(args.to_option, "--to-option"))
+    destination = load_backend(args.to, pairs(args.to_option, "--to-option"))
     try:
         report = maintenance.salvage(target.backend, destination, target.codec)
     finally:
