@@ -7,8 +7,8 @@ KEY=VALUE``.  A command never creates a store: a file-backed store that does
 not exist is an error naming it.  The secret, when a command needs one, comes
 from ``--secret``, ``SESSIONSTORE_SECRET`` or the ini, in that order.
 
-:meth:`Target.change` edits a session by compare-and-swap, and writes
-nothing when the edit changed nothing.
+:meth:`Target.change` edits a session by compare-and-swap, keeping its
+expiry and user binding, and writes nothing when the edit changed nothing.
 """
 
 from __future__ import annotations
@@ -149,10 +149,12 @@ class Target:
         return self._codec().loads(record)
 
     def change(self, session_id: str, edit: Any) -> Any:
-        """Apply ``edit(apps)`` to a session's data by compare-and-swap."""
+        """Apply ``edit(apps)`` to a session's data by compare-and-swap; its
+        expiry and user binding stay as they are."""
         for _ in range(20):
             record = self.record(session_id)
-            apps, expiry = self.data(record)
+            decoded = self._codec().decode(record)
+            apps, expiry = dict(decoded.apps), decoded.expiry
             before = {app: dict(keys) for app, keys in apps.items()}
             result = edit(apps)
             apps = {app: keys for app, keys in apps.items() if keys}
@@ -170,7 +172,9 @@ class Target:
                     record.session_id,
                     record.created_at,
                     record.expires_at,
+                    decoded.binding,
                 ),
+                record.user,
             )
             if self.backend.compare_and_swap(session_id, record.version, new):
                 return result

@@ -299,3 +299,22 @@ def test_the_demo_signs_a_user_out_everywhere_else(tmp_path):
     assert 'action="/logout"' not in browsers["B"].get("/").text  # B is signed out
     assert 'action="/logout"' in browsers["A"].get("/").text  # A is not
     app.plain.close()
+
+
+def test_editing_a_bound_session_from_the_command_line_keeps_its_user(tmp_path, capsys):
+    from sessionstore.cli import main
+
+    path = tmp_path / "s.db"
+    site = Site(("sqlite", {"filename": str(path)}), Clock(time.time()))
+    try:
+        laptop = site.run("laptop", login("alice"))[0]
+        where = ["--backend", "sqlite", "--option", f"filename={path}", "--secret", SECRET]
+        assert main([*where, "set", "-s", laptop, "-n", "notes", "-k", "k", "-V", "x"]) == 0
+        assert main([*where, "del", "-s", laptop, "-n", "notes", "-k", "k"]) == 0
+        capsys.readouterr()
+        assert main([*where, "--json", "sessions-of", "alice"]) == 0
+        assert laptop in capsys.readouterr().out  # still in the user's index
+        # ... and still bound in its signed payload, which has the last word.
+        assert site.run("laptop", lambda s: (s.id, s.user))[0] == (laptop, "alice")
+    finally:
+        site.mw.close()
