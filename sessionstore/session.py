@@ -2,8 +2,10 @@
 
 A Session reads nothing until the application touches it.  It keeps the data
 as read (``_base``), the current view (``_apps``) and a log of this request's
-own changes and reads (``_log``, :mod:`sessionstore.changes`).  Committing
-that log is :mod:`sessionstore.commit`'s work.
+own changes and reads (``_log``, :mod:`sessionstore.changes`).  What the
+Store methods call (reads, writes, size limits) is its base class, in
+:mod:`sessionstore.sessiondata`; committing the log is
+:mod:`sessionstore.commit`'s work.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import commit as protocol
 from .backends.base import Record
-from .changes import DELETE, ChangeLog, Op, Set, Update, apply_update, changed_since
-from .errors import ConcurrentUpdate, DamagedRecord
+from .changes import ChangeLog
+from .errors import DamagedRecord
 from .ids import new_session_id
 from .payload import AppData, Binding, Decoded
+from .sessiondata import SessionData, _delta
 from .store import Store
 
 if TYPE_CHECKING:
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sessionstore")
 
 
-class Session:
+class Session(SessionData):
     """The session of one request, found in ``environ["session"]``."""
 
     __slots__ = (
@@ -36,9 +39,6 @@ class Session:
         "_loaded",
         "_cookie",
         "_record",
-        "_base",
-        "_apps",
-        "_log",
         "_expiry",
         "_expiry_changed",
         "_is_new",
@@ -49,7 +49,6 @@ class Session:
         "_late",
         "_binding",
         "_binding_changed",
-        "_size",
     )
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
@@ -74,8 +73,7 @@ class Session:
         self._late = False
         self._binding: Binding | None = None
         self._binding_changed = False
-        #: What the session weighs (see _check_size).
-        self._size = 0
+        self._size = 0  # what it weighs (sessionstore.sessiondata)
 
     # -- public API -----------------------------------------------------------
 
@@ -227,127 +225,6 @@ class Session:
             return "<Session (not loaded)>"
         return f"<Session id={self.id!r} apps={self.apps()!r}>"
 
-    # -- used by Store --------------------------------------------------------
-
-    def _read(self, app: str, key: str | None) -> dict[str, bytes]:
-        """The application's values; the read of ``key`` (``None``: of all
-        keys) is remembered for lost-update detection."""
-        if not self._loaded:
-            self._load()
-        self._log.read(app, key)
-        return self._apps.get(app) or {}
-
-    def _writable(self, app: str) -> dict[str, bytes]:
-        if not self._loaded:
-            self._load()
-        if self._record is None and self._new_id is None:
-            self._starting()
-        if app not in self._log.apps:
-            # Copy on first write: _base keeps what was read.
-            self._apps[app] = dict(self._apps.get(app) or {})
-        return self._apps[app]
-
-    def _change(self, app: str, key: str, op: Op, data: bytes | None) -> None:
-        values = self._writable(app)
-        self._log.record(app, key, op)
-        if data is None:
-            values.pop(key, None)
-        else:
-            values[key] = data
-
-    def _write(self, app: str, key: str, data: bytes) -> bool:
-        if not self._loaded:
-            self._load()
-        # self._check_size() and self._change(), inline: the most frequent write.
-        settings = self._manager.settings
-        old = (self._apps.get(app) or {}).get(key)
-        size = self._size + len(data) + (len(key) if old is None else -len(old))
-        if len(data) > settings.max_value_size or size > settings.max_session_size:
-            self._check_size(app, key, data)  # raises, naming the limit
-        values = self._apps[app] if app in self._log.apps else self._writable(app)
-        is_new = key not in values
-        self._log.record(app, key, Set(data))
-        values[key] = data
-        self._size = size
-        return is_new
-
-    def _update(self, app: str, key: str, fn: Any, default: Any) -> Any:
-        self._load()
-        value, data = apply_update(app, key, fn, default, (self._apps.get(app) or {}).get(key))
-        size = self._check_size(app, key, data)
-        self._change(app, key, Update(fn, default), data)
-        self._size = size
-        return value
-
-    def _remove(self, app: str, key: str) -> bool:
-        """Delete ``key``: a blind write, not a read (``pop`` reads first)."""
-        self._load()
-        if key not in (self._apps.get(app) or {}):
-            return False
-        self._size = self._check_size(app, key, None)
-        self._change(app, key, DELETE, None)
-        return True
-
-    def _clear(self, app: str) -> None:
-        values = self._writable(app)
-        self._size -= sum(len(key) + len(data) for key, data in values.items())
-        values.clear()
-        self._log.of(app).clear()
-
-    def _set_values(self, app: str, writes: dict[str, bytes | None], seen: Any) -> None:
-        """Write ``writes`` (None: delete) and commit now; with ``seen``
-        (``{key: bytes or None}``), refuse if any of those keys changed."""
-        self._load()
-        size = self._size
-        try:
-            for key, data in writes.items():  # the size after all of them
-                self._size = self._check_size(app, key, data)
-        finally:
-            size, self._size = self._size, size
-        strict = None
-        if seen is not None:
-            checked = {(app, key): data for key, data in seen.items()}
-            conflicts = changed_since(checked, self._apps)
-            if conflicts:
-                self._manager.counters.add("conflicts")
-                raise ConcurrentUpdate(self.id or "(new)", conflicts)
-            strict = protocol.Strict(checked, self._log.snapshot())
-        for key, data in writes.items():
-            if data is None:
-                if key in (self._apps.get(app) or {}):
-                    self._change(app, key, DELETE, None)
-            else:
-                self._change(app, key, Set(data), data)
-        self._size = size
-        if self._dirty():
-            protocol.commit(self, strict)
-
-    def _check_size(self, app: str, key: str, data: bytes | None) -> int:
-        """The session's size once ``key`` holds ``data`` (``None``: is
-        deleted); ValueError past a limit, before anything changes.
-
-        The size is that of the signed payload as stored (what the session
-        costs pickled), plus the keys and values this request added, minus
-        those it removed: one addition per write, not a sum over the session.
-        """
-        settings = self._manager.settings
-        old = (self._apps.get(app) or {}).get(key)
-        total = self._size - (0 if old is None else len(key) + len(old))
-        if data is None:
-            return total
-        if len(data) > settings.max_value_size:
-            raise ValueError(
-                f"value of key {key!r} of application {app!r} is {len(data)} bytes "
-                f"pickled; max_value_size is {settings.max_value_size}"
-            )
-        total += len(key) + len(data)
-        if total > settings.max_session_size:
-            raise ValueError(
-                f"storing key {key!r} of application {app!r} would make the session "
-                f"{total} bytes pickled; max_session_size is {settings.max_session_size}"
-            )
-        return total
-
     # -- loading --------------------------------------------------------------
 
     def _load(self) -> None:
@@ -479,23 +356,3 @@ class Session:
         if headers and settings.cache_control:
             headers.append(("Cache-Control", settings.cache_control))
         return headers
-
-
-def _delta(base: AppData, view: AppData) -> int:
-    """Bytes of keys and values that ``view`` has and ``base`` has not, minus
-    the other way round (zero when they are one object, as at a load)."""
-    if base is view:
-        return 0
-    delta = 0
-    for app in base.keys() | view.keys():
-        before = base.get(app) or {}
-        after = view.get(app) or {}
-        if before is after:
-            continue
-        for key in before.keys() | after.keys():
-            old, new = before.get(key), after.get(key)
-            if old is not new:
-                delta += (0 if new is None else len(key) + len(new)) - (
-                    0 if old is None else len(key) + len(old)
-                )
-    return delta
