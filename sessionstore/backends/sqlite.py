@@ -135,14 +135,7 @@ class SqliteBackend(SqliteFile):
                 return self._get(conn, session_id) is None
             sql = "DELETE FROM sessions WHERE id = ? AND version = ?"
             return conn.execute(sql, (session_id, expected_version)).rowcount == 1
-        values = (
-            record.version,
-            record.created_at,
-            record.accessed_at,
-            record.expires_at,
-            record.payload,
-            record.user,
-        )
+        values = record[1:]  # a Record's fields are _COLUMNS, in order
         if expected_version is None:
             sql = (
                 f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -179,15 +172,7 @@ class SqliteBackend(SqliteFile):
             self._wrote(conn)
             conn.execute(
                 f"INSERT OR REPLACE INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.session_id,
-                    record.version,
-                    record.created_at,
-                    record.accessed_at,
-                    record.expires_at,
-                    record.payload,
-                    record.user,
-                ),
+                record,  # its fields are _COLUMNS, in order
             )
 
     def iter_records(self) -> Iterator[Record]:
