@@ -156,17 +156,22 @@ def test_secret_rotation_accepts_old_cookies_and_resigns_them(clock):
     assert results == ["v2"]
 
 
+NEW = "new-secret-0123456789abcdefghijk"
+OLD = "old-secret-0123456789abcdefghijk"
+
+
+def _serving(client, *secrets):
+    """Another middleware on ``client``'s store and clock, with ``secrets``."""
+    return SessionMiddleware(
+        SessionClient._app, secret=" ".join(secrets), backend=client.backend, clock=client.clock
+    )
+
+
 def test_a_write_under_a_rotated_secret_re_signs_in_its_one_commit(clock):
-    old = SessionClient(clock=clock, secret="old-secret-0123456789abcdefghijk")
+    old = SessionClient(clock=clock, secret=OLD)
     old.run(write)
     (record,) = old.backend.iter_records()
-    rotated = SessionMiddleware(
-        SessionClient._app,
-        secret="new-secret-0123456789abcdefghijk old-secret-0123456789abcdefghijk",
-        backend=old.backend,
-        clock=clock,
-    )
-    web = TestApp(rotated, cookiejar=old.web.cookiejar)
+    web = TestApp(_serving(old, NEW, OLD), cookiejar=old.web.cookiejar)
     results = []
     fn = lambda s: s.store("a").set("k", "v2")  # noqa: E731
     web.get("/", extra_environ={"test.fn": fn, "test.result": results})
@@ -174,29 +179,17 @@ def test_a_write_under_a_rotated_secret_re_signs_in_its_one_commit(clock):
     # nothing left for a re-signing touch to do.
     (after,) = old.backend.iter_records()
     assert after.version == record.version + 1
-    retired = SessionMiddleware(
-        SessionClient._app,
-        secret="new-secret-0123456789abcdefghijk",
-        backend=old.backend,
-        clock=clock,
-    )
     results.clear()
-    TestApp(retired, cookiejar=old.web.cookiejar).get(
+    TestApp(_serving(old, NEW), cookiejar=old.web.cookiejar).get(
         "/", extra_environ={"test.fn": read, "test.result": results}
     )
     assert results == ["v2"]
 
 
 def test_old_secret_cookie_is_refused_once_retired(clock):
-    old = SessionClient(clock=clock, secret="old-secret-0123456789abcdefghijk")
+    old = SessionClient(clock=clock, secret=OLD)
     old.run(write)
-    retired = SessionMiddleware(
-        SessionClient._app,
-        secret="new-secret-0123456789abcdefghijk",
-        backend=old.backend,
-        clock=clock,
-    )
-    web = TestApp(retired, cookiejar=old.web.cookiejar)
+    web = TestApp(_serving(old, NEW), cookiejar=old.web.cookiejar)
     results = []
     response = web.get("/", extra_environ={"test.fn": read, "test.result": results})
     assert results == [None] and response.status_int == 200
