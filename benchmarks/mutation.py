@@ -55,7 +55,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sessionstore"
 
 #: Modules at the edge of the package: not part of the commit path.
-EDGE = {"__init__", "cli", "config", "demo", "errors", "ids", "paste", "testing"}
+EDGE = {
+    "__init__",
+    "cli",
+    "clitarget",
+    "config",
+    "demo",
+    "demostyle",
+    "errors",
+    "ids",
+    "paste",
+    "testing",
+}
 
 #: Tests for the session, its commit protocol, store, middleware and manager;
 #: fastest and most pointed first, since ``-x`` stops at the first failure.
@@ -85,14 +96,26 @@ BACKENDS = {
         ["tests/test_backend_contract.py::TestMemoryBackend"],
     ),
     "picklefile": (
-        {"compare_and_swap", "_put_records", "_delete_ids", "_append", "_read_frames"},
+        {"compare_and_swap", "_put_records", "_delete_ids", "_append"},
+        ["tests/test_backend_contract.py::TestPickleBackend", "tests/test_durability.py"],
+    ),
+    "picklesync": (
+        {"_sync", "_read_frames", "_apply"},
         ["tests/test_backend_contract.py::TestPickleBackend", "tests/test_durability.py"],
     ),
     "sqlite": (
-        {"compare_and_swap", "_open"},
+        {"compare_and_swap", "_swap"},
         [
             "tests/test_backend_contract.py::TestSqliteBackend",
             "tests/test_backend_contract.py::TestSqliteMemoryBackend",
+            "tests/test_durability.py",
+        ],
+    ),
+    "sqlitefile": (
+        {"_open", "_thread_connection", "_file_changed"},
+        [
+            "tests/test_backend_contract.py::TestSqliteBackend",
+            "tests/test_embedded_faults.py",
             "tests/test_durability.py",
         ],
     ),

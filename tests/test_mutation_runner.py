@@ -39,6 +39,21 @@ def test_every_mutant_compiles_and_changes_the_module():
             assert source != original, mutant
 
 
+def test_every_backend_function_named_for_mutation_exists():
+    """A renamed function would silently leave its code unmutated."""
+    import ast
+
+    runner = load_runner()
+    for name, (functions, _) in runner.BACKENDS.items():
+        path = ROOT / "sessionstore" / "backends" / f"{name}.py"
+        defined = {
+            node.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef)
+        }
+        assert functions <= defined, (name, functions - defined)
+
+
 def test_the_memory_lock_mutant_removes_the_lock():
     runner = load_runner()
     [memory] = [t for t in runner.targets() if t.name == "memory"]
