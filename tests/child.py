@@ -98,8 +98,8 @@ def serve(kind, where, on_conflict="merge"):
     server.run()
 
 
+COMMANDS = {"crash-loop": crash_loop, "try-write": try_write, "mp-write": mp_write, "serve": serve}
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"crash-loop": crash_loop, "try-write": try_write, "mp-write": mp_write, "serve": serve}[
-        command
-    ](*args)
+    COMMANDS[command](*args)
