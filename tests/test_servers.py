@@ -5,9 +5,13 @@ servers on their default ports):
 
 * ``SESSIONSTORE_TEST_REDIS_URL``       redis://127.0.0.1:6379/15
 * ``SESSIONSTORE_TEST_POSTGRESQL_URL``  postgresql+psycopg://postgres@127.0.0.1:5432/test
-* ``SESSIONSTORE_TEST_MYSQL_URL``       mysql+pymysql://root@127.0.0.1:3306/test
+* ``SESSIONSTORE_TEST_MYSQL_URL``       mysql+pymysql://root@127.0.0.1:3306/test?ssl_disabled=true
 
 Without a server these tests skip; with ``CI=true`` a missing server fails.
+``ssl_disabled=true``: the MariaDB here has no TLS (``have_ssl`` is DISABLED),
+so the connections are plain either way, but without it PyMySQL builds a TLS
+context for every connection it opens (30 ms loading the system's CA
+certificates; several seconds over the suite).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ URLS = {
         "SESSIONSTORE_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     ),
     "mysql": os.environ.get(
-        "SESSIONSTORE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+        "SESSIONSTORE_TEST_MYSQL_URL",
+        "mysql+pymysql://root@127.0.0.1:3306/test?ssl_disabled=true",
     ),
 }
 
