@@ -166,11 +166,22 @@ def close_every_backend():
 BACKENDS = ["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"]
 
 
+@pytest.fixture(scope="session")
+def sql_tables():
+    """The run's pool of SQL tables (``test_servers.TablePool``), dropped at its end."""
+    from .test_servers import TablePool
+
+    pool = TablePool()
+    yield pool
+    pool.drop_all()
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
+def backend(request, tmp_path, sql_tables):
     """``(kind, options)`` for a SessionMiddleware on each backend: files in
-    tmp_path, servers on a key prefix or table of the test's own (dropped
-    after).  Without a server the test skips; with ``CI=true`` it fails."""
+    tmp_path, Redis on a key prefix of the test's own (deleted after), SQL
+    servers on a table lent for the test (emptied after).  Without a server
+    the test skips; with ``CI=true`` it fails."""
     from sessionstore import BackendError, ConfigurationError
 
     from .test_servers import _unavailable, drop_store, make_backend, options_for
@@ -180,6 +191,10 @@ def backend(request, tmp_path):
         yield "memory", None
     elif name in ("pickle", "sqlite"):
         yield name, {"filename": str(tmp_path / f"sessions.{name}")}
+    elif name != "redis":
+        unique = sql_tables.lend(name)
+        yield "sql", options_for(name, unique)
+        sql_tables.give_back(name, unique)
     else:
         unique = secrets.token_hex(4)
         probe = make_backend(name, unique)
@@ -188,5 +203,5 @@ def backend(request, tmp_path):
         except (BackendError, ConfigurationError) as exc:
             probe.close()
             _unavailable(name, exc)
-        yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
+        yield "redis", options_for(name, unique)
         drop_store(probe)

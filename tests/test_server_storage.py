@@ -205,8 +205,8 @@ def test_sql_text_payload_column_is_a_backend_error_naming_the_id(server):
     """A table made by hand with a TEXT payload: what comes back is a str."""
     from sessionstore.backends.sql import SqlBackend
 
-    name, unique = server
-    table = f"handmade_{unique}"
+    name, _ = server
+    table = f"handmade_{secrets.token_hex(4)}"  # a shape of its own: never a lent table
     backend = SqlBackend(URLS[name], table=table)
     with backend._engine.connect() as conn:
         conn.exec_driver_sql(
@@ -303,7 +303,7 @@ def _race_setup(url: str, tables: list[str], barrier, results) -> None:
 def test_four_processes_creating_the_table_at_once_all_start(server):
     name, unique = server
     rounds, processes = 20, 4
-    tables = [f"race_{unique}_{i}" for i in range(rounds)]
+    tables = [f"race_{secrets.token_hex(4)}_{i}" for i in range(rounds)]
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(processes)
     results = context.Queue()
