@@ -6,8 +6,7 @@ import contextlib
 import os
 import secrets
 import select
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
@@ -108,29 +107,23 @@ def client(clock):
 
 @pytest.fixture
 def two_server_processes(tmp_path):
+    """``start(kind, on_conflict, where)``: two waitress processes serving
+    ``tests.child serve`` on one store; their ports.  Forked from the warm
+    server of ``tests.forked``, each opens the store after the fork."""
+    from . import forked
+
     procs = []
 
     def start(kind: str, on_conflict: str = "merge", where: str | None = None) -> list[int]:
         path = where or str(tmp_path / {"pickle": "sessions.dat", "sqlite": "sessions.db"}[kind])
-        ports = []
-        for _ in range(2):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.child", "serve", kind, path, on_conflict],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            ports.append(int(read_line(proc.stdout)))
-        return ports
+        procs.extend(forked.start("child", "serve", kind, path, on_conflict) for _ in range(2))
+        return [int(read_line(proc.stdout)) for proc in procs[-2:]]
 
     yield start
     for proc in procs:
-        proc.terminate()
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        proc.stdout.close()
 
 
 @pytest.fixture(autouse=True)

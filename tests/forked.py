@@ -33,7 +33,9 @@ from typing import IO, Any
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(
-    ["__main__", "tests.compaction_child", "tests.apps", "sessionstore.backends.sqlite"]
+    ["__main__", "tests.compaction_child", "tests.apps", "waitress"]
+    + [f"sessionstore.backends.{name}" for name in ("sqlite", "redis", "sql")]
+    + ["psycopg", "pymysql"]
 )
 
 
