@@ -1,64 +1,30 @@
 """The sessionstore command against stores the tests filled.
 
-The commands run in this process (``main()`` with its output captured, about
-150 ms less per command than a new interpreter); one test runs them as the
-separate process a user starts, and checks the two agree.
+The commands run in this process (``tests.clirun``: about 150 ms less per
+command than a new interpreter); one test runs them as the separate process
+a user starts, and checks the two agree.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
 from webtest import TestApp
 
-from sessionstore.cli import main
-
+from . import clirun
 from .apps import SECRET, make_app
 
 ENV = {k: v for k, v in os.environ.items() if k != "SESSIONSTORE_SECRET"}
 
 
-@dataclass
-class Ran:
-    """What a run of the command gave, like :class:`subprocess.CompletedProcess`."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture(autouse=True)
-def no_secret_in_the_environment(monkeypatch):
-    monkeypatch.delenv("SESSIONSTORE_SECRET", raising=False)
-
-
 def cli(*args, check=True):
-    """``sessionstore ARGS`` in this process: its exit code and output, as a
-    separate process would give them (warnings logged go to stderr, as
-    Python's last-resort handler prints them there)."""
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
-    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
-    handler = logging.StreamHandler(err)
-    handler.setLevel(logging.WARNING)
-    logging.getLogger().addHandler(handler)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        logging.getLogger().removeHandler(handler)
-    ran = Ran(code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
+    """``sessionstore ARGS`` in this process, without ``$SESSIONSTORE_SECRET``."""
+    ran = clirun.run(*args)
     if check:
         assert ran.returncode == 0, ran.stderr
     return ran
