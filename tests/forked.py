@@ -31,8 +31,10 @@ import time
 import traceback
 from typing import IO, Any
 
-_CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(
+#: multiprocessing's fork server context, for tests that start their own
+#: processes (a Barrier, a Queue and Process targets from importable modules).
+CONTEXT = multiprocessing.get_context("forkserver")
+CONTEXT.set_forkserver_preload(
     ["__main__", "tests.compaction_child", "tests.apps", "waitress"]
     + [f"sessionstore.backends.{name}" for name in ("sqlite", "redis", "sql")]
     + ["psycopg", "pymysql"]
@@ -56,8 +58,8 @@ class Forked:
     """``python -m tests.MODULE COMMAND ARGS``, forked from the warm server."""
 
     def __init__(self, module: str, command: str, *args: str) -> None:
-        reader, writer = _CONTEXT.Pipe(duplex=False)
-        self._process = _CONTEXT.Process(
+        reader, writer = CONTEXT.Pipe(duplex=False)
+        self._process = CONTEXT.Process(
             target=_run, args=(module, command, args, writer), daemon=True
         )
         self._process.start()
