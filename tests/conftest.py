@@ -53,7 +53,11 @@ def read_line(stream, timeout: float = 30.0) -> str:
 
 def pytest_collection_finish(session):
     """Start test_readme's wheel build now, if that test is to run: it then
-    builds (one core, ~3 s of pip) while the tests before it run."""
+    builds (one core, ~3 s of pip) while the tests before it run.  Not in an
+    xdist worker: each collects every test, and only one runs this one (two
+    builds at once would share the tree's build folder)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     for item in session.items:
         if item.name == "test_the_wheel_carries_the_license":
             item.module.start_building_the_wheel()
