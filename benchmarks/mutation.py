@@ -212,7 +212,9 @@ class Workspace:
         path.write_text(source)
         tests = [t for t in target.tests if (self.root / t.split("::")[0]).exists()]
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(self.root))
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+        # "-n 0": one process per mutant; --jobs already runs mutants side by side.
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider"]
+        command += tests
         started = time.monotonic()
         proc = subprocess.Popen(
             command,

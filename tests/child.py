@@ -4,6 +4,8 @@ python -m tests.child crash-loop KIND PATH START
 python -m tests.child try-write KIND PATH
 python -m tests.child mp-write KIND PATH COOKIE WORKER COUNT
 python -m tests.child serve KIND PATH|OPTIONS_JSON [on_conflict]
+
+race_setup() is a multiprocessing target (test_server_storage).
 """
 
 from __future__ import annotations
@@ -98,8 +100,25 @@ def serve(kind, where, on_conflict="merge"):
     server.run()
 
 
+def race_setup(url: str, tables: list[str], barrier, results) -> None:
+    """A process starting on each table at the same moment as three others
+    (test_server_storage, forked: outcomes go back through ``results``)."""
+    from sessionstore.backends.sql import SqlBackend
+
+    for table in tables:
+        backend = SqlBackend(url, table=table)
+        barrier.wait(timeout=60)
+        try:
+            backend.setup()
+            results.put("ok")
+        except Exception as exc:  # reported to the parent, which fails the test
+            results.put(f"{type(exc).__name__}: {exc}")
+        finally:
+            backend.close()
+
+
+COMMANDS = {"crash-loop": crash_loop, "try-write": try_write, "mp-write": mp_write, "serve": serve}
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"crash-loop": crash_loop, "try-write": try_write, "mp-write": mp_write, "serve": serve}[
-        command
-    ](*args)
+    COMMANDS[command](*args)

@@ -45,12 +45,15 @@ def no_room(path: str, count: str) -> None:
     print("commits", count, "failed-compactions", counter.failed, flush=True)
 
 
+def compacting_crash_loop(path: str, start: str) -> None:
+    # Compact as soon as the log holds twice the live data: with 20
+    # sessions of 40 KB that is every ~20 commits.
+    picklecompact.COMPACT_SLACK = 0
+    crash_loop("pickle", path, start)
+
+
+COMMANDS = {"crash-loop": compacting_crash_loop, "no-room": no_room}
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    if command == "crash-loop":
-        # Compact as soon as the log holds twice the live data: with 20
-        # sessions of 40 KB that is every ~20 commits.
-        picklecompact.COMPACT_SLACK = 0
-        crash_loop("pickle", *args)
-    else:
-        no_room(*args)
+    COMMANDS[command](*args)

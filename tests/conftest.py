@@ -6,8 +6,7 @@ import contextlib
 import os
 import secrets
 import select
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
@@ -50,6 +49,24 @@ def read_line(stream, timeout: float = 30.0) -> str:
     if not line:
         raise AssertionError("the child process closed its output without a line")
     return line
+
+
+def pytest_collection_finish(session):
+    """Start test_readme's wheel build now, if that test is to run: it then
+    builds (one core, ~3 s of pip) while the tests before it run.  Not in an
+    xdist worker: each collects every test, and only one runs this one (two
+    builds at once would share the tree's build folder)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in session.items:
+        if item.name == "test_the_wheel_carries_the_license":
+            item.module.start_building_the_wheel()
+
+
+def pytest_sessionfinish(session):
+    from . import test_readme
+
+    test_readme.stop_building_the_wheel()  # if the run ended before the test
 
 
 @pytest.fixture
@@ -108,29 +125,23 @@ def client(clock):
 
 @pytest.fixture
 def two_server_processes(tmp_path):
+    """``start(kind, on_conflict, where)``: two waitress processes serving
+    ``tests.child serve`` on one store; their ports.  Forked from the warm
+    server of ``tests.forked``, each opens the store after the fork."""
+    from . import forked
+
     procs = []
 
     def start(kind: str, on_conflict: str = "merge", where: str | None = None) -> list[int]:
         path = where or str(tmp_path / {"pickle": "sessions.dat", "sqlite": "sessions.db"}[kind])
-        ports = []
-        for _ in range(2):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.child", "serve", kind, path, on_conflict],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            ports.append(int(read_line(proc.stdout)))
-        return ports
+        procs.extend(forked.start("child", "serve", kind, path, on_conflict) for _ in range(2))
+        return [int(read_line(proc.stdout)) for proc in procs[-2:]]
 
     yield start
     for proc in procs:
-        proc.terminate()
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        proc.stdout.close()
 
 
 @pytest.fixture(autouse=True)
@@ -166,11 +177,22 @@ def close_every_backend():
 BACKENDS = ["memory", "pickle", "sqlite", "redis", "postgresql", "mysql"]
 
 
+@pytest.fixture(scope="session")
+def sql_tables():
+    """The run's pool of SQL tables (``test_servers.TablePool``), dropped at its end."""
+    from .test_servers import TablePool
+
+    pool = TablePool()
+    yield pool
+    pool.drop_all()
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
+def backend(request, tmp_path, sql_tables):
     """``(kind, options)`` for a SessionMiddleware on each backend: files in
-    tmp_path, servers on a key prefix or table of the test's own (dropped
-    after).  Without a server the test skips; with ``CI=true`` it fails."""
+    tmp_path, Redis on a key prefix of the test's own (deleted after), SQL
+    servers on a table lent for the test (emptied after).  Without a server
+    the test skips; with ``CI=true`` it fails."""
     from sessionstore import BackendError, ConfigurationError
 
     from .test_servers import _unavailable, drop_store, make_backend, options_for
@@ -180,6 +202,10 @@ def backend(request, tmp_path):
         yield "memory", None
     elif name in ("pickle", "sqlite"):
         yield name, {"filename": str(tmp_path / f"sessions.{name}")}
+    elif name != "redis":
+        unique = sql_tables.lend(name)
+        yield "sql", options_for(name, unique)
+        sql_tables.give_back(name, unique)
     else:
         unique = secrets.token_hex(4)
         probe = make_backend(name, unique)
@@ -188,5 +214,5 @@ def backend(request, tmp_path):
         except (BackendError, ConfigurationError) as exc:
             probe.close()
             _unavailable(name, exc)
-        yield ("redis" if name == "redis" else "sql"), options_for(name, unique)
+        yield "redis", options_for(name, unique)
         drop_store(probe)

@@ -18,6 +18,7 @@ from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.backends.sqlite import SqliteBackend
 from sessionstore.testing import make_record
 
+from . import forked
 from .apps import make_app
 from .child import IDS
 from .conftest import IN_CI
@@ -58,8 +59,12 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_commit(tmp_path, kind):
     acked: dict[int, int] = {}  # id index -> last acknowledged version
     step = 0
     in_flight = 0  # kills that landed after a commit was stored, before its acknowledgement
-    for _ in range(30):
-        proc = child("crash-loop", kind, path, str(step))
+    kills = 0
+    # 30 kills, and more (up to 200) until one lands in that narrow window:
+    # about 1 kill in 10 does, as measured, so 30 alone miss it now and then.
+    while kills < 30 or (in_flight == 0 and kills < 200):
+        kills += 1
+        proc = forked.start("child", "crash-loop", kind, path, str(step))
         wanted = rng.randint(1, 40)
         seen = 0
         assert proc.stdout is not None
@@ -89,9 +94,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_commit(tmp_path, kind):
                     in_flight += 1
         finally:
             backend.close()
-    # The kills did land mid-commit (each time with probability about 1/2):
-    # the commit in flight was stored, its acknowledgement never printed.
-    assert in_flight >= 1
+    # Some kill did land mid-commit: the commit in flight was stored, its
+    # acknowledgement never printed.
+    assert in_flight >= 1, kills
     assert sum(acked.values()) >= 30
 
 
@@ -320,10 +325,12 @@ def test_four_processes_writing_one_session_lose_nothing(tmp_path, kind):
     web.get("/write", {"app": "setup", "key": "k", "value": "v"})
     cookie = web.cookies["session"]
     count = 60
-    procs = [child("mp-write", kind, path, cookie, str(w), str(count)) for w in range(4)]
+    procs = [
+        forked.start("child", "mp-write", kind, path, cookie, str(w), str(count)) for w in range(4)
+    ]
     for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0 and "done" in out
+        out, returncode = proc.communicate(timeout=120)
+        assert returncode == 0 and "done" in out, out
     dump = web.get("/dump").json
     for worker in range(4):
         assert dump["apps"][f"w{worker}"] == {f"k{i}": str(i) for i in range(count)}
@@ -355,12 +362,7 @@ def test_sigkill_during_compaction_loses_nothing_and_leaves_no_temp_file(tmp_pat
     step = 0
     mid_compaction = 0
     for _ in range(50):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.compaction_child", "crash-loop", str(path), str(step)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        proc = forked.start("compaction_child", "crash-loop", str(path), str(step))
         wanted = rng.randint(1, 30)
         assert proc.stdout is not None
         for seen, line in enumerate(proc.stdout, 1):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from sessionstore.maintenance import check, salvage
 from sessionstore.payload import PayloadCodec
 from sessionstore.testing import make_record
 
-from .conftest import ROOT
+from . import clirun
 
 SECRET = "maintenance-secret-0123456789abcdef"
 CODEC = PayloadCodec((SECRET,))
@@ -26,14 +24,7 @@ BACKENDS = {"pickle": (PickleBackend, "sessions.dat"), "sqlite": (SqliteBackend,
 
 
 def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "sessionstore.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SESSIONSTORE_SECRET": SECRET},
-    )
+    return clirun.run(*args, secret_variable=SECRET)
 
 
 def good_record():

@@ -17,6 +17,7 @@ from webtest import TestApp
 
 from sessionstore import ConcurrentUpdate, SessionMiddleware
 from sessionstore.backends.memory import MemoryBackend
+from sessionstore.commit import MAX_ATTEMPTS
 
 from .apps import SECRET
 from .conftest import Clock, SessionClient
@@ -163,7 +164,19 @@ def test_regenerate_racing_with_a_write_keeps_the_write_and_the_old_id_dead(cloc
     assert dumped == {"a": {"x": "before"}, "b": {"late": "kept"}}
 
 
-def test_regenerate_that_keeps_losing_answers_503_and_leaves_the_session_alive(clock):
+@pytest.fixture
+def attempts(monkeypatch):
+    """The commit's attempts, in order, without the random wait before each
+    (up to 20 ms; about 0.45 s over the 50 attempts of a commit that keeps
+    losing, and nothing to do with what these tests check)."""
+    from sessionstore import commit
+
+    made: list[int] = []
+    monkeypatch.setattr(commit, "backoff", made.append)
+    return made
+
+
+def test_regenerate_that_keeps_losing_answers_503_and_leaves_the_session_alive(clock, attempts):
     """Every attempt of regenerate() loses to a new write: it gives up with
     BusyRetry (503), every new id it made is undone, and the old session,
     with every concurrent write, is still there."""
@@ -185,6 +198,8 @@ def test_regenerate_that_keeps_losing_answers_503_and_leaves_the_session_alive(c
     assert response.status_int == 503
     assert "Set-Cookie" not in response.headers
     assert len(writes) > 1 and set(client.backend.get_all()) == {old_id}
+    # Every attempt lost (the other client's commits each win at attempt 0).
+    assert [n for n in attempts if n] == list(range(1, MAX_ATTEMPTS))
     dumped = client.run(lambda s: {a: dict(s.store(a).items()) for a in s.apps()})[0]
     assert dumped == {"a": {"x": "before"}, "b": {"n": writes[-1]}}
 
@@ -205,7 +220,7 @@ class InterruptedUpdates(MemoryBackend):
         return super().compare_and_swap(session_id, expected_version, record)
 
 
-def test_a_commit_that_keeps_losing_answers_503_and_writes_nothing(clock):
+def test_a_commit_that_keeps_losing_answers_503_and_writes_nothing(clock, attempts):
     """Another process commits right before every attempt: the commit gives
     up with BusyRetry (503, Retry-After) and none of its writes is stored."""
     client = SessionClient(InterruptedUpdates(), clock=clock)
@@ -225,6 +240,8 @@ def test_a_commit_that_keeps_losing_answers_503_and_writes_nothing(clock):
     assert response.status_int == 503 and "Retry-After" in response.headers
     dumped = client.run(lambda s: {a: dict(s.store(a).items()) for a in s.apps()})[0]
     assert len(writes) > 1 and dumped == {"a": {"x": "before"}, "b": {"n": writes[-1]}}
+    # Every attempt lost (the other client's commits each win at attempt 0).
+    assert [n for n in attempts if n] == list(range(1, MAX_ATTEMPTS))
 
 
 @pytest.mark.parametrize("on_conflict", ["merge", "error"])

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import configparser
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
+from pathlib import Path
+from typing import Any
 
 import docutils.core
 import pytest
@@ -54,15 +58,48 @@ def test_ci_runs_every_python_the_package_claims():
     assert parser["options"]["python_requires"] == f">={claimed[0]}, <{below}"
 
 
-@pytest.mark.slow
-def test_the_wheel_carries_the_license(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
+# The wheel's build: ~3 s of pip (a fresh build environment, then setuptools)
+# on one core.  conftest starts it as soon as the tests are collected, so it
+# runs while the tests before this one do; the test waits for it.
+_BUILD: dict[str, Any] = {}
+
+
+def start_building_the_wheel() -> None:
+    if _BUILD:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="sessionstore-wheel-"))
+    _BUILD["folder"] = folder
+    _BUILD["pip"] = subprocess.Popen(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(folder), str(ROOT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    (wheel,) = tmp_path.glob("sessionstore-*.whl")
+
+
+def stop_building_the_wheel() -> None:
+    """Stop a build no test waited for; remove the built wheel."""
+    pip = _BUILD.pop("pip", None)
+    if pip is not None:
+        pip.kill()
+        pip.communicate()
+    folder = _BUILD.pop("folder", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def built_wheel_folder():
+    start_building_the_wheel()  # unless conftest did
+    pip = _BUILD.pop("pip")
+    _, errors = pip.communicate(timeout=300)
+    assert pip.returncode == 0, errors.decode()
+    yield _BUILD["folder"]
+    stop_building_the_wheel()
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_license(built_wheel_folder):
+    (wheel,) = built_wheel_folder.glob("sessionstore-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (license_name,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]

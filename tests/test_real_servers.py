@@ -39,8 +39,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def stopping():
+    """gunicorns told to stop, reaped when the module ends.
+
+    A gunicorn takes about half a second to stop (its workers finish and
+    exit, its master looks every 0.1 s); nothing of the test waits for that.
+    Each has closed its socket and stops serving once told to stop.
+    """
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 @pytest.fixture
-def serve():
+def serve(stopping):
     """Start a server on a store: ``serve("waitress"|"gunicorn", store, **settings)``."""
     running = []
 
@@ -72,6 +88,8 @@ def serve():
                 f"127.0.0.1:{port}",
                 "--log-level",
                 "warning",
+                "--config",
+                "tests/gunicorn_conf.py",
                 "tests.apps:from_environment()",
             ],
             cwd=ROOT,
@@ -79,7 +97,7 @@ def serve():
             stderr=subprocess.PIPE,
             text=True,
         )
-        running.append(lambda: _stop(proc))
+        running.append(lambda: (proc.terminate(), stopping.append(proc)))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -93,13 +111,6 @@ def serve():
     yield start
     for stop in running:
         stop()
-
-
-def _stop(proc):
-    proc.terminate()
-    proc.wait(timeout=30)
-    if proc.stderr is not None:
-        proc.stderr.close()
 
 
 def append_concurrently(port, cookie, path):

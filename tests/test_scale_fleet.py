@@ -15,9 +15,12 @@ from .conftest import ROOT
     "args",
     [
         pytest.param(
-            ["--fleet", "--sessions", "300", "--seconds", "1", "--workers", "2"], id="fleet"
+            # Workers commit for 0.5 s, from ~0.3 s after their start (imports and
+            # opening the store); the compaction and purge run at 0.75 s, among them.
+            ["--fleet", "--sessions", "300", "--seconds", "0.5", "--workers", "2"],
+            id="fleet",
         ),
-        pytest.param(["--wal", "1", "--workers", "2"], id="wal"),
+        pytest.param(["--wal", "0.4", "--workers", "2"], id="wal"),
     ],
 )
 def test_scale_modes_run_and_report_no_errors(args):

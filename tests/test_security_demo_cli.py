@@ -16,6 +16,7 @@ from sessionstore import SessionMiddleware
 from sessionstore.config import Settings
 from sessionstore.demo import make_app
 
+from . import clirun
 from .conftest import ROOT
 
 SECRET = "s-0123456789abcdefghijklmnopqrst"
@@ -180,12 +181,7 @@ def test_without_a_secret_line_the_random_secret_lives_in_memory_only(
 
 
 def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "sessionstore.cli", *args],
-        capture_output=True,
-        timeout=60,
-        env=ENV,
-    )
+    return clirun.run(*args, text=False)
 
 
 def test_secret_command_prints_a_fresh_usable_secret():

@@ -3,11 +3,9 @@ reads, masked passwords, and table creation by processes racing at start-up."""
 
 from __future__ import annotations
 
-import multiprocessing
 import secrets
 import socket
 import time
-import warnings
 
 import pytest
 
@@ -15,6 +13,8 @@ from sessionstore import BackendError, ConfigurationError, SessionMiddleware
 from sessionstore.cli import main as cli
 from sessionstore.testing import make_record
 
+from . import forked
+from .child import race_setup
 from .test_servers import URLS, _unavailable, make_backend, server
 
 pytestmark = pytest.mark.server
@@ -205,8 +205,8 @@ def test_sql_text_payload_column_is_a_backend_error_naming_the_id(server):
     """A table made by hand with a TEXT payload: what comes back is a str."""
     from sessionstore.backends.sql import SqlBackend
 
-    name, unique = server
-    table = f"handmade_{unique}"
+    name, _ = server
+    table = f"handmade_{secrets.token_hex(4)}"  # a shape of its own: never a lent table
     backend = SqlBackend(URLS[name], table=table)
     with backend._engine.connect() as conn:
         conn.exec_driver_sql(
@@ -283,40 +283,21 @@ def test_no_password_in_a_backend_repr(url):
 # -- start-up ---------------------------------------------------------------------------
 
 
-def _race_setup(url: str, tables: list[str], barrier, results) -> None:
-    """A process starting on each table at the same moment as three others."""
-    from sessionstore.backends.sql import SqlBackend
-
-    for table in tables:
-        backend = SqlBackend(url, table=table)
-        barrier.wait(timeout=60)
-        try:
-            backend.setup()
-            results.put("ok")
-        except Exception as exc:  # reported to the parent, which fails the test
-            results.put(f"{type(exc).__name__}: {exc}")
-        finally:
-            backend.close()
-
-
 @pytest.mark.parametrize("server", ["postgresql", "mysql"], indirect=True)
 def test_four_processes_creating_the_table_at_once_all_start(server):
     name, unique = server
     rounds, processes = 20, 4
-    tables = [f"race_{unique}_{i}" for i in range(rounds)]
-    context = multiprocessing.get_context("fork")
+    tables = [f"race_{secrets.token_hex(4)}_{i}" for i in range(rounds)]
+    # Forked from the warm fork server, not from this (threaded) process.
+    context = forked.CONTEXT
     barrier = context.Barrier(processes)
     results = context.Queue()
     workers = [
-        context.Process(target=_race_setup, args=(URLS[name], tables, barrier, results))
+        context.Process(target=race_setup, args=(URLS[name], tables, barrier, results))
         for _ in range(processes)
     ]
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about fork in a threaded process; each child
-        # only builds its own backend (no connection crosses the fork).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for worker in workers:
-            worker.start()
+    for worker in workers:
+        worker.start()
     outcomes = [results.get(timeout=120) for _ in range(rounds * processes)]
     for worker in workers:
         worker.join(timeout=60)

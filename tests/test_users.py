@@ -240,9 +240,8 @@ def test_an_sql_table_from_before_the_user_index_is_migrated(name):
 
 def test_the_command_line_lists_and_logs_out_a_user(tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
+
+    from . import clirun
 
     site = Site(("sqlite", {"filename": str(tmp_path / "s.db")}), Clock(time.time()))
     try:
@@ -250,19 +249,12 @@ def test_the_command_line_lists_and_logs_out_a_user(tmp_path):
         phone = site.run("phone", login("alice"))[0]
     finally:
         site.mw.close()
-    env = {k: v for k, v in os.environ.items() if k != "SESSIONSTORE_SECRET"}
     where = ["--backend", "sqlite", "--option", f"filename={tmp_path / 's.db'}"]
 
     def cli(*args):
-        proc = subprocess.run(
-            [sys.executable, "-m", "sessionstore.cli", *where, "--secret", SECRET, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
+        ran = clirun.run(*where, "--secret", SECRET, *args)
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout
 
     listed = [json.loads(line) for line in cli("--json", "sessions-of", "alice").splitlines()]
     assert {s["session_id"] for s in listed} == {laptop, phone}
