@@ -123,10 +123,10 @@ class SessionData:
         self._load()
         size = self._size
         try:
-            for key, data in writes.items():  # the size after all of them
+            for key, data in writes.items():  # each checked with those before it
                 self._size = self._check_size(app, key, data)
         finally:
-            size, self._size = self._size, size
+            self._size = size  # the commit below sets it from what it stores
         strict = None
         if seen is not None:
             checked = {(app, key): data for key, data in seen.items()}
@@ -141,7 +141,6 @@ class SessionData:
                     self._change(app, key, DELETE, None)
             else:
                 self._change(app, key, Set(data), data)
-        self._size = size
         if self._dirty():
             protocol.commit(cast("Session", self), strict)
 

@@ -302,3 +302,44 @@ def test_set_values_over_the_session_limit_writes_none_of_its_keys(clock):
     # Half of it fits.
     client.run(lambda s: s.store("a").set_values({"p": "x" * 900}))
     assert client.run(lambda s: sorted(s.store("a").keys()))[0] == ["k", "p"]
+
+
+def test_updates_of_one_request_add_up_against_the_session_limit(clock):
+    client = _limited(clock)
+
+    def three(session):
+        store = session.store("a")
+        store.update("k1", lambda v: "x" * 900)
+        store.update("k2", lambda v: "x" * 900)
+        with pytest.raises(ValueError):
+            store.update("k3", lambda v: "x" * 900)
+        return store.keys()
+
+    assert client.run(three)[0] == ["k1", "k2"]
+
+
+def test_set_values_counts_against_the_limit_for_later_writes_of_the_request(clock):
+    client = _limited(clock)
+    client.run(lambda s: s.store("a").set("k", "x" * 900))
+
+    def probe(session):
+        store = session.store("a")
+        store.set_values({"p": "x" * 900})  # committed now; fits
+        with pytest.raises(ValueError):
+            store.set("q", "x" * 900)
+
+    client.run(probe)
+    assert client.run(lambda s: sorted(s.store("a").keys()))[0] == ["k", "p"]
+
+
+def test_a_key_removed_from_a_collection_is_deleted_by_set_values(client):
+    client.run(lambda s: (s.store("a").set("gone", 1), s.store("a").set("kept", 2)))
+
+    def probe(session):
+        store = session.store("a")
+        values = store.using("gone", "kept")
+        del values["gone"]
+        store.set_values(values)
+
+    client.run(probe)
+    assert client.run(lambda s: s.store("a").dump())[0] == {"kept": 2}
