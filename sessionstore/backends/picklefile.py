@@ -15,12 +15,14 @@ the others; after another process's compaction the index is carried over to
 the new file without reading it (its origin frame says where the old file's
 bytes went).  Reads of an up-to-date index take no lock at all.
 
-At scale (measured by ``benchmarks/scale.py --fleet``): each process holds
-every record in memory, about 630 MB per worker at 1,000,000 sessions, and
-opening means reading the whole log (1.3 s per 100,000 sessions on an idle
-core).  The design the issue asks for (an in-memory index of offsets with
-records read from the file on demand, and an index file so that opening does
-not parse the log) is not built yet: for stores of that size use ``sqlite``.
+Memory does not grow with the records: a process keeps only where each
+session's latest frame is (:mod:`sessionstore.backends.pickleindex`, about
+32 bytes a session, plus ~250 bytes for each session bound to a user) and
+reads a record from the file when asked (one ``pread``; the last 2,048 read
+or written are kept per open file).  Opening loads the index file
+``<filename>.index`` (written by compaction, refreshed in the background) and
+reads only the log after what it covers; without a usable one it reads the
+whole log.  Measured with ``benchmarks/scale.py --fleet`` (see CHANGES.rst).
 
 Nothing is destroyed on a guess:
 
@@ -59,8 +61,9 @@ from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record
 from .picklecompact import Compaction
-from .picklelog import RecordIndex, encode, encode_put
-from .picklesync import LogReader
+from .pickleindex import OffsetIndex
+from .picklelog import encode, encode_put
+from .picklesync import Handle, LogReader
 from .safefiles import make_private, open_nofollow
 
 log = logging.getLogger("sessionstore")
@@ -85,7 +88,7 @@ class PickleBackend(LogReader, Compaction, Backend):
         self._mutex = threading.RLock()
         self._pid = os.getpid()
         self._lock_fd: int | None = None
-        self._fd: int | None = None
+        self._handle: Handle | None = None
         self._writable = True
         self._private = False
         # What the index reflects: which file, and how many of its bytes.
@@ -94,9 +97,9 @@ class PickleBackend(LogReader, Compaction, Backend):
         #: (position, the 8-byte header (length + CRC) of a frame indexed
         #: last): re-read before each operation to notice an in-place rewrite.
         self._mark: tuple[int, bytes] | None = None
-        self._index: dict[str, Record] = RecordIndex()
-        self._sizes: dict[str, int] = {}  # frame size of each live record
-        self._live = 0  # sum of self._sizes, kept up to date
+        self._index = OffsetIndex()
+        self._indexed = 0  # the log bytes the index file covers
+        self._put_bytes = self._put_frames = 0  # put frames read or written
         self._tail: tuple[Any, ...] | None = None  # a cuttable torn tail, as seen
         self._no_cut: set[tuple[int, int]] = set()  # files seen rewritten in place
         #: (lineage token, generation) of the file indexed: compaction keeps
@@ -106,11 +109,11 @@ class PickleBackend(LogReader, Compaction, Backend):
         self._compact_after = 0  # back-off after a failed compaction
         self._compacting = False  # a compaction thread of ours is running
         self._compactor: threading.Thread | None = None
-        self._purge_keys: list[str] = []  # the ids delete_expired() goes through
-        self._purge_pos = 0
-        #: (file id, offset, index) as of the last time the lock was released:
-        #: what reads use without any lock while the file has not grown.
-        self._view: tuple[tuple[int, int] | None, int, dict[str, Record]] | None = None
+        #: What delete_expired() goes through, and in which file.
+        self._purge: tuple[Iterator[tuple[int, float]], Handle | None] | None = None
+        #: (file id, offset, index, handle) as of the last time the lock was
+        #: released: what reads use without any lock while the file has not grown.
+        self._view: tuple[tuple[int, int] | None, int, OffsetIndex, Handle | None] | None = None
 
     # -- locking and syncing ---------------------------------------------------------
 
@@ -130,7 +133,11 @@ class PickleBackend(LogReader, Compaction, Backend):
             finally:
                 # The index holds every frame up to the offset (and perhaps a
                 # few newer ones, never a partial one).
-                self._view = None if self._corrupt else (self._file_id, self._offset, self._index)
+                self._view = (
+                    None
+                    if self._corrupt
+                    else (self._file_id, self._offset, self._index, self._handle)
+                )
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _after_fork(self) -> None:
@@ -142,7 +149,7 @@ class PickleBackend(LogReader, Compaction, Backend):
         self._compacting = False
         self._view = None
         self._lock_fd = None
-        self._fd = None
+        self._handle = None  # the parent's stays open in the parent
         self._file_id = None
 
     def _open_lock(self) -> None:
@@ -254,18 +261,19 @@ class PickleBackend(LogReader, Compaction, Backend):
         if compactor is not None and self._pid == os.getpid():
             compactor.join()  # let it finish: it would open the files again
         with self._mutex:
-            for fd in (self._fd, self._lock_fd):
-                if fd is not None:
-                    os.close(fd)
-            self._fd = self._lock_fd = None
-            self._view = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            self._lock_fd = None
+            self._view = self._purge = None
             self._reset_index(None)
+            self._close_file()
 
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
         with self._locked(exclusive=True):
-            current = self._index.get(session_id)
+            offset = self._index.get(session_id)
+            current = None if offset is None else self._record_at(offset, session_id)
             if (None if current is None else current.version) != expected_version:
                 return False
             if record is None:
@@ -277,20 +285,25 @@ class PickleBackend(LogReader, Compaction, Backend):
 
     def _put_records(self, records: list[Record]) -> None:
         frames = [encode_put(r) for r in records]
-        self._append(b"".join(frames))
+        data = b"".join(frames)
+        self._append(data)
+        position = self._offset - len(data)  # (the file may have just been made)
+        assert self._handle is not None
         for record, frame in zip(records, frames, strict=True):
-            self._index[record.session_id] = record
-            self._live += len(frame) - self._sizes.get(record.session_id, 0)
-            self._sizes[record.session_id] = len(frame)
+            self._index.put(record.session_id, position, record.expires_at, record.user)
+            self._remember(self._handle, position, record)
+            position += len(frame)
+        self._put_bytes += len(data)
+        self._put_frames += len(frames)
         self._maybe_compact()
 
     def _delete_ids(self, session_ids: list[str]) -> int:
-        present = [i for i in dict.fromkeys(session_ids) if i in self._index]
+        index = self._index
+        present = [i for i in dict.fromkeys(session_ids) if index.get(i) is not None]
         if present:
             self._append(b"".join(encode(("del", i)) for i in present))
             for session_id in present:
-                del self._index[session_id]
-                self._live -= self._sizes.pop(session_id)
+                self._index.delete(session_id)
             self._maybe_compact()
         return len(present)
 
@@ -316,7 +329,8 @@ class PickleBackend(LogReader, Compaction, Backend):
                 if found is not False:
                     return found
         with self._locked(exclusive=False):
-            return self._index.get(session_id)
+            offset = self._index.get(session_id)
+            return None if offset is None else self._record_at(offset, session_id)
 
     def _current(self, st: os.stat_result, session_id: str) -> Record | None | Literal[False]:
         """The record as indexed, if the index covers the file ``st`` saw;
@@ -324,22 +338,30 @@ class PickleBackend(LogReader, Compaction, Backend):
         view = self._view
         if view is None or (st.st_dev, st.st_ino) != view[0] or st.st_size != view[1]:
             return False
-        return view[2].get(session_id)
+        offset = view[2].get(session_id)
+        return None if offset is None else self._record_at(offset, session_id, view[3])
 
     def add(self, record: Record) -> None:
         with self._locked(exclusive=True):
             self._put_records([record])
 
     def iter_records(self) -> Iterator[Record]:
+        """Every record, read from the file as it was when called (the
+        offsets are a snapshot, 8 bytes a session; no lock is held while
+        they are read)."""
         with self._locked(exclusive=False):
-            records = list(self._index.values())
-        return iter(records)
+            offsets, handle = self._index.offsets(), self._handle
+        return (self._record_at(offset, None, handle) for offset in offsets if offset)
 
     def user_sessions(self, user: str) -> list[Record]:
         with self._locked(exclusive=False):
             index = self._index
-            assert isinstance(index, RecordIndex)
-            return index.of_user(user)
+            found = []
+            for session_id in index.of_user(user):
+                offset = index.get(session_id)
+                if offset is not None:
+                    found.append(self._record_at(offset, session_id))
+            return found
 
     def delete(self, session_id: str) -> int:
         with self._locked(exclusive=True):
@@ -351,12 +373,11 @@ class PickleBackend(LogReader, Compaction, Backend):
 
     def delete_all(self) -> int:
         with self._locked(exclusive=True):
-            count = len(self._index)
+            count = self._index.count
             if count:
                 self._rewrite(b"")
-                self._index = RecordIndex()
-                self._sizes = {}
-                self._live = 0
+                self._index = OffsetIndex()
+                self._put_bytes = self._put_frames = self._indexed = 0
             return count
 
     def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
@@ -365,47 +386,59 @@ class PickleBackend(LogReader, Compaction, Backend):
         The index is scanned with no file lock held, at most 20,000 entries
         per call when there is a ``limit`` (a request's cleanup: a few
         milliseconds at any size; the next call resumes where it stopped);
-        the expired ones are deleted under the exclusive lock, 1,000 at a time,
-        each checked again there."""
+        the expired ones are read and deleted under the exclusive lock, 1,000
+        at a time, each checked again there."""
         now = time.time() if now is None else now
         if self._file_id is None:
             with self._locked(exclusive=False):
                 pass
         if limit is None:
-            self._purge_keys, self._purge_pos = [], 0  # one whole pass from the start
+            self._purge = None  # one whole pass from the start
         deleted = 0
         while limit is None or deleted < limit:
             batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - deleted)
             budget = None if limit is None else _PURGE_SCAN
-            candidates, finished = self._expired_candidates(now, batch, budget)
+            candidates, handle, finished = self._expired_candidates(now, batch, budget)
             if candidates:
                 with self._locked(exclusive=True):
-                    index = self._index
-                    still = [i for i in candidates if i in index and index[i].expires_at <= now]
-                    deleted += self._delete_ids(still)
+                    if handle is self._handle:
+                        deleted += self._delete_ids(self._still_expired(candidates, now))
             if finished or limit is not None:
                 break
         return deleted
 
     def _expired_candidates(
         self, now: float, batch: int, budget: int | None
-    ) -> tuple[list[str], bool]:
-        """Up to ``batch`` expired ids, looking at up to ``budget`` entries
-        from where the last scan stopped; and whether the pass is complete."""
+    ) -> tuple[list[int], Handle | None, bool]:
+        """The offsets of up to ``batch`` expired records, looking at up to
+        ``budget`` entries from where the last scan stopped; the file they
+        are in; and whether the pass is complete."""
         with self._mutex:
-            if self._purge_pos >= len(self._purge_keys):
-                self._purge_keys, self._purge_pos = list(self._index), 0
-            keys, pos, index = self._purge_keys, self._purge_pos, self._index
-            end = len(keys) if budget is None else min(len(keys), pos + budget)
-            found: list[str] = []
-            while pos < end and len(found) < batch:
-                record = index.get(keys[pos])
-                pos += 1
-                if record is not None and record.expires_at <= now:
-                    found.append(record.session_id)
-            self._purge_pos = pos
-            return found, pos >= len(keys)
+            if self._purge is None or self._purge[1] is not self._handle:
+                self._purge = (self._index.live(), self._handle)
+            scan, handle = self._purge
+            found: list[int] = []
+            for seen, (offset, expires_at) in enumerate(scan, 1):
+                if expires_at <= now:
+                    found.append(offset)
+                if len(found) >= batch or (budget is not None and seen >= budget):
+                    return found, handle, False
+            self._purge = None
+            return found, handle, True
+
+    def _still_expired(self, offsets: list[int], now: float) -> list[str]:
+        """The ids of the records at ``offsets`` still current and expired
+        (under the lock)."""
+        ids = []
+        for offset in offsets:
+            try:
+                record = self._record_at(offset, None)
+            except BackendError:
+                continue  # damaged: logged, and kept for `sessionstore check`
+            if record.expires_at <= now and self._index.get(record.session_id) == offset:
+                ids.append(record.session_id)
+        return ids
 
     def count(self) -> int:
         with self._locked(exclusive=False):
-            return len(self._index)
+            return self._index.count

@@ -1,0 +1,353 @@
+"""The pickle backend's index: where each session's latest frame starts, in ~32 bytes a session.
+
+A process does not keep the records of the log in memory, only where each
+live session's latest ``put`` frame starts; records are read from the file on
+demand (``os.pread``) and checked there (CRC, frame kind, id).
+
+**In memory** (:class:`OffsetIndex`).  An id is known by its *key*, the
+128-bit BLAKE2b hash of its UTF-8 bytes, split in two 64-bit halves:
+
+* the *base*: four parallel arrays sorted by key, ``hi`` and ``lo`` (the key),
+  ``offs`` (byte offset of the frame in the log) and ``exps`` (``expires_at``),
+  ``array`` module storage: 32 bytes a session, looked up with ``bisect``.
+  Expiry times here only pick the records a purge reads (they may be up to a
+  second early, from the extra dict); the record read decides.
+  A delete sets the offset to 0 (a *tombstone*: byte 0 holds the file header,
+  never a record); a later put of the same id reuses the slot.
+* the *extra* dict, key -> ``floor(expires_at) << 40 | offset``, for ids not in
+  the base (new since the base was built): ~120 bytes an entry, merged into a
+  new base once it holds :data:`EXTRA_MAX` entries (a copy of the arrays plus
+  one ``bisect`` per merged entry: ~60 ms at 1,000,000 sessions).
+* ``bound`` (id -> user) and ``users`` (user -> ids) for the sessions bound
+  to a user only: a minority; ~250 bytes each.
+
+Two ids with the same 128-bit key are taken to be the same id (a chance of
+about 10^-27 at a million sessions); a record read back is still checked to
+carry the id asked for, so such a collision would lose a session, never show
+one visitor another's.
+
+Readers on other threads use the index without a lock: the base is replaced
+as one tuple, and the extra dict is read *before* the base, so an entry
+moving from one to the other is always found.
+
+**On disk** (``<log>.index``, written by compaction and refreshed in the
+background; see :mod:`~sessionstore.backends.picklecompact`)::
+
+    b"SSIDX\\x00\\x01\\n"                      magic, 8 bytes
+    meta length (4 bytes, big-endian) + meta  a pickle of a plain tuple:
+        ("index", 1, byteorder, n, lineage token, generation, inode of the log,
+         covered: the log bytes indexed, mark position, mark bytes,
+         bytes of put frames, number of put frames)
+    hi, lo, offs (n x 8 bytes each, unsigned) and exps (n x 8, double),
+        in the byte order named in meta
+    users length (4 bytes) + a pickle of ((id, user), ...)
+    CRC-32 of everything above (4 bytes)
+
+An index is used only when its CRC holds and it names the log now at the path:
+same inode, same lineage and generation (the log's origin frame), ``covered``
+no larger than the file, and the 8-byte frame header recorded at ``mark``
+(the last frame it covers) still there.  Then opening reads the index and
+only the log's frames after ``covered``.  Anything else (no index, a torn or
+damaged one, one for an older or replaced log) is logged and the index is
+rebuilt from the whole log: derived data, never trusted blindly, never a
+crash (``tests/test_pickle_index.py``).  An index is written to a temporary
+file and renamed into place; it is not fsynced (a torn one fails its CRC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import pickle
+import struct
+import sys
+import zlib
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from .picklelog import FrameUnpickler
+
+MAGIC = b"SSIDX\x00\x01\n"
+#: Entries of the extra dict that make a process merge them into its base.
+EXTRA_MAX = 20_000
+_M64 = (1 << 64) - 1
+_OFF_BITS = 40
+_OFF_MASK = (1 << _OFF_BITS) - 1
+_EXP_MAX = (1 << 40) - 1
+_LEN = struct.Struct(">I")
+
+Base = tuple["array[int]", "array[int]", "array[int]", "array[float]"]
+
+
+def key_of(session_id: str) -> int:
+    """The 128-bit key of an id."""
+    digest = hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=16)
+    return int.from_bytes(digest.digest(), "big")
+
+
+def _pack(offset: int, expires_at: float) -> int:
+    expiry = min(max(math.floor(expires_at), 0), _EXP_MAX)
+    return expiry << _OFF_BITS | offset
+
+
+def _empty_base() -> Base:
+    return array("Q"), array("Q"), array("Q"), array("d")
+
+
+class OffsetIndex:
+    """Where each live session's latest frame starts (see the module docstring)."""
+
+    __slots__ = ("base", "extra", "bound", "users", "count")
+
+    def __init__(self, base: Base | None = None, bound: dict[str, str] | None = None) -> None:
+        self.base: Base = base or _empty_base()
+        self.extra: dict[int, int] = {}
+        self.bound: dict[str, str] = {}
+        self.users: dict[str, set[str]] = {}
+        offs = self.base[2]
+        self.count = len(offs) - offs.count(0)
+        for session_id, user in (bound or {}).items():
+            self._bind(session_id, user)
+
+    # -- lookups ------------------------------------------------------------------------
+
+    @staticmethod
+    def _position(base: Base, key: int) -> int:
+        """The slot of ``key`` in ``base``, or -1."""
+        hi, lo = base[0], base[1]
+        high, low = key >> 64, key & _M64
+        i = bisect_left(hi, high)
+        n = len(hi)
+        while i < n and hi[i] == high:
+            if lo[i] == low:
+                return i
+            i += 1
+        return -1
+
+    def get(self, session_id: str) -> int | None:
+        """The offset of the id's latest frame, or None."""
+        key = key_of(session_id)
+        packed = self.extra.get(key)  # before the base: see the module docstring
+        if packed is not None:
+            return packed & _OFF_MASK
+        base = self.base
+        i = self._position(base, key)
+        return (base[2][i] or None) if i >= 0 else None
+
+    def of_user(self, user: str) -> list[str]:
+        return list(self.users.get(user, ()))
+
+    # -- changes ------------------------------------------------------------------------
+
+    def put(self, session_id: str, offset: int, expires_at: float, user: str | None) -> None:
+        key = key_of(session_id)
+        extra = self.extra
+        if key in extra:
+            extra[key] = _pack(offset, expires_at)
+        else:
+            base = self.base
+            i = self._position(base, key)
+            if i >= 0:
+                self.count += not base[2][i]
+                base[2][i] = offset
+                base[3][i] = expires_at
+            else:
+                extra[key] = _pack(offset, expires_at)
+                self.count += 1
+        if user is not None or session_id in self.bound:
+            self._unbind(session_id)
+            if user is not None:
+                self._bind(session_id, user)
+        if len(extra) >= EXTRA_MAX:
+            self.merge()
+
+    def delete(self, session_id: str) -> bool:
+        """Forget the id; whether it was there."""
+        key = key_of(session_id)
+        if self.extra.pop(key, None) is None:
+            base = self.base
+            i = self._position(base, key)
+            if i < 0 or not base[2][i]:
+                return False
+            base[2][i] = 0
+        self.count -= 1
+        if session_id in self.bound:
+            self._unbind(session_id)
+        return True
+
+    def _bind(self, session_id: str, user: str) -> None:
+        self.bound[session_id] = user
+        self.users.setdefault(user, set()).add(session_id)
+
+    def _unbind(self, session_id: str) -> None:
+        user = self.bound.pop(session_id, None)
+        if user is not None:
+            ids = self.users[user]
+            ids.discard(session_id)
+            if not ids:
+                del self.users[user]
+
+    def merge(self) -> None:
+        """Move the extra entries into a new base (one sorted pass)."""
+        self.base = merged(self.base, self.extra)
+        self.extra = {}  # after the base: see the module docstring
+
+    def copy(self) -> OffsetIndex:
+        """A snapshot, for a compaction or an index written in the background."""
+        twin = OffsetIndex()
+        twin.base = tuple(array(a.typecode, a) for a in self.base)  # type: ignore[assignment]
+        twin.extra = dict(self.extra)
+        twin.bound = dict(self.bound)
+        twin.count = self.count
+        return twin
+
+    # -- walks ----------------------------------------------------------------------------
+
+    def live(self) -> Iterator[tuple[int, float]]:
+        """``(offset, expires_at)`` of every live entry (base order, then the extra)."""
+        _, _, offs, exps = self.base
+        for i, offset in enumerate(offs):
+            if offset:
+                yield offset, exps[i]
+        for packed in list(self.extra.values()):
+            yield packed & _OFF_MASK, float(packed >> _OFF_BITS)
+
+    def offsets(self) -> list[int] | array[int]:
+        """Every live offset, as a snapshot."""
+        found = array("Q", self.base[2])
+        found.extend(packed & _OFF_MASK for packed in self.extra.values())
+        return found
+
+
+def merged(base: Base, extra: dict[int, int]) -> Base:
+    """A new base holding ``base`` and the ``extra`` entries, sorted by key.
+
+    The base's runs between two new keys are copied as array slices, so the
+    Python-level work is one step per extra entry, not per session."""
+    hi, lo, offs, exps = base
+    new: Base = _empty_base()
+    start = 0
+    for key, packed in sorted(extra.items()):
+        high, low = key >> 64, key & _M64
+        i = bisect_left(hi, high, start)
+        while i < len(hi) and hi[i] == high and lo[i] < low:
+            i += 1
+        _extend(new, base, start, i)
+        new[0].append(high)
+        new[1].append(low)
+        new[2].append(packed & _OFF_MASK)
+        new[3].append(float(packed >> _OFF_BITS))
+        start = i
+    _extend(new, base, start, len(hi))
+    return new
+
+
+def _extend(new: Base, base: Base, start: int, stop: int) -> None:
+    new[0].extend(base[0][start:stop])
+    new[1].extend(base[1][start:stop])
+    new[2].extend(base[2][start:stop])
+    new[3].extend(base[3][start:stop])
+
+
+# -- the index file ---------------------------------------------------------------------
+
+
+class Meta(NamedTuple):
+    """What an index file covers (see the module docstring)."""
+
+    token: str
+    generation: int
+    inode: int
+    covered: int
+    mark: tuple[int, bytes] | None
+    put_bytes: int
+    put_frames: int
+
+
+class BadIndex(Exception):
+    """An index file that cannot be used (why, in the message)."""
+
+
+def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta: Meta) -> None:
+    """Write an index file (the base must hold no extra entries)."""
+    n = len(base[0])
+    mark_at, mark = meta.mark or (0, b"")
+    head = (
+        "index", 1, sys.byteorder, n, meta.token, meta.generation, meta.inode,
+        meta.covered, mark_at, mark, meta.put_bytes, meta.put_frames,
+    )  # fmt: skip
+    encoded = pickle.dumps(head, 5)
+    crc = 0
+    for chunk in (MAGIC, _LEN.pack(len(encoded)), encoded):
+        out.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+    for column in base:
+        view = memoryview(column).cast("B")
+        out.write(view)
+        crc = zlib.crc32(view, crc)
+    users = pickle.dumps(tuple(bound.items()), 5)
+    for chunk in (_LEN.pack(len(users)), users):
+        out.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+    out.write(_LEN.pack(crc))
+
+
+def read_meta(source: io.BufferedReader) -> tuple[Meta, int, bytes]:
+    """The meta of an index file, the entry count, and the bytes read (for the CRC)."""
+    magic = source.read(len(MAGIC) + _LEN.size)
+    if len(magic) != len(MAGIC) + _LEN.size or not magic.startswith(MAGIC):
+        raise BadIndex("not an index file (bad magic)")
+    (size,) = _LEN.unpack_from(magic, len(MAGIC))
+    encoded = source.read(min(size, 1 << 16))
+    try:
+        head: Any = FrameUnpickler(io.BytesIO(encoded)).load()
+        kind, version, byteorder, n, token, generation, inode = head[:7]
+        covered, mark_at, mark, put_bytes, put_frames = head[7:]
+    except Exception as exc:
+        raise BadIndex(f"unreadable meta ({exc})") from exc
+    if (kind, version, byteorder) != ("index", 1, sys.byteorder) or not isinstance(n, int):
+        raise BadIndex("another format or byte order")
+    meta = Meta(token, generation, inode, covered, (mark_at, mark) if mark else None,
+                put_bytes, put_frames)  # fmt: skip
+    return meta, n, magic + encoded
+
+
+def read_index(
+    source: io.BufferedReader, check: Callable[[Meta], str | None]
+) -> tuple[Meta, OffsetIndex]:
+    """Read and verify a whole index file; :class:`BadIndex` if it does not
+    check out, or if ``check(meta)`` names a reason not to use it."""
+    meta, n, head = read_meta(source)
+    why = check(meta)
+    if why is not None:
+        raise BadIndex(why)
+    crc = zlib.crc32(head)
+    base = _empty_base()
+    for column in base:
+        chunk = source.read(n * 8)
+        if len(chunk) != n * 8:
+            raise BadIndex("cut short")
+        crc = zlib.crc32(chunk, crc)
+        column.frombytes(chunk)
+        del chunk
+    size = source.read(_LEN.size)
+    if len(size) != _LEN.size:
+        raise BadIndex("cut short")
+    users = source.read(_LEN.unpack(size)[0])
+    crc = zlib.crc32(users, zlib.crc32(size, crc))
+    if source.read(_LEN.size + 1) != _LEN.pack(crc):
+        raise BadIndex("checksum mismatch")
+    try:
+        bound = dict(FrameUnpickler(io.BytesIO(users)).load())
+    except Exception as exc:
+        raise BadIndex(f"unreadable user list ({exc})") from exc
+    return meta, OffsetIndex(base, bound)
+
+
+def open_index(path: str) -> io.BufferedReader:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return os.fdopen(fd, "rb")

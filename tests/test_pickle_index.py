@@ -1,0 +1,299 @@
+"""The pickle backend's index file: used at open, never trusted blindly, and
+compaction that other processes commit through (real processes)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sessionstore import DamagedRecord
+from sessionstore.backends import picklecompact, pickleindex, picklelog
+from sessionstore.backends.picklefile import PickleBackend
+from sessionstore.testing import make_record
+
+from .conftest import ROOT
+
+
+def opened(path):
+    backend = PickleBackend(str(path))
+    backend.setup()
+    return backend
+
+
+def compacted(path, count, payload=b"p" * 200):
+    """A store of ``count`` records, compacted (so with an index file)."""
+    backend = opened(path)
+    records = [make_record(payload=payload) for _ in range(count)]
+    for record in records:
+        backend.add(record)
+    backend.compact()
+    backend.close()
+    assert os.path.exists(f"{path}.index")
+    return records
+
+
+def read_so_far():
+    with open("/proc/self/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+def frame_starts(data):
+    start = picklelog.header_size(data)
+    return [(s, e, f) for s, e, f in picklelog.iter_frames(data, start) if f[0] == "put"]
+
+
+def test_open_reads_the_index_and_only_the_log_after_it(tmp_path):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 3000)
+    backend = opened(path)
+    later = make_record()
+    backend.add(later)  # after what the index covers
+    backend.delete(records[5].session_id)
+    backend.close()
+    before = read_so_far()
+    backend = opened(path)
+    assert backend.count() == 3000
+    # The index (32 bytes a session: 96 KB) and the frames after it, not the
+    # 700 KB log.
+    assert read_so_far() - before < 200_000 < path.stat().st_size
+    assert backend.get(later.session_id) == later
+    assert backend.get(records[5].session_id) is None
+    assert backend.get(records[6].session_id) == records[6]
+    backend.close()
+
+
+def test_damage_inside_the_indexed_part_is_found_when_that_record_is_read(tmp_path, caplog):
+    """Open does not parse the indexed part of the log: a damaged record body
+    there goes unnoticed until it is read, and then it is that visitor's
+    "no session" (DamagedRecord), logged, every byte kept."""
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 50)
+    data = bytearray(path.read_bytes())
+    puts = frame_starts(bytes(data))
+    start, end, frame = puts[10]
+    victim = frame[1]
+    data[(start + end) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", "sessionstore"):
+        backend = opened(path)
+    assert caplog.text == ""  # nothing parsed, nothing found at open
+    assert backend.count() == 50
+    with caplog.at_level("ERROR", "sessionstore"), pytest.raises(DamagedRecord) as caught:
+        backend.get(victim)
+    assert caught.value.session_id == victim
+    assert f"unreadable at byte {start}" in caplog.text
+    others = [r for r in records if r.session_id != victim]
+    assert all(backend.get(r.session_id) == r for r in others)
+    # A compaction will not rewrite the log without it: it stops, and says so.
+    with pytest.raises(picklelog.Damaged):
+        backend.compact()
+    backend.close()
+    assert path.read_bytes() == bytes(data)
+    assert list(tmp_path.glob("*.tmp")) == [] and list(tmp_path.glob("*.damaged-*")) == []
+
+
+def _damage(path, how):
+    index = path.parent / f"{path.name}.index"
+    data = bytearray(index.read_bytes())
+    if how == "missing":
+        os.unlink(index)
+    elif how == "bit":
+        data[len(data) // 2] ^= 0x01
+    elif how == "torn":
+        del data[len(data) * 2 // 3 :]
+    elif how == "zeros":
+        data[:] = bytes(len(data))
+    elif how == "not-ours":
+        data[:] = b"some notes\n" * 100
+    if how != "missing":
+        index.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("how", ["missing", "bit", "torn", "zeros", "not-ours"])
+def test_a_missing_or_damaged_index_falls_back_to_reading_the_log(tmp_path, caplog, how):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 200)
+    extra = make_record()
+    backend = opened(path)
+    backend.add(extra)
+    backend.close()
+    damaged = _damage(path, how)
+    with caplog.at_level("INFO", "sessionstore"):
+        backend = opened(path)
+    assert backend.get_all() == {r.session_id: r for r in [*records, extra]}
+    if how != "missing":
+        assert "sessions.dat.index not used" in caplog.text
+        assert (tmp_path / "sessions.dat.index").read_bytes() == damaged  # left for a look
+    backend.close()
+
+
+@pytest.mark.parametrize("stale", ["older-generation", "another-log", "log-rewritten"])
+def test_a_stale_index_is_not_used(tmp_path, caplog, stale):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 100)
+    old_index = (tmp_path / "sessions.dat.index").read_bytes()
+    backend = opened(path)
+    changed = records[0]._replace(version=2, payload=b"changed")
+    assert backend.compare_and_swap(changed.session_id, 1, changed)
+    gone = records[1]
+    assert backend.compare_and_swap(gone.session_id, 1, None)
+    if stale == "older-generation":
+        backend.compact()  # a new log, whose index the old one is not
+    elif stale == "another-log":
+        shutil.copy(path, tmp_path / "copy.dat")
+        os.replace(tmp_path / "copy.dat", path)  # the same bytes, another inode
+    backend.close()
+    if stale == "log-rewritten":
+        # The same inode and lineage, but other bytes where the index's last
+        # frame was: the records were rewritten in place (larger payloads).
+        other = make_record(payload=b"x" * 5000)
+        data = path.read_bytes()
+        head = picklelog.header_size(data)
+        _, origin_end, _ = next(iter(picklelog.iter_frames(data, head)))
+        with open(path, "r+b") as out:
+            out.seek(origin_end)
+            out.write(picklelog.encode_put(other) * 40)
+        expected = {other.session_id: other}
+    else:
+        expected = {r.session_id: r for r in [changed, *records[2:]]}
+    (tmp_path / "sessions.dat.index").write_bytes(old_index)
+    with caplog.at_level("INFO", "sessionstore"):
+        backend = opened(path)
+    assert "sessions.dat.index not used" in caplog.text
+    assert backend.get_all() == expected
+    backend.close()
+
+
+def test_the_index_keeps_users_and_expiry_times(tmp_path):
+    path = tmp_path / "sessions.dat"
+    backend = opened(path)
+    bound = [make_record()._replace(user="ann") for _ in range(3)]
+    expired = [make_record(expires_at=1000.0) for _ in range(5)]
+    for record in [*bound, *expired, *(make_record() for _ in range(20))]:
+        backend.add(record)
+    backend.compact()
+    backend.close()
+    backend = opened(path)
+    assert backend._indexed > 0  # noqa: SLF001 - it started from the index
+    assert sorted(backend.user_sessions("ann")) == sorted(bound)
+    assert backend.delete_expired(now=2000.0) == 5
+    assert backend.count() == 23
+    backend.close()
+
+
+def test_an_index_is_written_in_the_background_as_the_log_grows(tmp_path, monkeypatch):
+    monkeypatch.setattr(picklecompact, "REFRESH", 50_000)
+    path = tmp_path / "sessions.dat"
+    backend = opened(path)
+    records = [make_record(payload=b"r" * 500) for _ in range(300)]  # ~170 KB, all live
+    for record in records:
+        backend.add(record)
+    backend.close()  # waits for the background writer
+    assert path.stat().st_ino == os.stat(path).st_ino
+    with pickleindex.open_index(f"{path}.index") as source:
+        meta, _, _ = pickleindex.read_meta(source)
+    assert meta.inode == path.stat().st_ino
+    assert path.stat().st_size - meta.covered <= 50_000 + 2_000
+    backend = opened(path)
+    assert backend._indexed == meta.covered  # noqa: SLF001
+    assert backend.get_all() == {r.session_id: r for r in records}
+    backend.close()
+
+
+def test_more_new_sessions_than_the_extra_dict_holds_are_merged(tmp_path, monkeypatch):
+    monkeypatch.setattr(pickleindex, "EXTRA_MAX", 50)
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 120)
+    backend = opened(path)
+    more = [make_record() for _ in range(170)]
+    for record in more:
+        backend.add(record)
+    assert len(backend._index.extra) < 50  # noqa: SLF001
+    for record in more[::3]:
+        backend.delete(record.session_id)
+    survivors = [*records, *(r for i, r in enumerate(more) if i % 3)]
+    assert backend.get_all() == {r.session_id: r for r in survivors}
+    assert backend.count() == len(survivors)
+    backend.close()
+
+
+# -- compaction while another process commits -------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from sessionstore.backends.picklefile import PickleBackend
+    backend = PickleBackend(sys.argv[1])
+    backend.setup()
+    for line in sys.stdin:
+        ids = line.split()
+        for session_id in ids:
+            record = backend.get(session_id)
+            new = record._replace(version=record.version + 1, payload=b"child")
+            assert backend.compare_and_swap(session_id, record.version, new)
+        print(len(ids), flush=True)
+    backend.close()
+    """
+)
+
+
+def test_compaction_loses_nothing_another_process_commits_meanwhile(tmp_path, monkeypatch):
+    """The child commits exactly when the compaction is busy: after the
+    snapshot (frames copied without the lock) and after it last looked
+    (frames copied under the lock); a pipe makes each step wait for the other."""
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 500)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+
+    def commit(batch):
+        child.stdin.write(" ".join(r.session_id for r in batch) + "\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == f"{len(batch)}\n"
+
+    commit(records[:10])  # the child is open and committing
+    compactor = opened(path)
+    real_synced_to = picklecompact.Compaction._synced_to
+
+    def synced_to(self, snapshot):
+        commit(records[10:60])  # copied without the lock
+        end = real_synced_to(self, snapshot)
+        commit(records[60:110])  # copied under the lock
+        return end
+
+    monkeypatch.setattr(picklecompact.Compaction, "_synced_to", synced_to)
+    inode = path.stat().st_ino
+    compactor.compact()
+    assert path.stat().st_ino != inode
+    commit(records[:5])  # the child follows the new file
+    child.stdin.close()
+    assert child.wait(60) == 0
+    child.stdout.close()
+    expected = {
+        r.session_id: r._replace(version=r.version + 1 + (i < 5), payload=b"child")
+        for i, r in enumerate(records[:110])
+    }
+    expected.update({r.session_id: r for r in records[110:]})
+    assert compactor.get_all() == expected
+    compactor.close()
+    fresh = opened(path)
+    assert fresh._indexed > 0  # noqa: SLF001 - from the compaction's index
+    assert fresh.get_all() == expected
+    fresh.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sessions.dat",
+        "sessions.dat.index",
+        "sessions.dat.lock",
+    ]
