@@ -194,12 +194,13 @@ def test_an_index_is_written_in_the_background_as_the_log_grows(tmp_path, monkey
     records = [make_record(payload=b"r" * 500) for _ in range(300)]  # ~170 KB, all live
     for record in records:
         backend.add(record)
-    backend.close()  # waits for the background writer
-    assert path.stat().st_ino == os.stat(path).st_ino
+        if backend._compactor is not None:  # noqa: SLF001
+            backend._compactor.join()  # noqa: SLF001 - one writer at a time: let it finish
+    backend.close()
     with pickleindex.open_index(f"{path}.index") as source:
         meta, _, _ = pickleindex.read_meta(source)
     assert meta.inode == path.stat().st_ino
-    assert path.stat().st_size - meta.covered <= 50_000 + 2_000
+    assert path.stat().st_size - meta.covered <= 50_000 + 1_000  # + one frame
     backend = opened(path)
     assert backend._indexed == meta.covered  # noqa: SLF001
     assert backend.get_all() == {r.session_id: r for r in records}

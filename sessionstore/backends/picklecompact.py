@@ -65,7 +65,7 @@ log = logging.getLogger("sessionstore")
 #: Compact when the file is larger than twice the live data plus this.
 COMPACT_SLACK = 1 << 20
 #: Write a new index file when the log has grown this much past the last one.
-REFRESH = 16 << 20
+REFRESH = 8 << 20
 ORIGIN = struct.Struct(">QQQQ")  # dev, inode, base, tail_at: fixed size
 
 

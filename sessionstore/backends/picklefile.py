@@ -338,7 +338,11 @@ class PickleBackend(LogReader, Compaction, Backend):
         view = self._view
         if view is None or (st.st_dev, st.st_ino) != view[0] or st.st_size != view[1]:
             return False
-        offset = view[2].get(session_id)
+        index = view[2]
+        seq = index.seq
+        offset = index.get(session_id)
+        if seq & 1 or index.seq != seq:
+            return False  # a merge moved entries meanwhile: ask again, with the mutex
         return None if offset is None else self._record_at(offset, session_id, view[3])
 
     def add(self, record: Record) -> None:

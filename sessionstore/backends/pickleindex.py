@@ -15,9 +15,9 @@ demand (``os.pread``) and checked there (CRC, frame kind, id).
   A delete sets the offset to 0 (a *tombstone*: byte 0 holds the file header,
   never a record); a later put of the same id reuses the slot.
 * the *extra* dict, key -> ``floor(expires_at) << 40 | offset``, for ids not in
-  the base (new since the base was built): ~120 bytes an entry, merged into a
-  new base once it holds :data:`EXTRA_MAX` entries (a copy of the arrays plus
-  one ``bisect`` per merged entry: ~60 ms at 1,000,000 sessions).
+  the base (new since the base was built): ~120 bytes an entry, merged into
+  the base in place once it holds :data:`EXTRA_MAX` entries (one ``bisect``
+  and one move of a run of the arrays per merged entry).
 * ``bound`` (id -> user) and ``users`` (user -> ids) for the sessions bound
   to a user only: a minority; ~250 bytes each.
 
@@ -26,9 +26,9 @@ about 10^-27 at a million sessions); a record read back is still checked to
 carry the id asked for, so such a collision would lose a session, never show
 one visitor another's.
 
-Readers on other threads use the index without a lock: the base is replaced
-as one tuple, and the extra dict is read *before* the base, so an entry
-moving from one to the other is always found.
+Readers on other threads use the index without a lock, checking ``seq``
+before and after (a merge makes it odd while it moves entries); writers hold
+the process's mutex.
 
 **On disk** (``<log>.index``, written by compaction and refreshed in the
 background; see :mod:`~sessionstore.backends.picklecompact`)::
@@ -56,6 +56,7 @@ file and renamed into place; it is not fsynced (a torn one fails its CRC).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -72,8 +73,11 @@ from typing import Any, NamedTuple
 from .picklelog import FrameUnpickler
 
 MAGIC = b"SSIDX\x00\x01\n"
-#: Entries of the extra dict that make a process merge them into its base.
-EXTRA_MAX = 20_000
+#: Entries of the extra dict that make a process merge them into its base
+#: (a merge costs ~25 ms at 1,000,000 sessions, most of it moving the arrays).
+EXTRA_MAX = 4096
+#: The same while reading a stretch of log (at open): fewer, larger merges.
+BULK_EXTRA_MAX = 65_536
 _M64 = (1 << 64) - 1
 _OFF_BITS = 40
 _OFF_MASK = (1 << _OFF_BITS) - 1
@@ -101,13 +105,18 @@ def _empty_base() -> Base:
 class OffsetIndex:
     """Where each live session's latest frame starts (see the module docstring)."""
 
-    __slots__ = ("base", "extra", "bound", "users", "count")
+    __slots__ = ("base", "extra", "bound", "users", "count", "seq", "limit")
 
     def __init__(self, base: Base | None = None, bound: dict[str, str] | None = None) -> None:
         self.base: Base = base or _empty_base()
         self.extra: dict[int, int] = {}
         self.bound: dict[str, str] = {}
         self.users: dict[str, set[str]] = {}
+        #: Odd while a merge moves entries: a reader without the lock that
+        #: sees it odd, or changed across its lookup, asks again with it.
+        self.seq = 0
+        #: Extra entries that make put() merge (more while a log is read whole).
+        self.limit = EXTRA_MAX
         offs = self.base[2]
         self.count = len(offs) - offs.count(0)
         for session_id, user in (bound or {}).items():
@@ -162,7 +171,7 @@ class OffsetIndex:
             self._unbind(session_id)
             if user is not None:
                 self._bind(session_id, user)
-        if len(extra) >= EXTRA_MAX:
+        if len(extra) >= self.limit:
             self.merge()
 
     def delete(self, session_id: str) -> bool:
@@ -192,9 +201,54 @@ class OffsetIndex:
                 del self.users[user]
 
     def merge(self) -> None:
-        """Move the extra entries into a new base (one sorted pass)."""
-        self.base = merged(self.base, self.extra)
-        self.extra = {}  # after the base: see the module docstring
+        """Move the extra entries into the base, in place: the arrays grow
+        by the entries merged and each run of old entries moves once, so the
+        Python-level work is one step per extra entry, not per session, and
+        no second copy of the arrays is ever made (which, freed, would stay
+        in the process as fragments).  ``seq`` is odd meanwhile."""
+        extra = self.extra
+        if not extra:
+            return
+        items = sorted(extra.items())
+        hi, lo, offs, exps = base = self.base
+        n, m = len(hi), len(items)
+        points, start = [], 0
+        for key, _ in items:
+            high, low = key >> 64, key & _M64
+            i = bisect_left(hi, high, start)
+            while i < n and hi[i] == high and lo[i] < low:
+                i += 1
+            points.append(i)
+            start = i
+        self.seq += 1
+        try:
+            columns: list[Any] = list(base)
+            for column in columns:
+                column.extend(array(column.typecode, bytes(8 * m)))
+            end = n
+            for j in range(m - 1, -1, -1):
+                p = points[j]
+                if p < end:
+                    for column in columns:
+                        column[p + j + 1 : end + j + 1] = column[p:end]
+                key, packed = items[j]
+                hi[p + j], lo[p + j] = key >> 64, key & _M64
+                offs[p + j], exps[p + j] = packed & _OFF_MASK, float(packed >> _OFF_BITS)
+                end = p
+            self.extra = {}
+        finally:
+            self.seq += 1
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Fewer, larger merges while a stretch of log is read."""
+        self.limit = BULK_EXTRA_MAX
+        try:
+            yield
+        finally:
+            self.limit = EXTRA_MAX
+            if len(self.extra) >= EXTRA_MAX:
+                self.merge()
 
     def copy(self) -> OffsetIndex:
         """A snapshot, for a compaction or an index written in the background."""
@@ -221,36 +275,6 @@ class OffsetIndex:
         found = array("Q", self.base[2])
         found.extend(packed & _OFF_MASK for packed in self.extra.values())
         return found
-
-
-def merged(base: Base, extra: dict[int, int]) -> Base:
-    """A new base holding ``base`` and the ``extra`` entries, sorted by key.
-
-    The base's runs between two new keys are copied as array slices, so the
-    Python-level work is one step per extra entry, not per session."""
-    hi, lo, offs, exps = base
-    new: Base = _empty_base()
-    start = 0
-    for key, packed in sorted(extra.items()):
-        high, low = key >> 64, key & _M64
-        i = bisect_left(hi, high, start)
-        while i < len(hi) and hi[i] == high and lo[i] < low:
-            i += 1
-        _extend(new, base, start, i)
-        new[0].append(high)
-        new[1].append(low)
-        new[2].append(packed & _OFF_MASK)
-        new[3].append(float(packed >> _OFF_BITS))
-        start = i
-    _extend(new, base, start, len(hi))
-    return new
-
-
-def _extend(new: Base, base: Base, start: int, stop: int) -> None:
-    new[0].extend(base[0][start:stop])
-    new[1].extend(base[1][start:stop])
-    new[2].extend(base[2][start:stop])
-    new[3].extend(base[3][start:stop])
 
 
 # -- the index file ---------------------------------------------------------------------
@@ -286,9 +310,9 @@ def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta:
         out.write(chunk)
         crc = zlib.crc32(chunk, crc)
     for column in base:
-        view = memoryview(column).cast("B")
-        out.write(view)
-        crc = zlib.crc32(view, crc)
+        with memoryview(column) as view, view.cast("B") as raw:
+            out.write(raw)
+            crc = zlib.crc32(raw, crc)
     users = pickle.dumps(tuple(bound.items()), 5)
     for chunk in (_LEN.pack(len(users)), users):
         out.write(chunk)
@@ -326,14 +350,16 @@ def read_index(
     if why is not None:
         raise BadIndex(why)
     crc = zlib.crc32(head)
-    base = _empty_base()
+    if not 0 <= n <= 1 << 40:
+        raise BadIndex(f"implausible entry count {n}")
+    base: Base = (array("Q", [0]) * n, array("Q", [0]) * n, array("Q", [0]) * n,
+                  array("d", [0.0]) * n)  # fmt: skip
     for column in base:
-        chunk = source.read(n * 8)
-        if len(chunk) != n * 8:
-            raise BadIndex("cut short")
-        crc = zlib.crc32(chunk, crc)
-        column.frombytes(chunk)
-        del chunk
+        # Read straight into the arrays: no second copy, even for a moment.
+        with memoryview(column) as view, view.cast("B") as raw:
+            if source.readinto(raw) != len(raw):
+                raise BadIndex("cut short")
+            crc = zlib.crc32(raw, crc)
     size = source.read(_LEN.size)
     if len(size) != _LEN.size:
         raise BadIndex("cut short")

@@ -273,6 +273,23 @@ class LogReader:
             if header is None:
                 self._fail(seen, 0, "not a sessionstore pickle file (bad header)")
             self._offset = pos = header
+        try:
+            with self._index.bulk():
+                self._read_from(pos, end)
+        except Damaged as exc:
+            self._fail(seen, exc.offset, exc.reason)
+        except BackendError:
+            raise  # could not read (a bad sector): not damage we saw
+        except Exception as exc:
+            self._fail(seen, self._offset, f"unreadable frame ({exc})")
+        if self._offset < end:
+            self._tail = (self._file_id, self._offset, end)
+            log.info("%s: an unfinished write at byte %d", self.filename, self._offset)
+        else:
+            self._tail = None
+
+    def _read_from(self, pos: int, end: int) -> None:
+        """Apply the frames from ``pos`` (``_offset`` follows) to ``end``."""
         last: tuple[int, bytes] | None = None
         try:
             while pos < end:
@@ -290,15 +307,9 @@ class LogReader:
                 pos = self._offset
                 break
         except Damaged as exc:
-            self._fail(seen, pos + exc.offset, exc.reason)
-        except Exception as exc:
-            self._fail(seen, self._offset, f"unreadable frame ({exc})")
-        self._mark = last or self._mark
-        if self._offset < end:
-            self._tail = (self._file_id, self._offset, end)
-            log.info("%s: an unfinished write at byte %d", self.filename, self._offset)
-        else:
-            self._tail = None
+            raise Damaged(pos + exc.offset, exc.reason) from None
+        finally:
+            self._mark = last or self._mark
 
     def _whole_frames(self, data: bytes, pos: int) -> tuple[tuple[int, bytes], int] | None:
         """Apply the whole, valid frames at the start of ``data`` (read at
