@@ -244,10 +244,23 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_compaction_loses_nothing_another_process_commits_meanwhile(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("rounds", "locked_copy"),
+    [
+        pytest.param(1, 0, id="first-batch-unlocked-second-locked"),
+        pytest.param(5, 1 << 30, id="both-under-the-lock"),
+        pytest.param(5, 0, id="both-unlocked"),
+    ],
+)
+def test_compaction_loses_nothing_another_process_commits_meanwhile(
+    tmp_path, monkeypatch, rounds, locked_copy
+):
     """The child commits exactly when the compaction is busy: after the
-    snapshot (frames copied without the lock) and after it last looked
-    (frames copied under the lock); a pipe makes each step wait for the other."""
+    snapshot, and after the compaction last looked at the log; those frames
+    are copied (and indexed) without the lock, or copied under it; a pipe
+    makes each step wait for the other."""
+    monkeypatch.setattr(picklecompact, "_CATCH_UP_ROUNDS", rounds)
+    monkeypatch.setattr(picklecompact, "_LOCKED_COPY", locked_copy)
     path = tmp_path / "sessions.dat"
     records = compacted(path, 500)
     child = subprocess.Popen(
@@ -267,11 +280,15 @@ def test_compaction_loses_nothing_another_process_commits_meanwhile(tmp_path, mo
     commit(records[:10])  # the child is open and committing
     compactor = opened(path)
     real_synced_to = picklecompact.Compaction._synced_to
+    calls = []
 
     def synced_to(self, snapshot):
-        commit(records[10:60])  # copied without the lock
+        calls.append(snapshot)
+        if len(calls) > 1:
+            return real_synced_to(self, snapshot)
+        commit(records[10:60])  # before it looks
         end = real_synced_to(self, snapshot)
-        commit(records[60:110])  # copied under the lock
+        commit(records[60:110])  # after it looked
         return end
 
     monkeypatch.setattr(picklecompact.Compaction, "_synced_to", synced_to)

@@ -66,6 +66,11 @@ log = logging.getLogger("sessionstore")
 COMPACT_SLACK = 1 << 20
 #: Write a new index file when the log has grown this much past the last one.
 REFRESH = 8 << 20
+#: Catching up with the frames appended during a compaction stops when fewer
+#: bytes than this are left (they are copied under the lock), or after this
+#: many rounds.
+_LOCKED_COPY = 256 << 10
+_CATCH_UP_ROUNDS = 5
 ORIGIN = struct.Struct(">QQQQ")  # dev, inode, base, tail_at: fixed size
 
 
@@ -238,10 +243,10 @@ class Compaction:
         self._compact_from(snapshot)
 
     def _compact_from(self, snapshot: Snapshot) -> None:
-        index, base = snapshot.state, snapshot.offset
+        state, base = snapshot.state, snapshot.offset
         mean = snapshot.put_bytes // max(snapshot.put_frames, 1)
         stat = os.statvfs(os.path.dirname(self.filename))
-        if stat.f_bavail * stat.f_frsize < index.count * mean + COMPACT_SLACK:
+        if stat.f_bavail * stat.f_frsize < state.count * mean + COMPACT_SLACK:
             raise BackendError(f"no room to compact {self.filename}")
         fd, temp = self._temp()
         index_temp = None
@@ -249,20 +254,27 @@ class Compaction:
             with os.fdopen(fd, "r+b") as out:
                 origin, lineage = self._origin((0, 0, 0, 0), snapshot.lineage)
                 out.write(encode(picklelog.HEADER) + origin)
-                new, put_bytes, mark = _copy_live(index, snapshot.handle.fd, out)
+                new, put_bytes, mark = _copy_live(state, snapshot.handle.fd, out)
                 tail_at = out.tell()
-                meta = Meta(*lineage, os.fstat(out.fileno()).st_ino, tail_at, mark,
-                            put_bytes, len(new[0]))  # fmt: skip
-                index_temp = self._write_index(new, index.bound, meta)
-                # What was appended meanwhile: most of it now, without the lock.
-                copied = _copy_range(snapshot.handle.fd, base, self._synced_to(snapshot), out)
+                index = OffsetIndex(new, state.bound)
+                tail = Tail(index, base, tail_at, mark, put_bytes, len(new[0]))
+                # What was appended meanwhile, copied and indexed without the
+                # lock, until what is left is short.
+                for _ in range(_CATCH_UP_ROUNDS):
+                    end = self._synced_to(snapshot)
+                    if end - tail.copied <= _LOCKED_COPY:
+                        break
+                    tail.take(snapshot.handle.fd, end, out)
+                meta = Meta(*lineage, os.fstat(out.fileno()).st_ino, tail.covered, tail.mark,
+                            tail.put_bytes, tail.put_frames)  # fmt: skip
+                index_temp = self._write_index(index, meta)
                 out.flush()
                 os.fsync(out.fileno())  # the bulk, before anyone waits
                 with self._locked(exclusive=True):
-                    if self._file_id != snapshot.file_id or self._offset < copied:
+                    if self._file_id != snapshot.file_id or self._offset < tail.copied:
                         return  # replaced meanwhile (another compaction won)
                     assert self._fd is not None
-                    _copy_range(self._fd, copied, self._offset, out)
+                    _copy_range(self._fd, tail.copied, self._offset, out)
                     origin, _ = self._origin((*snapshot.file_id, base, tail_at), snapshot.lineage)
                     out.seek(len(encode(picklelog.HEADER)))
                     out.write(origin)  # the same size as the placeholder
@@ -270,12 +282,12 @@ class Compaction:
                     os.fsync(out.fileno())
                     self._publish(temp)
                     os.replace(index_temp, self.filename + ".index")
-                    # Our index is the new one; the frames copied after it
-                    # are read by the next sync, like anyone else's.
-                    self._index = OffsetIndex(new, index.bound)
-                    self._offset = self._indexed = tail_at
-                    self._mark, self._lineage = mark, lineage
-                    self._put_bytes, self._put_frames = put_bytes, len(new[0])
+                    # Our index is the new one; the frames copied under the
+                    # lock are read by the next sync, like anyone else's.
+                    self._index = index
+                    self._offset = self._indexed = tail.covered
+                    self._mark, self._lineage = tail.mark, lineage
+                    self._put_bytes, self._put_frames = tail.put_bytes, tail.put_frames
                     self._compact_after = 0
         finally:
             for path in (temp, index_temp):
@@ -293,12 +305,13 @@ class Compaction:
 
     # -- the index file -----------------------------------------------------------------
 
-    def _write_index(self, base: Base, bound: dict[str, str], meta: Meta) -> str:
+    def _write_index(self, index: OffsetIndex, meta: Meta) -> str:
         """A temporary index file (flocked, like a compaction's), for renaming."""
+        index.merge()
         fd, temp = self._temp()
         try:
             with os.fdopen(fd, "wb") as out:
-                write_index(out, base, bound, meta)
+                write_index(out, index.base, index.bound, meta)
         except BaseException:
             os.unlink(temp)
             raise
@@ -323,10 +336,9 @@ class Compaction:
         temp = None
         try:
             index = snapshot.state
-            index.merge()
             meta = Meta(*(snapshot.lineage or ("", 0)), snapshot.file_id[1], snapshot.offset,
                         snapshot.mark, snapshot.put_bytes, snapshot.put_frames)  # fmt: skip
-            temp = self._write_index(index.base, index.bound, meta)
+            temp = self._write_index(index, meta)
             with self._locked(exclusive=False):
                 if self._file_id == snapshot.file_id:
                     os.replace(temp, self.filename + ".index")
@@ -371,6 +383,51 @@ class Snapshot(NamedTuple):
     mark: tuple[int, bytes] | None
     put_bytes: int
     put_frames: int
+
+
+class Tail:
+    """The frames appended to the old log since the snapshot, as they are
+    copied to the new log and applied to its index (``index``): old byte
+    ``o >= base`` lands at ``tail_at + o - base``."""
+
+    def __init__(
+        self, index: OffsetIndex, base: int, tail_at: int, mark: tuple[int, bytes] | None,
+        put_bytes: int, put_frames: int,
+    ) -> None:  # fmt: skip
+        self.index, self.base, self.tail_at, self.mark = index, base, tail_at, mark
+        self.put_bytes, self.put_frames = put_bytes, put_frames
+        self.copied = base  # the old log's bytes copied so far
+
+    @property
+    def covered(self) -> int:
+        """The new log's bytes the index covers."""
+        return self.tail_at + self.copied - self.base
+
+    def take(self, fd: int, end: int, out: BinaryIO) -> None:
+        """Copy and index the old log's frames up to ``end`` (a frame boundary)."""
+        want = 1 << 20
+        while self.copied < end:
+            data = os.pread(fd, min(end - self.copied, want), self.copied)
+            at, used = self.covered, 0
+            for start, stop, frame in picklelog.iter_frames(data, 0):
+                if frame[0] == "put":
+                    record = picklelog.record_of(frame)
+                    self.index.put(record.session_id, at + start, record.expires_at, record.user)
+                    self.put_bytes += stop - start
+                    self.put_frames += 1
+                elif frame[0] == "del":
+                    self.index.delete(frame[1])
+                self.mark = (at + start, data[start : start + picklelog.FRAME.size])
+                used = stop
+            if not used:  # one frame longer than the chunk
+                if len(data) < picklelog.FRAME.size or want > picklelog.MAX_FRAME:
+                    raise BackendError(f"cannot copy the frame at byte {self.copied}")
+                want = picklelog.FRAME.size + picklelog.FRAME.unpack_from(data)[0]
+                continue
+            out.write(memoryview(data)[:used])
+            self.copied += used
+            want = 1 << 20
+            time.sleep(0)  # let request threads have the GIL
 
 
 def _copy_live(

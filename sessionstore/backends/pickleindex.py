@@ -297,7 +297,7 @@ class BadIndex(Exception):
 
 
 def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta: Meta) -> None:
-    """Write an index file (the base must hold no extra entries)."""
+    """Write an index file (of a base with no extra entries: merge first)."""
     n = len(base[0])
     mark_at, mark = meta.mark or (0, b"")
     head = (
