@@ -249,7 +249,6 @@ class Compaction:
         if stat.f_bavail * stat.f_frsize < state.count * mean + COMPACT_SLACK:
             raise BackendError(f"no room to compact {self.filename}")
         fd, temp = self._temp()
-        index_temp = None
         try:
             with os.fdopen(fd, "r+b") as out:
                 origin, lineage = self._origin((0, 0, 0, 0), snapshot.lineage)
@@ -267,33 +266,32 @@ class Compaction:
                     tail.take(snapshot.handle.fd, end, out)
                 meta = Meta(*lineage, os.fstat(out.fileno()).st_ino, tail.covered, tail.mark,
                             tail.put_bytes, tail.put_frames)  # fmt: skip
-                index_temp = self._write_index(index, meta)
-                out.flush()
-                os.fsync(out.fileno())  # the bulk, before anyone waits
-                with self._locked(exclusive=True):
-                    if self._file_id != snapshot.file_id or self._offset < tail.copied:
-                        return  # replaced meanwhile (another compaction won)
-                    assert self._fd is not None
-                    _copy_range(self._fd, tail.copied, self._offset, out)
-                    origin, _ = self._origin((*snapshot.file_id, base, tail_at), snapshot.lineage)
-                    out.seek(len(encode(picklelog.HEADER)))
-                    out.write(origin)  # the same size as the placeholder
+                with self._index_file(index, meta) as index_temp:
                     out.flush()
-                    os.fsync(out.fileno())
-                    self._publish(temp)
-                    os.replace(index_temp, self.filename + ".index")
-                    # Our index is the new one; the frames copied under the
-                    # lock are read by the next sync, like anyone else's.
-                    self._index = index
-                    self._offset = self._indexed = tail.covered
-                    self._mark, self._lineage = tail.mark, lineage
-                    self._put_bytes, self._put_frames = tail.put_bytes, tail.put_frames
-                    self._compact_after = 0
+                    os.fsync(out.fileno())  # the bulk, before anyone waits
+                    with self._locked(exclusive=True):
+                        if self._file_id != snapshot.file_id or self._offset < tail.copied:
+                            return  # replaced meanwhile (another compaction won)
+                        assert self._fd is not None
+                        _copy_range(self._fd, tail.copied, self._offset, out)
+                        where = (*snapshot.file_id, base, tail_at)
+                        origin, _ = self._origin(where, snapshot.lineage)
+                        out.seek(len(encode(picklelog.HEADER)))
+                        out.write(origin)  # the same size as the placeholder
+                        out.flush()
+                        os.fsync(out.fileno())
+                        self._publish(temp)
+                        # Our index is the new one; the frames copied under
+                        # the lock are read by the next sync, like anyone else's.
+                        self._index = index
+                        self._offset = self._indexed = tail.covered
+                        self._mark, self._lineage = tail.mark, lineage
+                        self._put_bytes, self._put_frames = tail.put_bytes, tail.put_frames
+                        self._compact_after = 0
+                        self._rename_index(index_temp)
         finally:
-            for path in (temp, index_temp):
-                if path is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
 
     def _synced_to(self, snapshot: Snapshot) -> int:
         """Where the frames of the snapshot's file end, as far as we know
@@ -305,17 +303,29 @@ class Compaction:
 
     # -- the index file -----------------------------------------------------------------
 
-    def _write_index(self, index: OffsetIndex, meta: Meta) -> str:
-        """A temporary index file (flocked, like a compaction's), for renaming."""
+    @contextlib.contextmanager
+    def _index_file(self, index: OffsetIndex, meta: Meta) -> Iterator[str]:
+        """A temporary index file for renaming, flocked (like a compaction's
+        log, so that no set-up takes it for an orphan) until it is renamed or
+        removed."""
         index.merge()
         fd, temp = self._temp()
         try:
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(fd, "wb", closefd=False) as out:
                 write_index(out, index.base, index.bound, meta)
-        except BaseException:
-            os.unlink(temp)
-            raise
-        return temp
+            yield temp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)  # (gone if renamed)
+            os.close(fd)
+
+    def _rename_index(self, temp: str) -> None:
+        """Put a new index in place; a failure is only logged (the index is
+        derived data: readers fall back on the log)."""
+        try:
+            os.replace(temp, self.filename + ".index")
+        except OSError:
+            log.warning("could not put the new index of %s in place", self.filename, exc_info=True)
 
     def _index_is_recent(self) -> bool:
         """Whether the index file at the path (another process's) covers
@@ -333,15 +343,15 @@ class Compaction:
         return self._offset - self._indexed <= REFRESH
 
     def _refresh_quietly(self, snapshot: Snapshot) -> None:
-        temp = None
         try:
-            index = snapshot.state
             meta = Meta(*(snapshot.lineage or ("", 0)), snapshot.file_id[1], snapshot.offset,
                         snapshot.mark, snapshot.put_bytes, snapshot.put_frames)  # fmt: skip
-            temp = self._write_index(index, meta)
-            with self._locked(exclusive=False):
+            with (
+                self._index_file(snapshot.state, meta) as temp,
+                self._locked(exclusive=False),
+            ):
                 if self._file_id == snapshot.file_id:
-                    os.replace(temp, self.filename + ".index")
+                    self._rename_index(temp)
                     self._indexed = max(self._indexed, snapshot.offset)
         except (BackendError, OSError):
             log.warning("could not write the index of %s", self.filename, exc_info=True)
@@ -349,9 +359,6 @@ class Compaction:
                 self._indexed = self._offset  # try again REFRESH bytes later
         finally:
             self._compacting = False
-            if temp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
 
     def _set_aside(self, error: BackendError) -> None:
         """Keep a damaged file under another name; a new file takes the

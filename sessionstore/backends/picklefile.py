@@ -106,6 +106,8 @@ class PickleBackend(LogReader, Compaction, Backend):
         #: the token and adds one to the generation.
         self._lineage: tuple[str, int] | None = None
         self._corrupt: tuple[tuple[int, int, int, int], BackendError] | None = None
+        self._holding = False
+        self._pending = None
         self._compact_after = 0  # back-off after a failed compaction
         self._compacting = False  # a compaction thread of ours is running
         self._compactor: threading.Thread | None = None
@@ -127,10 +129,12 @@ class PickleBackend(LogReader, Compaction, Backend):
             assert self._lock_fd is not None
             self._catch_up()
             self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            self._holding = True
             try:
                 self._sync()
                 yield
             finally:
+                self._holding = False
                 # The index holds every frame up to the offset (and perhaps a
                 # few newer ones, never a partial one).
                 self._view = (
@@ -245,6 +249,7 @@ class PickleBackend(LogReader, Compaction, Backend):
         with self._mutex:
             assert self._lock_fd is not None
             self._flock(fcntl.LOCK_EX)
+            self._holding = True
             try:
                 self._corrupt = None
                 self._file_id = None
@@ -253,6 +258,7 @@ class PickleBackend(LogReader, Compaction, Backend):
                 except BackendError as exc:
                     self._set_aside(exc)
             finally:
+                self._holding = False
                 self._view = None
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 

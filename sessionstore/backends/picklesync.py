@@ -104,6 +104,9 @@ class LogReader:
     _lineage: tuple[str, int] | None
     _corrupt: tuple[tuple[int, int, int, int], BackendError] | None
     _mutex: threading.RLock
+    _holding: bool  # the file lock is held (by this thread: the mutex is too)
+    #: (file id, lineage, count) before a new file whose loading was put off.
+    _pending: tuple[tuple[int, int] | None, tuple[str, int] | None, int] | None
 
     @property
     def _fd(self) -> int | None:
@@ -151,15 +154,24 @@ class LogReader:
             self._file_id = None  # changed since: read it again
         file_id = (st.st_dev, st.st_ino)
         if file_id != self._file_id:
-            previous, before, count = self._file_id, self._lineage, self._index.count
+            previous, before, count = self._pending or (
+                self._file_id,
+                self._lineage,
+                self._index.count,
+            )
+            self._pending = None
             self._reopen()
             assert self._fd is not None
             st = os.fstat(self._fd)  # the file opened, whatever the path held before
             file_id = (st.st_dev, st.st_ino)
             seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             self._reset_index(file_id)
-            if st.st_size:
-                self._load_index(st)
+            if st.st_size and not self._load_index(st):
+                # Caught between a compaction's two renames: do it again
+                # under the lock, which the compaction holds across both.
+                self._pending = (previous, before, count)
+                self._file_id = None
+                raise BackendError(f"{self.filename}: its index is being replaced")
             self._read_frames(st, seen)
             if previous is not None and not _follows(before, self._lineage):
                 log.error(
@@ -222,8 +234,10 @@ class LogReader:
 
     # -- the index file -----------------------------------------------------------------
 
-    def _load_index(self, st: os.stat_result) -> None:
-        """Start from the index file if it verifies for the log opened."""
+    def _load_index(self, st: os.stat_result) -> bool:
+        """Start from the index file if it verifies for the log opened; False
+        (nothing done) if it names another file and we hold no lock: it may
+        be the old log's index, about to be replaced."""
         assert self._fd is not None
         path = self.filename + ".index"
         lineage = lineage_of(os.pread(self._fd, 512, 0))
@@ -243,16 +257,19 @@ class LogReader:
             with open_index(path) as source:
                 meta, index = read_index(source, check)
         except FileNotFoundError:
-            return
+            return True
         except (OSError, BadIndex) as exc:
+            if not self._holding and "another file" in str(exc):
+                return False
             level = logging.INFO if "indexes another" in str(exc) else logging.WARNING
             log.log(level, "%s not used (%s): reading the whole log", path, exc)
-            return
+            return True
         self._index = index
         self._offset = self._indexed = meta.covered
         self._mark = meta.mark
         self._lineage = lineage
         self._put_bytes, self._put_frames = meta.put_bytes, meta.put_frames
+        return True
 
     # -- the log ------------------------------------------------------------------------
 
