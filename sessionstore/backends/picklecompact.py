@@ -192,8 +192,11 @@ class Compaction:
         """Start a compaction, or the writing of an index file, in the
         background if the log is due one (under the exclusive lock, after a
         write)."""
-        compact = self._offset > max(2 * self._live_bytes() + COMPACT_SLACK, self._compact_after)
-        refresh = self._offset - self._indexed > REFRESH
+        offset = self._offset
+        refresh = offset - self._indexed > REFRESH
+        if not refresh and offset <= COMPACT_SLACK:
+            return  # (the usual case for a small store, in a few operations)
+        compact = offset > max(2 * self._live_bytes() + COMPACT_SLACK, self._compact_after)
         if not (compact or refresh) or self._compacting:
             return
         if not compact and self._index_is_recent():

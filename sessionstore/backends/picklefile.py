@@ -295,9 +295,10 @@ class PickleBackend(LogReader, Compaction, Backend):
         self._append(data)
         position = self._offset - len(data)  # (the file may have just been made)
         assert self._handle is not None
+        put, handle = self._index.put, self._handle
         for record, frame in zip(records, frames, strict=True):
-            self._index.put(record.session_id, position, record.expires_at, record.user)
-            self._remember(self._handle, position, record)
+            put(record.session_id, position, record.expires_at, record.user)
+            self._remember(handle, position, record)
             position += len(frame)
         self._put_bytes += len(data)
         self._put_frames += len(frames)

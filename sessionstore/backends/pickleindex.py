@@ -59,7 +59,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import math
 import os
 import pickle
 import struct
@@ -87,15 +86,27 @@ _LEN = struct.Struct(">I")
 Base = tuple["array[int]", "array[int]", "array[int]", "array[float]"]
 
 
+#: The keys of the ids used last: a request reads, then swaps, then
+#: indexes the same id (a few MB at most; emptied when full).
+_keys: dict[str, int] = {}
+
+
 def key_of(session_id: str) -> int:
     """The 128-bit key of an id."""
-    digest = hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=16)
-    return int.from_bytes(digest.digest(), "big")
+    key = _keys.get(session_id)
+    if key is None:
+        digest = hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=16)
+        key = int.from_bytes(digest.digest(), "big")
+        if len(_keys) >= 8192:
+            _keys.clear()
+        _keys[session_id] = key
+    return key
 
 
 def _pack(offset: int, expires_at: float) -> int:
-    expiry = min(max(math.floor(expires_at), 0), _EXP_MAX)
-    return expiry << _OFF_BITS | offset
+    if 0.0 <= expires_at < _EXP_MAX:
+        return int(expires_at) << _OFF_BITS | offset  # (int() is floor here)
+    return (0 if expires_at < 0 else _EXP_MAX) << _OFF_BITS | offset
 
 
 def _empty_base() -> Base:
