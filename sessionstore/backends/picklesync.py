@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
 from typing import Any, NoReturn
 
@@ -67,6 +68,26 @@ class Handle:
     def __del__(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+_retired: queue.SimpleQueue[Handle] = queue.SimpleQueue()
+_closer: tuple[int, threading.Thread] | None = None
+
+
+def _retire(handle: Handle) -> None:
+    """Let go of ``handle`` in a thread of its own (see ``_reopen``)."""
+    global _closer
+    if _closer is None or _closer[0] != os.getpid():
+        thread = threading.Thread(target=_close_retired, name="sessionstore-close", daemon=True)
+        _closer = (os.getpid(), thread)
+        thread.start()
+    _retired.put(handle)
+
+
+def _close_retired() -> None:
+    while True:
+        handle = _retired.get()
+        del handle  # closed here, unless a reader still holds it
 
 
 def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> bool:
@@ -107,6 +128,8 @@ class LogReader:
     _holding: bool  # the file lock is held (by this thread: the mutex is too)
     #: (file id, lineage, count) before a new file whose loading was put off.
     _pending: tuple[tuple[int, int] | None, tuple[str, int] | None, int] | None
+    _view: Any
+    _purge: Any
 
     @property
     def _fd(self) -> int | None:
@@ -217,7 +240,13 @@ class LogReader:
         self._handle = None  # closed once no reader holds it
 
     def _reopen(self) -> None:
-        self._close_file()
+        if self._handle is not None:
+            # Closing the last descriptor of a replaced log frees its blocks
+            # (137 ms for 300 MB, measured): not in a request's time.  (The
+            # lock-free view and a purge scan hold it too: let go of them first.)
+            self._view = self._purge = None
+            _retire(self._handle)
+            self._handle = None
         try:
             fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
             self._writable = True
