@@ -317,39 +317,46 @@ def test_compaction_loses_nothing_another_process_commits_meanwhile(
     ]
 
 
-def test_a_reader_between_the_two_renames_waits_for_the_new_index(tmp_path, monkeypatch, caplog):
-    """A compaction renames the new log, then its index, both under the
-    exclusive lock.  A reader catching up without the lock in between finds
-    the old index beside the new log: it must not read the whole log for
-    that, but load the new index once the lock is free."""
+def test_a_process_opening_between_the_two_renames_waits_for_the_lock(
+    tmp_path, monkeypatch, caplog
+):
+    """A compaction renames the new index, then the new log, both under the
+    exclusive lock.  A process opening the old log in between, without the
+    lock, finds an index of another file: it must not read the whole log for
+    that, but look again under the lock; one that had the old log open
+    follows to the new log and its index."""
     path = tmp_path / "sessions.dat"
     records = compacted(path, 3000)
     reader = opened(path)
     writer = opened(path)
+    fresh = PickleBackend(str(path))
     changed = records[0]._replace(version=2)
     assert writer.compare_and_swap(changed.session_id, 1, changed)
-    real_rename = picklecompact.Compaction._rename_index
+    real_publish = picklecompact.Compaction._publish
     seen = []
 
-    def rename_index(self, temp):
-        before = read_so_far()
-        reader._catch_up()  # noqa: SLF001 - the log is new, the index still the old one
-        seen.append(read_so_far() - before)
-        # Another process starting up now leaves the index being written alone.
-        assert PickleBackend(str(path)).remove_orphans() == []
-        real_rename(self, temp)
+    def publish(self, temp):
+        if self is writer:
+            before = read_so_far()
+            reader._catch_up()  # noqa: SLF001 - the old log, still its file
+            fresh._catch_up()  # noqa: SLF001 - the old log, the new log's index
+            seen.append(read_so_far() - before)
+            # Another process starting up now leaves the files being written alone.
+            assert PickleBackend(str(path)).remove_orphans() == []
+        real_publish(self, temp)
 
-    monkeypatch.setattr(picklecompact.Compaction, "_rename_index", rename_index)
+    monkeypatch.setattr(picklecompact.Compaction, "_publish", publish)
     with caplog.at_level("INFO", "sessionstore"):
         writer.compact()
-        before = read_so_far()
-        assert reader.get(changed.session_id) == changed
-    assert seen and seen[0] < 20_000  # the old index's meta, not the 700 KB log
-    assert read_so_far() - before < 200_000  # the new index, not the log
+        for backend in (reader, fresh):
+            before = read_so_far()
+            assert backend.get(changed.session_id) == changed
+            assert read_so_far() - before < 200_000  # the new index, not the 700 KB log
+    assert seen and seen[0] < 20_000  # an index's first bytes, not the log
     assert "not used" not in caplog.text and "replaced" not in caplog.text
-    assert reader.get_all() == writer.get_all()
-    reader.close()
-    writer.close()
+    assert reader.get_all() == fresh.get_all() == writer.get_all()
+    for backend in (reader, fresh, writer):
+        backend.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "sessions.dat",
         "sessions.dat.index",

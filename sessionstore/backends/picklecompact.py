@@ -69,7 +69,7 @@ REFRESH = 8 << 20
 #: Catching up with the frames appended during a compaction stops when fewer
 #: bytes than this are left (they are copied under the lock), or after this
 #: many rounds.
-_LOCKED_COPY = 256 << 10
+_LOCKED_COPY = 64 << 10
 _CATCH_UP_ROUNDS = 5
 ORIGIN = struct.Struct(">QQQQ")  # dev, inode, base, tail_at: fixed size
 
@@ -92,6 +92,7 @@ class Compaction:
     _corrupt: Any
     _compact_after: int
     _compacting: bool
+    _due: str | None  # "compact" or "index": to start once the lock is released
     _compactor: threading.Thread | None
     _mutex: threading.RLock
 
@@ -189,22 +190,30 @@ class Compaction:
         return self._index.count * self._put_bytes // self._put_frames
 
     def _maybe_compact(self) -> None:
-        """Start a compaction, or the writing of an index file, in the
-        background if the log is due one (under the exclusive lock, after a
-        write)."""
+        """Note whether the log is due a compaction, or a new index file
+        (under the exclusive lock, after a write): :meth:`_start_due` starts
+        it once the lock is released."""
         offset = self._offset
         refresh = offset - self._indexed > REFRESH
         if not refresh and offset <= COMPACT_SLACK:
             return  # (the usual case for a small store, in a few operations)
         compact = offset > max(2 * self._live_bytes() + COMPACT_SLACK, self._compact_after)
-        if not (compact or refresh) or self._compacting:
+        if (compact or refresh) and not self._compacting:
+            self._due = "compact" if compact else "index"
+
+    def _start_due(self) -> None:
+        """Start what :meth:`_maybe_compact` found due, in the background
+        (with the mutex, after the file lock is released: the snapshot, a
+        copy of the arrays, holds up no other process)."""
+        due, self._due = self._due, None
+        if due is None or self._compacting or self._file_id is None:
             return
-        if not compact and self._index_is_recent():
+        if due == "index" and self._index_is_recent():
             return
         if any(_in_use(t) for t in self._temps()):
             return
         self._compacting = True
-        job = self._compact_quietly if compact else self._refresh_quietly
+        job = self._compact_quietly if due == "compact" else self._refresh_quietly
         self._compactor = threading.Thread(
             target=job, args=(self._snapshot(),), name="sessionstore-compact", daemon=True
         )
@@ -258,10 +267,13 @@ class Compaction:
                 out.write(encode(picklelog.HEADER) + origin)
                 new, put_bytes, mark = _copy_live(state, snapshot.handle.fd, out)
                 tail_at = out.tell()
+                out.flush()
+                os.fsync(out.fileno())  # the bulk, before anyone waits
                 index = OffsetIndex(new, state.bound)
                 tail = Tail(index, base, tail_at, mark, put_bytes, len(new[0]))
                 # What was appended meanwhile, copied and indexed without the
-                # lock, until what is left is short.
+                # lock, until what is left is short: others read it after
+                # the index when they follow, and we copy it under the lock.
                 for _ in range(_CATCH_UP_ROUNDS):
                     end = self._synced_to(snapshot)
                     if end - tail.copied <= _LOCKED_COPY:
@@ -269,29 +281,33 @@ class Compaction:
                     tail.take(snapshot.handle.fd, end, out)
                 meta = Meta(*lineage, os.fstat(out.fileno()).st_ino, tail.covered, tail.mark,
                             tail.put_bytes, tail.put_frames)  # fmt: skip
-                with self._index_file(index, meta) as index_temp:
+                with (
+                    self._index_file(index, meta) as index_temp,
+                    self._locked(exclusive=True),
+                ):
+                    if self._file_id != snapshot.file_id or self._offset < tail.copied:
+                        return  # replaced meanwhile (another compaction won)
+                    assert self._fd is not None
+                    _copy_range(self._fd, tail.copied, self._offset, out)
+                    where = (*snapshot.file_id, base, tail_at)
+                    origin, _ = self._origin(where, snapshot.lineage)
+                    out.seek(len(encode(picklelog.HEADER)))
+                    out.write(origin)  # the same size as the placeholder
                     out.flush()
-                    os.fsync(out.fileno())  # the bulk, before anyone waits
-                    with self._locked(exclusive=True):
-                        if self._file_id != snapshot.file_id or self._offset < tail.copied:
-                            return  # replaced meanwhile (another compaction won)
-                        assert self._fd is not None
-                        _copy_range(self._fd, tail.copied, self._offset, out)
-                        where = (*snapshot.file_id, base, tail_at)
-                        origin, _ = self._origin(where, snapshot.lineage)
-                        out.seek(len(encode(picklelog.HEADER)))
-                        out.write(origin)  # the same size as the placeholder
-                        out.flush()
-                        os.fsync(out.fileno())
-                        self._publish(temp)
-                        # Our index is the new one; the frames copied under
-                        # the lock are read by the next sync, like anyone else's.
-                        self._index = index
-                        self._offset = self._indexed = tail.covered
-                        self._mark, self._lineage = tail.mark, lineage
-                        self._put_bytes, self._put_frames = tail.put_bytes, tail.put_frames
-                        self._compact_after = 0
-                        self._rename_index(index_temp)
+                    os.fsync(out.fileno())
+                    # The index first: a process that sees the new log
+                    # then finds its index (one opening the old log in
+                    # between finds an index of another file: it waits
+                    # for the lock and looks again).
+                    self._rename_index(index_temp)
+                    self._publish(temp)
+                    # Our index is the new one; the frames copied under
+                    # the lock are read by the next sync, like anyone else's.
+                    self._index = index
+                    self._offset = self._indexed = tail.covered
+                    self._mark, self._lineage = tail.mark, lineage
+                    self._put_bytes, self._put_frames = tail.put_bytes, tail.put_frames
+                    self._compact_after = 0
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
