@@ -134,6 +134,12 @@ class PickleBackend(LogReader, Compaction, Backend):
             assert self._lock_fd is not None
             self._catch_up()
             self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            if self._replaced():
+                # A compaction was published while we waited: load its
+                # index without the lock, which others are waiting for.
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                self._catch_up()
+                self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             self._holding = True
             try:
                 self._sync()
@@ -150,6 +156,16 @@ class PickleBackend(LogReader, Compaction, Backend):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 if self._due is not None:
                     self._start_due()
+
+    def _replaced(self) -> bool:
+        """Whether another file than the one indexed is at the path."""
+        if self._corrupt is not None or self._file_id is None:
+            return False
+        try:
+            st = os.stat(self.filename)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) != self._file_id
 
     def _after_fork(self) -> None:
         # flock belongs to the open file description, which a child shares

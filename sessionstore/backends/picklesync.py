@@ -46,8 +46,9 @@ from .safefiles import open_nofollow
 
 log = logging.getLogger("sessionstore")
 
-#: New bytes in the log worth reading before taking the lock.
-_CATCH_UP = 256 << 10
+#: New bytes in the log worth reading before taking the lock (~50 frames:
+#: others wait while we read under it).
+_CATCH_UP = 16 << 10
 #: Bytes of the log read at a time.
 _CHUNK = 1 << 20
 #: Records kept per open file, by offset (a frame at an offset never changes).
