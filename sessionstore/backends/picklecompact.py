@@ -42,12 +42,8 @@ opening never reads more than about that much of the log.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import glob
 import logging
 import os
-import struct
-import tempfile
 import threading
 import time
 from array import array
@@ -56,9 +52,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from ..errors import BackendError
 from . import picklelog
+from .picklefiles import Handle, LogFiles, in_use
 from .pickleindex import BadIndex, Base, Meta, OffsetIndex, open_index, read_meta, write_index
-from .picklelog import Damaged, encode, encode_put
-from .picklesync import Handle
+from .picklelog import Damaged, encode
 
 log = logging.getLogger("sessionstore")
 
@@ -71,10 +67,9 @@ REFRESH = 8 << 20
 #: many rounds.
 _LOCKED_COPY = 64 << 10
 _CATCH_UP_ROUNDS = 5
-ORIGIN = struct.Struct(">QQQQ")  # dev, inode, base, tail_at: fixed size
 
 
-class Compaction:
+class Compaction(LogFiles):
     """The compaction half of :class:`~sessionstore.backends.picklefile.PickleBackend`."""
 
     filename: str
@@ -103,82 +98,6 @@ class Compaction:
         def _locked(self, exclusive: bool) -> contextlib.AbstractContextManager[None]: ...
         def _reopen(self) -> None: ...
         def _sync(self) -> None: ...
-
-    # -- files --------------------------------------------------------------------------
-
-    def _temp(self) -> tuple[int, str]:
-        directory, name = os.path.split(self.filename)
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".compact.tmp", dir=directory)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # tells remove_orphans() it is in use
-        return fd, temp
-
-    def _temps(self) -> Iterator[str]:
-        directory, name = os.path.split(self.filename)
-        yield from glob.glob(os.path.join(glob.escape(directory), f".{name}.*.compact.tmp"))
-
-    def remove_orphans(self) -> list[str]:
-        """Delete the temporary files of compactions whose process died."""
-        removed = [temp for temp in self._temps() if not _in_use(temp, remove=True)]
-        if removed:
-            log.warning("%s: removed %d unfinished compactions", self.filename, len(removed))
-        return removed
-
-    def _publish(self, temp: str) -> None:
-        """Rename the fsynced ``temp`` over the log, then follow it."""
-        # Whoever puts a file at the path without our lock (an operator
-        # restoring a backup) must not lose it to a rename: look first.  (A
-        # window of microseconds remains; Python has no renameat2 exchange.)
-        if self._file_id is not None:
-            with contextlib.suppress(FileNotFoundError):
-                st = os.stat(self.filename, follow_symlinks=False)
-                if (st.st_dev, st.st_ino) != self._file_id:
-                    raise BackendError(f"{self.filename} was replaced meanwhile: not renamed over")
-        os.replace(temp, self.filename)
-        if self.fsync:
-            dir_fd = os.open(os.path.dirname(self.filename), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        self._reopen()
-        assert self._fd is not None  # _reopen() opened it or raised
-        st = os.fstat(self._fd)
-        self._file_id = (st.st_dev, st.st_ino)
-        self._offset = st.st_size
-        self._tail = None
-
-    def _origin(
-        self, where: tuple[int, int, int, int], lineage: tuple[str, int] | None = None
-    ) -> tuple[bytes, tuple[str, int]]:
-        token, generation = lineage or self._lineage or (os.urandom(8).hex(), 0)
-        lineage = (token, generation + 1)
-        return encode(("origin", *lineage, ORIGIN.pack(*where))), lineage
-
-    def _rewrite(self, frames: bytes) -> None:
-        """Replace the file by a header plus ``frames`` (under the exclusive
-        lock): temp file, fsync, rename.  Used to create the file, to empty it
-        and to set a damaged one aside."""
-        try:
-            fd, temp = self._temp()
-        except OSError as exc:
-            raise BackendError(f"cannot write a new {self.filename}", exc) from exc
-        origin, lineage = self._origin((0, 0, 0, 0))
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(encode(picklelog.HEADER) + origin)
-                out.write(frames)
-                out.flush()
-                # Always fsync here: the rename must never publish an empty file.
-                os.fsync(out.fileno())
-            self._publish(temp)
-        except (OSError, BackendError) as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            if isinstance(exc, BackendError):
-                raise
-            raise BackendError(f"cannot write a new {self.filename}", exc) from exc
-        self._mark = None
-        self._lineage = lineage
 
     # -- compaction -----------------------------------------------------------------------
 
@@ -210,7 +129,7 @@ class Compaction:
             return
         if due == "index" and self._index_is_recent():
             return
-        if any(_in_use(t) for t in self._temps()):
+        if any(in_use(t) for t in self._temps()):
             return
         self._compacting = True
         job = self._compact_quietly if due == "compact" else self._refresh_quietly
@@ -379,24 +298,6 @@ class Compaction:
         finally:
             self._compacting = False
 
-    def _set_aside(self, error: BackendError) -> None:
-        """Keep a damaged file under another name; a new file takes the
-        records that could be read.  Every byte of the old file is kept."""
-        with open(self.filename, "rb") as source:
-            data = source.read()
-        records, _ = picklelog.salvage(data)
-        aside = f"{self.filename}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        os.link(self.filename, aside)
-        self._rewrite(b"".join(encode_put(r) for r in records.values()))
-        self._corrupt = None
-        self._file_id = None  # the next sync indexes the new file
-        log.error(
-            "%s; it is kept as %s and a new file holds the %d sessions that could be read",
-            error,
-            aside,
-            len(records),
-        )
-
 
 class Snapshot(NamedTuple):
     """A process's index as of byte ``offset`` of its log, and what the log was."""
@@ -491,22 +392,3 @@ def _copy_range(fd: int, start: int, end: int, out: BinaryIO) -> int:
         out.write(chunk)
         start += len(chunk)
     return end
-
-
-def _in_use(temp: str, remove: bool = False) -> bool:
-    """Whether a compaction's temporary file is locked by a live process;
-    with ``remove``, delete it when it is not."""
-    try:
-        fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return True  # gone, or not ours to judge
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    if remove:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-    return False

@@ -61,24 +61,22 @@ from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record
 from .picklecompact import Compaction
+from .picklefiles import Handle, remember
 from .pickleindex import OffsetIndex
 from .picklelog import encode, encode_put
-from .picklesync import Handle, LogReader
+from .picklepurge import Purge
+from .picklesync import LogReader
 from .safefiles import make_private, open_nofollow
 
 log = logging.getLogger("sessionstore")
 
-#: Expired sessions deleted per lock hold by an unlimited delete_expired().
-_PURGE_BATCH = 250
-#: Index entries a limited delete_expired() looks at per call.
-_PURGE_SCAN = 20_000
 #: The longest wait between two tries of a busy lock (flock has no timeout,
 #: so waiters poll; measured with 4 workers: at 20 ms a worker could miss
 #: the lock for 400 ms while the others took turns).
 _POLL_MAX = 0.002
 
 
-class PickleBackend(LogReader, Compaction, Backend):
+class PickleBackend(LogReader, Compaction, Purge, Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
     options = {"filename": as_filename, "fsync": as_bool}
@@ -322,7 +320,7 @@ class PickleBackend(LogReader, Compaction, Backend):
         put, handle = self._index.put, self._handle
         for record, frame in zip(records, frames, strict=True):
             put(record.session_id, position, record.expires_at, record.user)
-            self._remember(handle, position, record)
+            remember(handle, position, record)
             position += len(frame)
         self._put_bytes += len(data)
         self._put_frames += len(frames)
@@ -414,65 +412,6 @@ class PickleBackend(LogReader, Compaction, Backend):
                 self._index = OffsetIndex()
                 self._put_bytes = self._put_frames = self._indexed = 0
             return count
-
-    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
-        """Delete up to ``limit`` expired sessions (all when None).
-
-        The index is scanned with no file lock held, at most 20,000 entries
-        per call when there is a ``limit`` (a request's cleanup: a few
-        milliseconds at any size; the next call resumes where it stopped);
-        the expired ones are read and deleted under the exclusive lock, 250
-        at a time, each checked again there."""
-        now = time.time() if now is None else now
-        if self._file_id is None:
-            with self._locked(exclusive=False):
-                pass
-        if limit is None:
-            self._purge = None  # one whole pass from the start
-        deleted = 0
-        while limit is None or deleted < limit:
-            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - deleted)
-            budget = None if limit is None else _PURGE_SCAN
-            candidates, handle, finished = self._expired_candidates(now, batch, budget)
-            if candidates:
-                with self._locked(exclusive=True):
-                    if handle is self._handle:
-                        deleted += self._delete_ids(self._still_expired(candidates, now))
-            if finished or limit is not None:
-                break
-        return deleted
-
-    def _expired_candidates(
-        self, now: float, batch: int, budget: int | None
-    ) -> tuple[list[int], Handle | None, bool]:
-        """The offsets of up to ``batch`` expired records, looking at up to
-        ``budget`` entries from where the last scan stopped; the file they
-        are in; and whether the pass is complete."""
-        with self._mutex:
-            if self._purge is None or self._purge[1] is not self._handle:
-                self._purge = (self._index.live(), self._handle)
-            scan, handle = self._purge
-            found: list[int] = []
-            for seen, (offset, expires_at) in enumerate(scan, 1):
-                if expires_at <= now:
-                    found.append(offset)
-                if len(found) >= batch or (budget is not None and seen >= budget):
-                    return found, handle, False
-            self._purge = None
-            return found, handle, True
-
-    def _still_expired(self, offsets: list[int], now: float) -> list[str]:
-        """The ids of the records at ``offsets`` still current and expired
-        (under the lock)."""
-        ids = []
-        for offset in offsets:
-            try:
-                record = self._record_at(offset, None)
-            except BackendError:
-                continue  # damaged: logged, and kept for `sessionstore check`
-            if record.expires_at <= now and self._index.get(record.session_id) == offset:
-                ids.append(record.session_id)
-        return ids
 
     def count(self) -> int:
         with self._locked(exclusive=False):

@@ -33,13 +33,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 from typing import Any, NoReturn
 
-from ..errors import BackendError, DamagedRecord
+from ..errors import BackendError
 from . import picklelog
 from .base import Record
+from .picklefiles import Handle, read_record, retire
 from .pickleindex import BadIndex, Meta, OffsetIndex, open_index, read_index
 from .picklelog import FRAME, MAX_FRAME, Damaged
 from .safefiles import open_nofollow
@@ -51,44 +51,6 @@ log = logging.getLogger("sessionstore")
 _CATCH_UP = 16 << 10
 #: Bytes of the log read at a time.
 _CHUNK = 1 << 20
-#: Records kept per open file, by offset (a frame at an offset never changes).
-_CACHE = 2048
-
-
-class Handle:
-    """An open log file, closed when the last holder lets go of it: a thread
-    reading without the lock keeps the file it looked up open, whatever
-    another thread reopens meanwhile.  ``cache`` maps offsets to records."""
-
-    __slots__ = ("fd", "cache")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.cache: dict[int, Record] = {}
-
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-_retired: queue.SimpleQueue[Handle] = queue.SimpleQueue()
-_closer: tuple[int, threading.Thread] | None = None
-
-
-def _retire(handle: Handle) -> None:
-    """Let go of ``handle`` in a thread of its own (see ``_reopen``)."""
-    global _closer
-    if _closer is None or _closer[0] != os.getpid():
-        thread = threading.Thread(target=_close_retired, name="sessionstore-close", daemon=True)
-        _closer = (os.getpid(), thread)
-        thread.start()
-    _retired.put(handle)
-
-
-def _close_retired() -> None:
-    while True:
-        handle = _retired.get()
-        del handle  # closed here, unless a reader still holds it
 
 
 def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> bool:
@@ -246,7 +208,7 @@ class LogReader:
             # (137 ms for 300 MB, measured): not in a request's time.  (The
             # lock-free view and a purge scan hold it too: let go of them first.)
             self._view = self._purge = None
-            _retire(self._handle)
+            retire(self._handle)
             self._handle = None
         try:
             fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
@@ -416,29 +378,4 @@ class LogReader:
         at ``offset`` of the file ``handle`` (default: the current one)."""
         handle = handle or self._handle
         assert handle is not None
-        record = handle.cache.get(offset)
-        if record is not None and session_id in (None, record.session_id):
-            return record
-        try:
-            frame = picklelog.read_frame(handle.fd, offset)
-            if frame[0] != "put":
-                raise Damaged(offset, f"a {frame[0]!r:.20} frame where a record should be")
-            record = picklelog.record_of(frame)
-            if session_id is not None and record.session_id != session_id:
-                raise Damaged(offset, "the frame holds another session")
-        except (Damaged, ValueError, DamagedRecord, OSError) as exc:
-            shown = session_id or "(unknown id)"
-            log.error("%s: session %s unreadable at byte %d: %s", self.filename, shown,
-                      offset, exc)  # fmt: skip
-            raise DamagedRecord(
-                shown, f"unreadable at byte {offset} of {self.filename} ({exc})"
-            ) from exc
-        self._remember(handle, offset, record)
-        return record
-
-    @staticmethod
-    def _remember(handle: Handle, offset: int, record: Record) -> None:
-        cache = handle.cache
-        if len(cache) >= _CACHE:
-            handle.cache = cache = {}
-        cache[offset] = record
+        return read_record(handle, offset, session_id, self.filename)
