@@ -1,29 +1,34 @@
 """Compaction of the pickle log, and its index file, without holding up the other processes.
 
-*Phase 0, under the process's mutex only*: a snapshot of the index (a copy of
-its arrays: ~10 ms at 1,000,000 sessions) as of byte ``base`` of the log.
+*Phase 0, under the process's mutex only* (never the file lock): a snapshot
+of the index, a copy of its arrays (~10 ms at 1,000,000 sessions), as of byte
+``base`` of the log.
 
 *Phase 1, no lock held*: the live frames are copied, raw and CRC-checked, in
 key order, from the log to a temporary file ``.<name>.*.compact.tmp`` in the
-same directory (flocked while it is written, so
-:meth:`Compaction.remove_orphans` leaves a live one alone); the index of the
-new file (:mod:`~sessionstore.backends.pickleindex`) is written to another
-temporary file beside it; the frames appended to the log since ``base`` are
-copied too, as far as they go now; the new log is fsynced.
+same directory (flocked while in use, so that
+:meth:`~sessionstore.backends.picklefiles.LogFiles.remove_orphans` leaves it
+alone), and fsynced.  Then the frames appended to the log since ``base`` are
+copied and applied to the new index (:class:`Tail`: old byte ``o`` lands at
+``tail_at + o - base``), in rounds, until fewer than :data:`_LOCKED_COPY`
+bytes are left; the new index (:mod:`~sessionstore.backends.pickleindex`),
+covering all of that, is written to another temporary file.
 
 *Phase 2, under the exclusive lock*: only the frames appended since phase 1
-looked are copied, the origin frame is completed, the file is fsynced and
-renamed over the log, and the index file renamed to ``<log>.index``.  Other
-processes wait only for phase 2: a short copy, one fsync and two renames.  A
-crash in any phase leaves the old log whole (the rename is the commit point)
-and temporary files that the next set-up removes; a crash between the two
-renames leaves a stale index, which the next reader notices and ignores.
+last looked are copied, the origin frame is completed, the log is fsynced, the
+index file is renamed to ``<log>.index`` and the new log over the old one.
+Other processes wait only for phase 2: a copy of under 64 KB, one fsync and
+two renames (measured at 1,000,000 sessions: at most ~25 ms).  Each then
+follows to the new log by loading the new index (~50 ms at 1,000,000
+sessions) and reading the few frames after it, before it takes the lock
+(``test_compaction_loses_nothing_another_process_commits_meanwhile``).
 
-The new log holds the header, the origin frame ``("origin", lineage,
-generation, pack(dev, inode, base, tail_at))``, the live frames up to
-``tail_at`` (all covered by the new index) and the copied frames after it,
-which every process reads when it opens the new file, as it reads any frames
-after the index (``test_a_reader_follows_a_compaction_reading_the_index``).
+Crashes: before the renames, the old log is whole and the temporary files
+are removed by the next set-up; between the two renames (the index first),
+the old log is beside an index of a file that never appeared: not used, the
+log is read whole (logged).  A process that opens the old log between the two
+renames finds that index too: it waits for the lock and looks again
+(``test_a_process_opening_between_the_two_renames_waits_for_the_lock``).
 
 A frame that fails its CRC while being copied stops the compaction (logged,
 backed off like a full disk): the log is never rewritten without it.
@@ -34,9 +39,9 @@ sessions times the mean put frame) plus 1 MiB; one at a time per process, and
 not while another process's temporary file is locked.  One that fails (a full
 disk) backs off until the log has grown by as much again, and none starts
 without the free space for it.  When the log has grown :data:`REFRESH` bytes
-past what the index file covers, a process writes a new index file of the same
-log in the background (unless another process's is recent enough), so that
-opening never reads more than about that much of the log.
+past what the index file covers, a process writes a new index of the same log
+in the background (unless another process's is recent enough), so that
+opening never reads much more than that much of the log.
 """
 
 from __future__ import annotations

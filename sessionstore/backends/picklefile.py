@@ -7,22 +7,26 @@ live ones the log is compacted in the background, other processes waiting only
 for the final rename (:mod:`sessionstore.backends.picklecompact`).  Temporary
 files left by a killed compaction are removed when a store is set up.
 
-Every process keeps an index of the records and, under a flock on the stable
-file ``<filename>.lock``, reads what other processes appended before each
-operation.  A new file (at start-up, or replaced) and long runs of new frames
-are read *before* taking the lock, so a worker starting up does not hold up
-the others; after another process's compaction the index is carried over to
-the new file without reading it (its origin frame says where the old file's
-bytes went).  Reads of an up-to-date index take no lock at all.
-
 Memory does not grow with the records: a process keeps only where each
-session's latest frame is (:mod:`sessionstore.backends.pickleindex`, about
-32 bytes a session, plus ~250 bytes for each session bound to a user) and
-reads a record from the file when asked (one ``pread``; the last 2,048 read
-or written are kept per open file).  Opening loads the index file
-``<filename>.index`` (written by compaction, refreshed in the background) and
-reads only the log after what it covers; without a usable one it reads the
-whole log.  Measured with ``benchmarks/scale.py --fleet`` (see CHANGES.rst).
+session's latest frame is (:mod:`sessionstore.backends.pickleindex`: 32 bytes
+a session in sorted arrays, ~120 bytes for each of the up to 4,096 ids new
+since the last merge, ~250 bytes for each session bound to a user) and reads
+a record from the file when asked (one ``pread``, checked; the last 2,048
+read or written are kept per open file: :mod:`~sessionstore.backends.picklefiles`).
+Opening loads the index file ``<filename>.index`` (written by compaction,
+rewritten in the background every 8 MB of log) and reads only the log after
+what it covers; without a usable one it reads the whole log (logged).
+
+Under a flock on the stable file ``<filename>.lock`` each process reads what
+other processes appended before each operation
+(:mod:`sessionstore.backends.picklesync`).  A new file (at start-up, after a
+compaction, or replaced) and runs of more than 16 KB of new frames are read
+*before* taking the lock, so a worker starting up or following a compaction
+does not hold up the others; a worker that waited for the lock while a
+compaction was published lets go of it to load the new index.  Reads of an
+up-to-date index take no lock at all (threads use the arrays under a
+sequence number, a merge being the only change that moves entries).  Waiting
+for a busy lock polls every 2 ms at most (flock has no timeout).
 
 Nothing is destroyed on a guess:
 
@@ -34,7 +38,9 @@ Nothing is destroyed on a guess:
   again from the start, and nothing is cut from it afterwards.
 * A file deleted or replaced by something other than a compaction is logged
   as an error, never silently taken for an empty store.
-* A damaged file is a :class:`BackendError` naming the file and byte offset.
+* A damaged file is a :class:`BackendError` naming the file and byte offset
+  (damage in a stretch covered by the index file is found when that record
+  is read: a :class:`DamagedRecord` for its visitor, the file untouched).
   At :meth:`PickleBackend.setup` (start-up) a file with a valid header but
   damaged frames is **set aside**: hard-linked to
   ``<filename>.damaged-<time>`` (every byte kept), and a new file holding
@@ -204,55 +210,6 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
                     raise BusyRetry(f"{self.filename} stayed locked") from None
                 time.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
-
-    # -- writing ----------------------------------------------------------------------
-
-    def _append(self, frames: bytes) -> None:
-        """Append frames to the file (under the exclusive lock)."""
-        if self._file_id is None:
-            # No file yet: create it, header first, atomically.
-            self._rewrite(b"")
-        assert self._fd is not None
-        if not self._writable:
-            raise BackendError(f"session file {self.filename} is read-only")
-        st = os.fstat(self._fd)
-        if self._offset == 0 and st.st_size == 0:
-            self._rewrite(b"")  # an empty file: give it a header
-            st = os.fstat(self._fd)
-        if st.st_size != self._offset:
-            self._cut_torn_tail(st)
-        if not self._private:
-            make_private(self._fd, self.filename)
-            self._private = True
-        try:
-            view = memoryview(frames)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            if self.fsync:
-                os.fsync(self._fd)
-        except OSError as exc:
-            # Our own partial frame (nobody else writes under the lock).
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._offset)
-            raise BackendError(f"cannot write to session file {self.filename}", exc) from exc
-        self._offset += len(frames)
-        self._mark = (self._offset - len(frames), frames[:8])
-
-    def _cut_torn_tail(self, st: os.stat_result) -> None:
-        assert self._fd is not None
-        extra = st.st_size - self._offset
-        if self._tail != (self._file_id, self._offset, st.st_size) or self._file_id in self._no_cut:
-            raise BackendError(
-                f"session file {self.filename} has {extra} unexpected bytes at byte "
-                f"{self._offset}: not cut, nothing written (see `sessionstore check`)"
-            )
-        log.warning("%s: cutting %d bytes of an unfinished write", self.filename, extra)
-        try:
-            os.ftruncate(self._fd, self._offset)
-        except OSError as exc:
-            raise BackendError(f"cannot cut an unfinished write off {self.filename}", exc) from exc
-        self._tail = None
 
     # -- Backend ------------------------------------------------------------------------
 

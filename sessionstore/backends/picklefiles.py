@@ -10,7 +10,9 @@
 * :func:`read_record`: one record, read with one ``pread`` and checked (CRC,
   frame kind, id); a record that fails is a :class:`DamagedRecord` for its
   visitor, logged, and left in the file for ``sessionstore check``.
-* :class:`LogFiles`: temporary files ``.<name>.*.compact.tmp`` (flocked while
+* :class:`LogFiles`: appends (under the exclusive lock: a torn tail left by
+  a crash is cut first, only when ``_sync`` saw it as such; a failed append
+  cuts its own partial frame), temporary files ``.<name>.*.compact.tmp`` (flocked while
   in use, so :meth:`LogFiles.remove_orphans` removes only those of dead
   processes), a new log renamed over the old one (created, emptied, set
   aside, compacted), and a damaged log set aside under
@@ -36,6 +38,7 @@ from ..errors import BackendError, DamagedRecord
 from . import picklelog
 from .base import Record
 from .picklelog import Damaged, encode, encode_put
+from .safefiles import make_private
 
 log = logging.getLogger("sessionstore")
 
@@ -119,12 +122,64 @@ class LogFiles:
     _mark: tuple[int, bytes] | None
     _tail: tuple[Any, ...] | None
     _corrupt: Any
+    _writable: bool
+    _private: bool
+    _no_cut: set[tuple[int, int]]
 
     if TYPE_CHECKING:
 
         @property
         def _fd(self) -> int | None: ...
         def _reopen(self) -> None: ...
+
+    def _append(self, frames: bytes) -> None:
+        """Append frames to the file (under the exclusive lock)."""
+        if self._file_id is None:
+            # No file yet: create it, header first, atomically.
+            self._rewrite(b"")
+        assert self._fd is not None
+        if not self._writable:
+            raise BackendError(f"session file {self.filename} is read-only")
+        st = os.fstat(self._fd)
+        if self._offset == 0 and st.st_size == 0:
+            self._rewrite(b"")  # an empty file: give it a header
+            st = os.fstat(self._fd)
+        if st.st_size != self._offset:
+            self._cut_torn_tail(st)
+        if not self._private:
+            make_private(self._fd, self.filename)
+            self._private = True
+        try:
+            view = memoryview(frames)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            # Our own partial frame (nobody else writes under the lock).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._offset)
+            raise BackendError(f"cannot write to session file {self.filename}", exc) from exc
+        self._offset += len(frames)
+        self._mark = (self._offset - len(frames), frames[:8])
+
+    def _cut_torn_tail(self, st: os.stat_result) -> None:
+        assert self._fd is not None
+        extra = st.st_size - self._offset
+        if self._tail != (self._file_id, self._offset, st.st_size) or self._file_id in self._no_cut:
+            raise BackendError(
+                f"session file {self.filename} has {extra} unexpected bytes at byte "
+                f"{self._offset}: not cut, nothing written (see `sessionstore check`)"
+            )
+        log.warning("%s: cutting %d bytes of an unfinished write", self.filename, extra)
+        try:
+            os.ftruncate(self._fd, self._offset)
+        except OSError as exc:
+            raise BackendError(f"cannot cut an unfinished write off {self.filename}", exc) from exc
+        self._tail = None
+
+    # -- replacing -------------------------------------------------------------------
 
     def _temp(self) -> tuple[int, str]:
         directory, name = os.path.split(self.filename)
