@@ -260,17 +260,20 @@ class LogFiles:
         records that could be read.  Every byte of the old file is kept."""
         with open(self.filename, "rb") as source:
             data = source.read()
-        records, _ = picklelog.salvage(data)
+        records, problems = picklelog.salvage(data)
+        left_out = sum("left out" in p.reason for p in problems)
         aside = f"{self.filename}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         os.link(self.filename, aside)
         self._rewrite(b"".join(encode_put(r) for r in records.values()))
         self._corrupt = None
         self._file_id = None  # the next sync indexes the new file
         log.error(
-            "%s; it is kept as %s and a new file holds the %d sessions that could be read",
+            "%s; it is kept as %s and a new file holds the %d sessions that could be read "
+            "(%d left out: a later change of theirs was in a damaged stretch)",
             error,
             aside,
             len(records),
+            left_out,
         )
 
 

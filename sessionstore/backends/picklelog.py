@@ -37,6 +37,7 @@ Invariants (each proved by the test named beside it, in
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -207,8 +208,17 @@ def classify_tail(data: bytes, pos: int) -> str | None:
 def salvage(data: bytes) -> tuple[dict[str, Record], list[Damaged]]:
     """Every record readable in the file contents ``data`` (frames replayed in
     order, damaged stretches skipped), and the damage found.  A torn final
-    append is not damage."""
+    append is not damage.
+
+    A damaged stretch may have held a later change or the deletion of a
+    session read before it: replaying what is left would bring back an old
+    version, or a session its user logged out of.  So a record whose id
+    appears in the bytes of a damaged stretch after its last readable frame
+    is left out, and named among the damage (``test_salvage_*``).  (Damage
+    that also destroyed the id's bytes cannot be told apart.)"""
     records: dict[str, Record] = {}
+    last: dict[str, int] = {}  # where each id's last readable frame starts
+    stretches: list[tuple[int, bytes]] = []
     problems: list[Damaged] = []
     pos = header_size(data)
     if pos is None:
@@ -220,15 +230,44 @@ def salvage(data: bytes) -> tuple[dict[str, Record], list[Damaged]]:
             if classify_tail(data, pos) is not None:
                 break
             problems.append(Damaged(pos, _why(data, pos)))
-            pos = next_frame(data, pos + 1)
+            resume = next_frame(data, pos + 1)
+            stretches.append((pos, data[pos:resume]))
+            pos = resume
             continue
         end, frame = found
         try:
             apply_frame(records, frame)
+            if frame[0] in ("put", "del"):
+                last[frame[1]] = pos
         except Exception as exc:
             problems.append(Damaged(pos, f"unreadable frame ({exc})"))
         pos = end
+    for start, raw in stretches:
+        for session_id in _texts(raw):
+            if session_id not in records or last[session_id] > start:
+                continue
+            del records[session_id]
+            problems.append(
+                Damaged(
+                    start,
+                    f"session {session_id} left out: the damaged frame names it "
+                    f"after its last readable one (a change or delete there is lost)",
+                )
+            )
     return records, problems
+
+
+def _texts(raw: bytes) -> set[str]:
+    """The short strings a stretch of pickles holds, as far as they can be
+    read (the ids among them): after each SHORT_BINUNICODE opcode."""
+    found = set()
+    at = raw.find(b"\x8c")
+    while at >= 0:
+        text = raw[at + 2 : at + 2 + raw[at + 1]] if at + 1 < len(raw) else b""
+        with contextlib.suppress(UnicodeDecodeError):
+            found.add(text.decode())
+        at = raw.find(b"\x8c", at + 1)
+    return found
 
 
 def apply_frame(records: dict[str, Record], frame: tuple[Any, ...]) -> None:
