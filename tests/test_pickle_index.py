@@ -235,6 +235,9 @@ CHILD = textwrap.dedent(
     for line in sys.stdin:
         ids = line.split()
         for session_id in ids:
+            if session_id.startswith("-"):
+                assert backend.delete(session_id[1:]) == 1
+                continue
             record = backend.get(session_id)
             new = record._replace(version=record.version + 1, payload=b"child")
             assert backend.compare_and_swap(session_id, record.version, new)
@@ -272,10 +275,11 @@ def test_compaction_loses_nothing_another_process_commits_meanwhile(
     )
     assert child.stdin is not None and child.stdout is not None
 
-    def commit(batch):
-        child.stdin.write(" ".join(r.session_id for r in batch) + "\n")
+    def commit(batch, deleted=()):
+        words = [r.session_id for r in batch] + ["-" + r.session_id for r in deleted]
+        child.stdin.write(" ".join(words) + "\n")
         child.stdin.flush()
-        assert child.stdout.readline() == f"{len(batch)}\n"
+        assert child.stdout.readline() == f"{len(words)}\n"
 
     commit(records[:10])  # the child is open and committing
     compactor = opened(path)
@@ -286,9 +290,9 @@ def test_compaction_loses_nothing_another_process_commits_meanwhile(
         calls.append(snapshot)
         if len(calls) > 1:
             return real_synced_to(self, snapshot)
-        commit(records[10:60])  # before it looks
+        commit(records[10:60], records[200:210])  # before it looks
         end = real_synced_to(self, snapshot)
-        commit(records[60:110])  # after it looked
+        commit(records[60:110], records[210:220])  # after it looked
         return end
 
     monkeypatch.setattr(picklecompact.Compaction, "_synced_to", synced_to)
@@ -303,7 +307,7 @@ def test_compaction_loses_nothing_another_process_commits_meanwhile(
         r.session_id: r._replace(version=r.version + 1 + (i < 5), payload=b"child")
         for i, r in enumerate(records[:110])
     }
-    expected.update({r.session_id: r for r in records[110:]})
+    expected.update({r.session_id: r for r in records[110:200] + records[220:]})
     assert compactor.get_all() == expected
     compactor.close()
     fresh = opened(path)
@@ -362,3 +366,43 @@ def test_a_process_opening_between_the_two_renames_waits_for_the_lock(
         "sessions.dat.index",
         "sessions.dat.lock",
     ]
+
+
+def test_the_offset_index_agrees_with_a_dict_through_merges(monkeypatch):
+    """Puts, deletes and re-puts of random ids, with merges every 7 new ids,
+    against a plain dict; and the index file round trip."""
+    import io
+    import random
+
+    monkeypatch.setattr(pickleindex, "EXTRA_MAX", 7)
+    rng = random.Random(14)
+    index = pickleindex.OffsetIndex()
+    model: dict[str, tuple[int, float]] = {}
+    ids = [f"id-{n}" for n in range(300)]
+    offset = 100
+    for _ in range(3000):
+        session_id = rng.choice(ids)
+        if rng.random() < 0.3:
+            assert index.delete(session_id) == (model.pop(session_id, None) is not None)
+        else:
+            offset += rng.randint(1, 500)
+            expires = rng.choice([1000.0, 2_000_000_000.5])
+            index.put(session_id, offset, expires, "ann" if session_id.endswith("7") else None)
+            model[session_id] = (offset, expires)
+        assert index.count == len(model)
+    for session_id in ids:
+        assert index.get(session_id) == model.get(session_id, (None,))[0]
+    assert sorted(index.offsets()) == sorted([0] * (len(index.offsets()) - len(model))
+                                             + [o for o, _ in model.values()])  # fmt: skip
+    expired = {o for o, e in model.values() if e <= 1500.0}
+    assert {o for o, e in index.live() if e <= 1500.0} == expired
+    assert set(index.of_user("ann")) == {i for i in model if i.endswith("7")}
+    index.merge()
+    out = io.BytesIO()
+    meta = pickleindex.Meta("t", 1, 5, offset, None, 0, 0)
+    pickleindex.write_index(out, index.base, index.bound, meta)  # type: ignore[arg-type]
+    out.seek(0)
+    again_meta, again = pickleindex.read_index(out, lambda m: None)  # type: ignore[arg-type]
+    assert again_meta == meta and again.count == len(model)
+    assert all(again.get(i) == model.get(i, (None,))[0] for i in ids)
+    assert set(again.of_user("ann")) == set(index.of_user("ann"))
