@@ -406,3 +406,83 @@ def test_the_offset_index_agrees_with_a_dict_through_merges(monkeypatch):
     assert again_meta == meta and again.count == len(model)
     assert all(again.get(i) == model.get(i, (None,))[0] for i in ids)
     assert set(again.of_user("ann")) == set(index.of_user("ann"))
+
+
+def _churn(backend, records, new):
+    """Change the store the way requests of the same process would: update
+    some records, delete some, add new ones."""
+    for record in records[:20]:
+        current = backend.get(record.session_id)
+        assert backend.compare_and_swap(
+            record.session_id, current.version, current._replace(version=current.version + 1)
+        )
+    for record in records[20:25]:
+        assert backend.delete(record.session_id) == 1
+    for record in new:
+        backend.add(record)
+
+
+def _expected(records, new):
+    changed = {r.session_id: r._replace(version=r.version + 1) for r in records[:20]}
+    kept = {r.session_id: r for r in records[25:]}
+    return {**changed, **kept, **{r.session_id: r for r in new}}
+
+
+def test_requests_of_the_compacting_process_change_the_index_it_copies(tmp_path, monkeypatch):
+    """A compaction reads the live (frozen) index, not a copy: entries that
+    change while it copies come along with the frames after its snapshot."""
+    monkeypatch.setattr(pickleindex, "EXTRA_MAX", 5)  # new ids would be merged at once
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    backend = opened(path)
+    new = [make_record() for _ in range(10)]
+    real_read_raw = picklelog.read_raw
+    calls = []
+
+    def read_raw(fd, offset):
+        calls.append(offset)
+        if len(calls) == 150:  # halfway through the copy
+            _churn(backend, records, new)
+        return real_read_raw(fd, offset)
+
+    monkeypatch.setattr(picklelog, "read_raw", read_raw)
+    backend.compact()
+    assert len(calls) >= 150
+    monkeypatch.setattr(picklelog, "read_raw", real_read_raw)
+    expected = _expected(records, new)
+    assert backend.get_all() == expected
+    backend.close()
+    fresh = opened(path)
+    assert fresh._indexed > 0  # noqa: SLF001
+    assert fresh.get_all() == expected
+    # Each id once in the new index: deleting them all leaves nothing.
+    assert fresh.delete_many(list(expected)) == len(expected)
+    assert fresh.count() == 0 and fresh.get_all() == {}
+    fresh.close()
+
+
+def test_requests_while_an_index_is_written_change_nothing_it_covers(tmp_path, monkeypatch):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    backend = opened(path)
+    new = [make_record() for _ in range(10)]
+    real_write_index = picklecompact.write_index
+
+    def write_index(out, base, bound, meta):
+        _churn(backend, records, new)  # after the snapshot, before and while it is written
+        real_write_index(out, base, bound, meta)
+
+    monkeypatch.setattr(picklecompact, "write_index", write_index)
+    with backend._mutex:  # noqa: SLF001 - as _start_due() does
+        snapshot = backend._snapshot()  # noqa: SLF001
+    backend._refresh_quietly(snapshot)  # noqa: SLF001 - the background job, here
+    with pickleindex.open_index(f"{path}.index") as source:
+        meta, _, _ = pickleindex.read_meta(source)
+    assert meta.covered == snapshot.offset < path.stat().st_size
+    expected = _expected(records, new)
+    assert backend.get_all() == expected
+    backend.close()
+    fresh = opened(path)
+    assert fresh._indexed == meta.covered  # noqa: SLF001 - from the new index
+    assert fresh.get_all() == expected
+    fresh.close()

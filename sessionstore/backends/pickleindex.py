@@ -116,7 +116,7 @@ def _empty_base() -> Base:
 class OffsetIndex:
     """Where each live session's latest frame starts (see the module docstring)."""
 
-    __slots__ = ("base", "extra", "bound", "users", "count", "seq", "limit")
+    __slots__ = ("base", "extra", "bound", "users", "count", "seq", "limit", "frozen")
 
     def __init__(self, base: Base | None = None, bound: dict[str, str] | None = None) -> None:
         self.base: Base = base or _empty_base()
@@ -128,6 +128,9 @@ class OffsetIndex:
         self.seq = 0
         #: Extra entries that make put() merge (more while a log is read whole).
         self.limit = EXTRA_MAX
+        #: Above 0 while a compaction or an index writer reads the arrays
+        #: without a copy: no merge (nothing moves, nothing is resized).
+        self.frozen = 0
         offs = self.base[2]
         self.count = len(offs) - offs.count(0)
         for session_id, user in (bound or {}).items():
@@ -218,7 +221,7 @@ class OffsetIndex:
         no second copy of the arrays is ever made (which, freed, would stay
         in the process as fragments).  ``seq`` is odd meanwhile."""
         extra = self.extra
-        if not extra:
+        if not extra or self.frozen:
             return
         items = sorted(extra.items())
         hi, lo, offs, exps = base = self.base
@@ -260,15 +263,6 @@ class OffsetIndex:
             self.limit = EXTRA_MAX
             if len(self.extra) >= EXTRA_MAX:
                 self.merge()
-
-    def copy(self) -> OffsetIndex:
-        """A snapshot, for a compaction or an index written in the background."""
-        twin = OffsetIndex()
-        twin.base = tuple(array(a.typecode, a) for a in self.base)  # type: ignore[assignment]
-        twin.extra = dict(self.extra)
-        twin.bound = dict(self.bound)
-        twin.count = self.count
-        return twin
 
     # -- walks ----------------------------------------------------------------------------
 
@@ -322,8 +316,12 @@ def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta:
         crc = zlib.crc32(chunk, crc)
     for column in base:
         with memoryview(column) as view, view.cast("B") as raw:
-            out.write(raw)
-            crc = zlib.crc32(raw, crc)
+            for start in range(0, len(raw), 1 << 20):
+                # A copy, so that the CRC is of the bytes written even if an
+                # entry changes meanwhile (see picklecompact._snapshot).
+                chunk = bytes(raw[start : start + (1 << 20)])
+                out.write(chunk)
+                crc = zlib.crc32(chunk, crc)
     users = pickle.dumps(tuple(bound.items()), 5)
     for chunk in (_LEN.pack(len(users)), users):
         out.write(chunk)
