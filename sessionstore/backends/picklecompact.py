@@ -66,7 +66,7 @@ log = logging.getLogger("sessionstore")
 #: Compact when the file is larger than twice the live data plus this.
 COMPACT_SLACK = 1 << 20
 #: Write a new index file when the log has grown this much past the last one.
-REFRESH = 8 << 20
+REFRESH = 4 << 20
 #: Catching up with the frames appended during a compaction stops when fewer
 #: bytes than this are left (they are copied under the lock), or after this
 #: many rounds.

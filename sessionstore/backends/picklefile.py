@@ -14,7 +14,7 @@ since the last merge, ~250 bytes for each session bound to a user) and reads
 a record from the file when asked (one ``pread``, checked; the last 2,048
 read or written are kept per open file: :mod:`~sessionstore.backends.picklefiles`).
 Opening loads the index file ``<filename>.index`` (written by compaction,
-rewritten in the background every 8 MB of log) and reads only the log after
+rewritten in the background every 4 MB of log) and reads only the log after
 what it covers; without a usable one it reads the whole log (logged).
 
 Under a flock on the stable file ``<filename>.lock`` each process reads what
