@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from sessionstore import DamagedRecord
-from sessionstore.backends import picklecompact, pickleindex, picklelog
+from sessionstore.backends import picklecompact, pickleindex, picklelog, picklesync
 from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.testing import make_record
 
@@ -486,3 +486,60 @@ def test_requests_while_an_index_is_written_change_nothing_it_covers(tmp_path, m
     assert fresh._indexed == meta.covered  # noqa: SLF001 - from the new index
     assert fresh.get_all() == expected
     fresh.close()
+
+
+def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_path, monkeypatch):
+    """A swap that waits for the lock while a compaction is published finds
+    a new file once it has the lock: it lets go of the lock to load the new
+    index (others wait for the lock meanwhile), then takes it again."""
+    import threading
+
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 500)
+    writer = opened(path)
+    reader = opened(path)
+    record = records[0]
+    assert reader.get(record.session_id) == record
+    waiting, locked = threading.Event(), threading.Event()
+    real_flock = PickleBackend._flock
+    real_publish = picklecompact.Compaction._publish
+    real_load = picklesync.LogReader._load_index
+    loads = []
+
+    def flock(self, operation):
+        if self is reader:
+            waiting.set()
+        real_flock(self, operation)
+
+    def publish(self, temp):
+        locked.set()  # the compaction holds the lock
+        assert waiting.wait(10)  # the reader is past its catch-up, at the lock
+        real_publish(self, temp)
+
+    def load_index(self, st):
+        if self is reader:
+            loads.append(self._holding)  # noqa: SLF001
+        return real_load(self, st)
+
+    monkeypatch.setattr(PickleBackend, "_flock", flock)
+    monkeypatch.setattr(picklecompact.Compaction, "_publish", publish)
+    monkeypatch.setattr(picklesync.LogReader, "_load_index", load_index)
+    new = record._replace(version=2)
+    results = []
+    swapper = threading.Thread(
+        target=lambda: results.append(reader.compare_and_swap(record.session_id, 1, new))
+    )
+    with writer._locked(exclusive=False):  # noqa: SLF001 - up to date before the race
+        pass
+    compaction = threading.Thread(target=writer.compact)
+    compaction.start()
+    assert locked.wait(10)
+    swapper.start()
+    for thread in (compaction, swapper):
+        thread.join(30)
+        assert not thread.is_alive()
+    assert results == [True]
+    assert loads == [False]  # once, without the lock
+    assert writer.get(record.session_id) == new
+    reader.close()
+    writer.close()

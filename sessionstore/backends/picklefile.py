@@ -71,7 +71,7 @@ from .picklefiles import Handle, remember
 from .pickleindex import OffsetIndex
 from .picklelog import encode, encode_put
 from .picklepurge import Purge
-from .picklesync import LogReader
+from .picklesync import LogReader, NewFile
 from .safefiles import make_private, open_nofollow
 
 log = logging.getLogger("sessionstore")
@@ -138,15 +138,19 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
             assert self._lock_fd is not None
             self._catch_up()
             self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            if self._replaced():
-                # A compaction was published while we waited: load its
-                # index without the lock, which others are waiting for.
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                self._catch_up()
-                self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             self._holding = True
             try:
-                self._sync()
+                try:
+                    self._sync(defer_new=True)
+                except NewFile:
+                    # A compaction was published while we waited: load its
+                    # index without the lock, which others are waiting for.
+                    self._holding = False
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    self._catch_up()
+                    self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                    self._holding = True
+                    self._sync()
                 yield
             finally:
                 self._holding = False
@@ -160,16 +164,6 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 if self._due is not None:
                     self._start_due()
-
-    def _replaced(self) -> bool:
-        """Whether another file than the one indexed is at the path."""
-        if self._corrupt is not None or self._file_id is None:
-            return False
-        try:
-            st = os.stat(self.filename)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) != self._file_id
 
     def _after_fork(self) -> None:
         # flock belongs to the open file description, which a child shares

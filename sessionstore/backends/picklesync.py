@@ -53,6 +53,10 @@ _CATCH_UP = 16 << 10
 _CHUNK = 1 << 20
 
 
+class NewFile(Exception):  # noqa: N818 - a signal, not a failure
+    """Another file is at the path (see ``LogReader._sync``)."""
+
+
 def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> bool:
     """Whether a file of lineage ``after`` is a later compaction of ``before``."""
     if before is None:
@@ -115,8 +119,10 @@ class LogReader:
             with contextlib.suppress(BackendError, OSError):
                 self._sync()
 
-    def _sync(self) -> None:
-        """Bring the index up to date with the file (under the lock)."""
+    def _sync(self, defer_new: bool = False) -> None:
+        """Bring the index up to date with the file (under the lock); with
+        ``defer_new``, raise :class:`NewFile` instead of reading a new file
+        that replaced the one indexed."""
         try:
             st = os.stat(self.filename, follow_symlinks=False)
         except FileNotFoundError:
@@ -140,6 +146,8 @@ class LogReader:
             self._file_id = None  # changed since: read it again
         file_id = (st.st_dev, st.st_ino)
         if file_id != self._file_id:
+            if defer_new and self._file_id is not None:
+                raise NewFile
             previous, before, count = self._pending or (
                 self._file_id,
                 self._lineage,
