@@ -543,3 +543,19 @@ def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_p
     assert writer.get(record.session_id) == new
     reader.close()
     writer.close()
+
+
+def test_emptying_the_store_removes_the_index_of_the_old_file(tmp_path, caplog):
+    path = tmp_path / "sessions.dat"
+    compacted(path, 50)
+    backend = opened(path)
+    assert backend.delete_all() == 50
+    extra = make_record()
+    backend.add(extra)
+    backend.close()
+    assert not (tmp_path / "sessions.dat.index").exists()
+    with caplog.at_level("INFO", "sessionstore"):
+        fresh = opened(path)
+    assert "not used" not in caplog.text
+    assert fresh.get_all() == {extra.session_id: extra}
+    fresh.close()

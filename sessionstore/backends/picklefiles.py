@@ -252,6 +252,11 @@ class LogFiles:
             if isinstance(exc, BackendError):
                 raise
             raise BackendError(f"cannot write a new {self.filename}", exc) from exc
+        # The index of the file replaced is of no use now (derived data): a
+        # process opening the new file would otherwise take it for one being
+        # replaced by a compaction and read the log holding the lock.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.filename + ".index")
         self._mark = None
         self._lineage = lineage
 
