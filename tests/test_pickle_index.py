@@ -12,7 +12,13 @@ import textwrap
 import pytest
 
 from sessionstore import DamagedRecord
-from sessionstore.backends import picklecompact, pickleindex, picklelog, picklesync
+from sessionstore.backends import (
+    picklecompact,
+    pickleindex,
+    pickleindexfile,
+    picklelog,
+    picklesync,
+)
 from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.testing import make_record
 
@@ -197,8 +203,8 @@ def test_an_index_is_written_in_the_background_as_the_log_grows(tmp_path, monkey
         if backend._compactor is not None:  # noqa: SLF001
             backend._compactor.join()  # noqa: SLF001 - one writer at a time: let it finish
     backend.close()
-    with pickleindex.open_index(f"{path}.index") as source:
-        meta, _, _ = pickleindex.read_meta(source)
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        meta, _, _ = pickleindexfile.read_meta(source)
     assert meta.inode == path.stat().st_ino
     assert path.stat().st_size - meta.covered <= 50_000 + 1_000  # + one frame
     backend = opened(path)
@@ -399,10 +405,10 @@ def test_the_offset_index_agrees_with_a_dict_through_merges(monkeypatch):
     assert set(index.of_user("ann")) == {i for i in model if i.endswith("7")}
     index.merge()
     out = io.BytesIO()
-    meta = pickleindex.Meta("t", 1, 5, offset, None, 0, 0)
-    pickleindex.write_index(out, index.base, index.bound, meta)  # type: ignore[arg-type]
+    meta = pickleindexfile.Meta("t", 1, 5, offset, None, 0, 0)
+    pickleindexfile.write_index(out, index.base, index.bound, meta)  # type: ignore[arg-type]
     out.seek(0)
-    again_meta, again = pickleindex.read_index(out, lambda m: None)  # type: ignore[arg-type]
+    again_meta, again = pickleindexfile.read_index(out, lambda m: None)  # type: ignore[arg-type]
     assert again_meta == meta and again.count == len(model)
     assert all(again.get(i) == model.get(i, (None,))[0] for i in ids)
     assert set(again.of_user("ann")) == set(index.of_user("ann"))
@@ -466,18 +472,18 @@ def test_requests_while_an_index_is_written_change_nothing_it_covers(tmp_path, m
     records = compacted(path, 300)
     backend = opened(path)
     new = [make_record() for _ in range(10)]
-    real_write_index = picklecompact.write_index
+    real_write_index = pickleindexfile.write_index
 
     def write_index(out, base, bound, meta):
         _churn(backend, records, new)  # after the snapshot, before and while it is written
         real_write_index(out, base, bound, meta)
 
-    monkeypatch.setattr(picklecompact, "write_index", write_index)
+    monkeypatch.setattr(pickleindexfile, "write_index", write_index)
     with backend._mutex:  # noqa: SLF001 - as _start_due() does
         snapshot = backend._snapshot()  # noqa: SLF001
     backend._refresh_quietly(snapshot)  # noqa: SLF001 - the background job, here
-    with pickleindex.open_index(f"{path}.index") as source:
-        meta, _, _ = pickleindex.read_meta(source)
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        meta, _, _ = pickleindexfile.read_meta(source)
     assert meta.covered == snapshot.offset < path.stat().st_size
     expected = _expected(records, new)
     assert backend.get_all() == expected

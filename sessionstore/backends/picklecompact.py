@@ -52,13 +52,13 @@ import os
 import threading
 import time
 from array import array
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from ..errors import BackendError
 from . import picklelog
 from .picklefiles import Handle, LogFiles, in_use
-from .pickleindex import BadIndex, Base, Meta, OffsetIndex, open_index, read_meta, write_index
+from .pickleindex import Base, OffsetIndex
+from .pickleindexfile import BadIndex, IndexFiles, Meta, open_index, read_meta
 from .picklelog import Damaged, encode
 
 log = logging.getLogger("sessionstore")
@@ -74,7 +74,7 @@ _LOCKED_COPY = 64 << 10
 _CATCH_UP_ROUNDS = 5
 
 
-class Compaction(LogFiles):
+class Compaction(IndexFiles, LogFiles):
     """The compaction half of :class:`~sessionstore.backends.picklefile.PickleBackend`."""
 
     filename: str
@@ -263,32 +263,6 @@ class Compaction(LogFiles):
             return self._offset if self._file_id == snapshot.file_id else snapshot.offset
 
     # -- the index file -----------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _index_file(
-        self, index: OffsetIndex, meta: Meta, bound: dict[str, str] | None = None
-    ) -> Iterator[str]:
-        """A temporary index file for renaming, flocked (like a compaction's
-        log, so that no set-up takes it for an orphan) until it is renamed or
-        removed."""
-        index.merge()
-        fd, temp = self._temp()
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as out:
-                write_index(out, index.base, index.bound if bound is None else bound, meta)
-            yield temp
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)  # (gone if renamed)
-            os.close(fd)
-
-    def _rename_index(self, temp: str) -> None:
-        """Put a new index in place; a failure is only logged (the index is
-        derived data: readers fall back on the log)."""
-        try:
-            os.replace(temp, self.filename + ".index")
-        except OSError:
-            log.warning("could not put the new index of %s in place", self.filename, exc_info=True)
 
     def _index_is_recent(self) -> bool:
         """Whether the index file at the path (another process's) covers

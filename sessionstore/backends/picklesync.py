@@ -40,7 +40,8 @@ from ..errors import BackendError
 from . import picklelog
 from .base import Record
 from .picklefiles import Handle, read_record, retire
-from .pickleindex import BadIndex, Meta, OffsetIndex, open_index, read_index
+from .pickleindex import OffsetIndex
+from .pickleindexfile import BadIndex, Meta, open_index, read_index
 from .picklelog import FRAME, MAX_FRAME, Damaged
 from .safefiles import open_nofollow
 
