@@ -247,7 +247,7 @@ def read_so_far():
         return int(next(line for line in io if line.startswith("rchar:")).split()[1])
 
 
-def test_a_reader_follows_a_compaction_without_reading_the_file_again(tmp_path, caplog):
+def test_a_reader_follows_a_compaction_reading_the_index_not_the_log(tmp_path, caplog):
     path = tmp_path / "sessions.dat"
     records = filled(path, 2000, payload=b"q" * 1000)  # a 2 MB file
     reader = opened(path)
@@ -261,10 +261,56 @@ def test_a_reader_follows_a_compaction_without_reading_the_file_again(tmp_path, 
     before = read_so_far()
     with caplog.at_level("WARNING", "sessionstore"):
         assert reader.get(later.session_id) == later
-    assert read_so_far() - before < 20_000  # not the 2 MB of the new file
+    # The new index file (32 bytes a session: 64 KB) and the frames after
+    # it, not the 2 MB of the new log.
+    assert read_so_far() - before < 100_000
     assert reader.get_all() == writer.get_all()
     assert caplog.text == ""
     again = opened(path)  # a fresh process reads the compacted file whole
     assert again.get_all() == writer.get_all()
     for backend in (reader, writer, again):
         backend.close()
+
+
+# -- what a damaged stretch may have held -------------------------------------------------
+
+
+def _flip_last_byte(path, index):
+    """Damage the body of the ``index``-th frame after the origin, leaving its
+    id readable (the last byte is the pickle's STOP opcode)."""
+    data = bytearray(path.read_bytes())
+    start = picklelog.header_size(bytes(data))
+    found = list(picklelog.iter_frames(bytes(data), start))[1:]  # not the origin
+    _, end, frame = found[index]
+    data[end - 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    return frame, bytes(data)
+
+
+@pytest.mark.parametrize("change", ["deleted", "updated"])
+def test_salvage_leaves_out_a_session_whose_later_frame_was_damaged(tmp_path, caplog, change):
+    """A logout (a del frame) or a newer version lost in a damaged stretch
+    must not bring the session back as it was before."""
+    path = tmp_path / "sessions.dat"
+    records = filled(path, 4)
+    backend = opened(path)
+    victim = records[1]
+    if change == "deleted":
+        assert backend.compare_and_swap(victim.session_id, 1, None)
+    else:
+        assert backend.compare_and_swap(victim.session_id, 1, victim._replace(version=2))
+    later = make_record()
+    backend.add(later)  # the damaged frame is not the last one
+    backend.close()
+    frame, damaged = _flip_last_byte(path, 4)
+    assert frame[1] == victim.session_id
+    with caplog.at_level("ERROR", "sessionstore"):
+        backend = opened(path)
+    assert "1 left out" in caplog.text
+    kept = {r.session_id for r in [*records, later] if r is not victim}
+    assert set(backend.get_all()) == kept  # neither the old version nor a resurrection
+    backend.close()
+    [aside] = aside_files(path)
+    assert aside.read_bytes() == damaged  # every byte kept for an administrator
+    _, problems = picklelog.salvage(damaged)
+    assert any(f"session {victim.session_id} left out" in str(p) for p in problems)

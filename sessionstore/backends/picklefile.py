@@ -7,20 +7,26 @@ live ones the log is compacted in the background, other processes waiting only
 for the final rename (:mod:`sessionstore.backends.picklecompact`).  Temporary
 files left by a killed compaction are removed when a store is set up.
 
-Every process keeps an index of the records and, under a flock on the stable
-file ``<filename>.lock``, reads what other processes appended before each
-operation.  A new file (at start-up, or replaced) and long runs of new frames
-are read *before* taking the lock, so a worker starting up does not hold up
-the others; after another process's compaction the index is carried over to
-the new file without reading it (its origin frame says where the old file's
-bytes went).  Reads of an up-to-date index take no lock at all.
+Memory does not grow with the records: a process keeps only where each
+session's latest frame is (:mod:`sessionstore.backends.pickleindex`: 32 bytes
+a session in sorted arrays, ~120 bytes for each of the up to 4,096 ids new
+since the last merge, ~250 bytes for each session bound to a user) and reads
+a record from the file when asked (one ``pread``, checked; the last 2,048
+read or written are kept per open file: :mod:`~sessionstore.backends.picklefiles`).
+Opening loads the index file ``<filename>.index`` (written by compaction,
+rewritten in the background every 4 MB of log) and reads only the log after
+what it covers; without a usable one it reads the whole log (logged).
 
-At scale (measured by ``benchmarks/scale.py --fleet``): each process holds
-every record in memory, about 630 MB per worker at 1,000,000 sessions, and
-opening means reading the whole log (1.3 s per 100,000 sessions on an idle
-core).  The design the issue asks for (an in-memory index of offsets with
-records read from the file on demand, and an index file so that opening does
-not parse the log) is not built yet: for stores of that size use ``sqlite``.
+Under a flock on the stable file ``<filename>.lock`` each process reads what
+other processes appended before each operation
+(:mod:`sessionstore.backends.picklesync`).  A new file (at start-up, after a
+compaction, or replaced) and runs of more than 16 KB of new frames are read
+*before* taking the lock, so a worker starting up or following a compaction
+does not hold up the others; a worker that waited for the lock while a
+compaction was published lets go of it to load the new index.  Reads of an
+up-to-date index take no lock at all (threads use the arrays under a
+sequence number, a merge being the only change that moves entries).  Waiting
+for a busy lock polls every 2 ms at most (flock has no timeout).
 
 Nothing is destroyed on a guess:
 
@@ -32,7 +38,9 @@ Nothing is destroyed on a guess:
   again from the start, and nothing is cut from it afterwards.
 * A file deleted or replaced by something other than a compaction is logged
   as an error, never silently taken for an empty store.
-* A damaged file is a :class:`BackendError` naming the file and byte offset.
+* A damaged file is a :class:`BackendError` naming the file and byte offset
+  (damage in a stretch covered by the index file is found when that record
+  is read: a :class:`DamagedRecord` for its visitor, the file untouched).
   At :meth:`PickleBackend.setup` (start-up) a file with a valid header but
   damaged frames is **set aside**: hard-linked to
   ``<filename>.damaged-<time>`` (every byte kept), and a new file holding
@@ -59,19 +67,22 @@ from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record
 from .picklecompact import Compaction
-from .picklelog import RecordIndex, encode, encode_put
-from .picklesync import LogReader
+from .picklefiles import Handle, remember
+from .pickleindex import OffsetIndex
+from .picklelog import encode, encode_put
+from .picklepurge import Purge
+from .picklesync import LogReader, NewFile
 from .safefiles import make_private, open_nofollow
 
 log = logging.getLogger("sessionstore")
 
-#: Expired sessions deleted per lock hold by an unlimited delete_expired().
-_PURGE_BATCH = 1000
-#: Index entries a limited delete_expired() looks at per call.
-_PURGE_SCAN = 20_000
+#: The longest wait between two tries of a busy lock (flock has no timeout,
+#: so waiters poll; measured with 4 workers: at 20 ms a worker could miss
+#: the lock for 400 ms while the others took turns).
+_POLL_MAX = 0.002
 
 
-class PickleBackend(LogReader, Compaction, Backend):
+class PickleBackend(LogReader, Compaction, Purge, Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
     options = {"filename": as_filename, "fsync": as_bool}
@@ -85,7 +96,7 @@ class PickleBackend(LogReader, Compaction, Backend):
         self._mutex = threading.RLock()
         self._pid = os.getpid()
         self._lock_fd: int | None = None
-        self._fd: int | None = None
+        self._handle: Handle | None = None
         self._writable = True
         self._private = False
         # What the index reflects: which file, and how many of its bytes.
@@ -94,23 +105,26 @@ class PickleBackend(LogReader, Compaction, Backend):
         #: (position, the 8-byte header (length + CRC) of a frame indexed
         #: last): re-read before each operation to notice an in-place rewrite.
         self._mark: tuple[int, bytes] | None = None
-        self._index: dict[str, Record] = RecordIndex()
-        self._sizes: dict[str, int] = {}  # frame size of each live record
-        self._live = 0  # sum of self._sizes, kept up to date
+        self._index = OffsetIndex()
+        self._indexed = 0  # the log bytes the index file covers
+        self._put_bytes = self._put_frames = 0  # put frames read or written
         self._tail: tuple[Any, ...] | None = None  # a cuttable torn tail, as seen
         self._no_cut: set[tuple[int, int]] = set()  # files seen rewritten in place
         #: (lineage token, generation) of the file indexed: compaction keeps
         #: the token and adds one to the generation.
         self._lineage: tuple[str, int] | None = None
         self._corrupt: tuple[tuple[int, int, int, int], BackendError] | None = None
+        self._holding = False
+        self._pending = None
         self._compact_after = 0  # back-off after a failed compaction
         self._compacting = False  # a compaction thread of ours is running
+        self._due: str | None = None
         self._compactor: threading.Thread | None = None
-        self._purge_keys: list[str] = []  # the ids delete_expired() goes through
-        self._purge_pos = 0
-        #: (file id, offset, index) as of the last time the lock was released:
-        #: what reads use without any lock while the file has not grown.
-        self._view: tuple[tuple[int, int] | None, int, dict[str, Record]] | None = None
+        #: What delete_expired() goes through, and in which file.
+        self._purge: tuple[Iterator[tuple[int, float]], Handle | None] | None = None
+        #: (file id, offset, index, handle) as of the last time the lock was
+        #: released: what reads use without any lock while the file has not grown.
+        self._view: tuple[tuple[int, int] | None, int, OffsetIndex, Handle | None] | None = None
 
     # -- locking and syncing ---------------------------------------------------------
 
@@ -124,14 +138,32 @@ class PickleBackend(LogReader, Compaction, Backend):
             assert self._lock_fd is not None
             self._catch_up()
             self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            self._holding = True
             try:
-                self._sync()
+                try:
+                    self._sync(defer_new=True)
+                except NewFile:
+                    # A compaction was published while we waited: load its
+                    # index without the lock, which others are waiting for.
+                    self._holding = False
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    self._catch_up()
+                    self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                    self._holding = True
+                    self._sync()
                 yield
             finally:
+                self._holding = False
                 # The index holds every frame up to the offset (and perhaps a
                 # few newer ones, never a partial one).
-                self._view = None if self._corrupt else (self._file_id, self._offset, self._index)
+                self._view = (
+                    None
+                    if self._corrupt
+                    else (self._file_id, self._offset, self._index, self._handle)
+                )
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                if self._due is not None:
+                    self._start_due()
 
     def _after_fork(self) -> None:
         # flock belongs to the open file description, which a child shares
@@ -140,9 +172,10 @@ class PickleBackend(LogReader, Compaction, Backend):
         self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._compacting = False
+        self._due = None
         self._view = None
         self._lock_fd = None
-        self._fd = None
+        self._handle = None  # the parent's stays open in the parent
         self._file_id = None
 
     def _open_lock(self) -> None:
@@ -170,56 +203,7 @@ class PickleBackend(LogReader, Compaction, Backend):
                 if time.monotonic() >= deadline:
                     raise BusyRetry(f"{self.filename} stayed locked") from None
                 time.sleep(delay)
-                delay = min(delay * 2, 0.02)
-
-    # -- writing ----------------------------------------------------------------------
-
-    def _append(self, frames: bytes) -> None:
-        """Append frames to the file (under the exclusive lock)."""
-        if self._file_id is None:
-            # No file yet: create it, header first, atomically.
-            self._rewrite(b"")
-        assert self._fd is not None
-        if not self._writable:
-            raise BackendError(f"session file {self.filename} is read-only")
-        st = os.fstat(self._fd)
-        if self._offset == 0 and st.st_size == 0:
-            self._rewrite(b"")  # an empty file: give it a header
-            st = os.fstat(self._fd)
-        if st.st_size != self._offset:
-            self._cut_torn_tail(st)
-        if not self._private:
-            make_private(self._fd, self.filename)
-            self._private = True
-        try:
-            view = memoryview(frames)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            if self.fsync:
-                os.fsync(self._fd)
-        except OSError as exc:
-            # Our own partial frame (nobody else writes under the lock).
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._offset)
-            raise BackendError(f"cannot write to session file {self.filename}", exc) from exc
-        self._offset += len(frames)
-        self._mark = (self._offset - len(frames), frames[:8])
-
-    def _cut_torn_tail(self, st: os.stat_result) -> None:
-        assert self._fd is not None
-        extra = st.st_size - self._offset
-        if self._tail != (self._file_id, self._offset, st.st_size) or self._file_id in self._no_cut:
-            raise BackendError(
-                f"session file {self.filename} has {extra} unexpected bytes at byte "
-                f"{self._offset}: not cut, nothing written (see `sessionstore check`)"
-            )
-        log.warning("%s: cutting %d bytes of an unfinished write", self.filename, extra)
-        try:
-            os.ftruncate(self._fd, self._offset)
-        except OSError as exc:
-            raise BackendError(f"cannot cut an unfinished write off {self.filename}", exc) from exc
-        self._tail = None
+                delay = min(delay * 2, _POLL_MAX)
 
     # -- Backend ------------------------------------------------------------------------
 
@@ -238,6 +222,7 @@ class PickleBackend(LogReader, Compaction, Backend):
         with self._mutex:
             assert self._lock_fd is not None
             self._flock(fcntl.LOCK_EX)
+            self._holding = True
             try:
                 self._corrupt = None
                 self._file_id = None
@@ -246,6 +231,7 @@ class PickleBackend(LogReader, Compaction, Backend):
                 except BackendError as exc:
                     self._set_aside(exc)
             finally:
+                self._holding = False
                 self._view = None
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
@@ -254,18 +240,19 @@ class PickleBackend(LogReader, Compaction, Backend):
         if compactor is not None and self._pid == os.getpid():
             compactor.join()  # let it finish: it would open the files again
         with self._mutex:
-            for fd in (self._fd, self._lock_fd):
-                if fd is not None:
-                    os.close(fd)
-            self._fd = self._lock_fd = None
-            self._view = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            self._lock_fd = None
+            self._view = self._purge = None
             self._reset_index(None)
+            self._close_file()
 
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
         with self._locked(exclusive=True):
-            current = self._index.get(session_id)
+            offset = self._index.get(session_id)
+            current = None if offset is None else self._record_at(offset, session_id)
             if (None if current is None else current.version) != expected_version:
                 return False
             if record is None:
@@ -277,20 +264,26 @@ class PickleBackend(LogReader, Compaction, Backend):
 
     def _put_records(self, records: list[Record]) -> None:
         frames = [encode_put(r) for r in records]
-        self._append(b"".join(frames))
+        data = b"".join(frames)
+        self._append(data)
+        position = self._offset - len(data)  # (the file may have just been made)
+        assert self._handle is not None
+        put, handle = self._index.put, self._handle
         for record, frame in zip(records, frames, strict=True):
-            self._index[record.session_id] = record
-            self._live += len(frame) - self._sizes.get(record.session_id, 0)
-            self._sizes[record.session_id] = len(frame)
+            put(record.session_id, position, record.expires_at, record.user)
+            remember(handle, position, record)
+            position += len(frame)
+        self._put_bytes += len(data)
+        self._put_frames += len(frames)
         self._maybe_compact()
 
     def _delete_ids(self, session_ids: list[str]) -> int:
-        present = [i for i in dict.fromkeys(session_ids) if i in self._index]
+        index = self._index
+        present = [i for i in dict.fromkeys(session_ids) if index.get(i) is not None]
         if present:
             self._append(b"".join(encode(("del", i)) for i in present))
             for session_id in present:
-                del self._index[session_id]
-                self._live -= self._sizes.pop(session_id)
+                self._index.delete(session_id)
             self._maybe_compact()
         return len(present)
 
@@ -316,7 +309,8 @@ class PickleBackend(LogReader, Compaction, Backend):
                 if found is not False:
                     return found
         with self._locked(exclusive=False):
-            return self._index.get(session_id)
+            offset = self._index.get(session_id)
+            return None if offset is None else self._record_at(offset, session_id)
 
     def _current(self, st: os.stat_result, session_id: str) -> Record | None | Literal[False]:
         """The record as indexed, if the index covers the file ``st`` saw;
@@ -324,22 +318,34 @@ class PickleBackend(LogReader, Compaction, Backend):
         view = self._view
         if view is None or (st.st_dev, st.st_ino) != view[0] or st.st_size != view[1]:
             return False
-        return view[2].get(session_id)
+        index = view[2]
+        seq = index.seq
+        offset = index.get(session_id)
+        if seq & 1 or index.seq != seq:
+            return False  # a merge moved entries meanwhile: ask again, with the mutex
+        return None if offset is None else self._record_at(offset, session_id, view[3])
 
     def add(self, record: Record) -> None:
         with self._locked(exclusive=True):
             self._put_records([record])
 
     def iter_records(self) -> Iterator[Record]:
+        """Every record, read from the file as it was when called (the
+        offsets are a snapshot, 8 bytes a session; no lock is held while
+        they are read)."""
         with self._locked(exclusive=False):
-            records = list(self._index.values())
-        return iter(records)
+            offsets, handle = self._index.offsets(), self._handle
+        return (self._record_at(offset, None, handle) for offset in offsets if offset)
 
     def user_sessions(self, user: str) -> list[Record]:
         with self._locked(exclusive=False):
             index = self._index
-            assert isinstance(index, RecordIndex)
-            return index.of_user(user)
+            found = []
+            for session_id in index.of_user(user):
+                offset = index.get(session_id)
+                if offset is not None:
+                    found.append(self._record_at(offset, session_id))
+            return found
 
     def delete(self, session_id: str) -> int:
         with self._locked(exclusive=True):
@@ -351,61 +357,13 @@ class PickleBackend(LogReader, Compaction, Backend):
 
     def delete_all(self) -> int:
         with self._locked(exclusive=True):
-            count = len(self._index)
+            count = self._index.count
             if count:
                 self._rewrite(b"")
-                self._index = RecordIndex()
-                self._sizes = {}
-                self._live = 0
+                self._index = OffsetIndex()
+                self._put_bytes = self._put_frames = self._indexed = 0
             return count
-
-    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
-        """Delete up to ``limit`` expired sessions (all when None).
-
-        The index is scanned with no file lock held, at most 20,000 entries
-        per call when there is a ``limit`` (a request's cleanup: a few
-        milliseconds at any size; the next call resumes where it stopped);
-        the expired ones are deleted under the exclusive lock, 1,000 at a time,
-        each checked again there."""
-        now = time.time() if now is None else now
-        if self._file_id is None:
-            with self._locked(exclusive=False):
-                pass
-        if limit is None:
-            self._purge_keys, self._purge_pos = [], 0  # one whole pass from the start
-        deleted = 0
-        while limit is None or deleted < limit:
-            batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - deleted)
-            budget = None if limit is None else _PURGE_SCAN
-            candidates, finished = self._expired_candidates(now, batch, budget)
-            if candidates:
-                with self._locked(exclusive=True):
-                    index = self._index
-                    still = [i for i in candidates if i in index and index[i].expires_at <= now]
-                    deleted += self._delete_ids(still)
-            if finished or limit is not None:
-                break
-        return deleted
-
-    def _expired_candidates(
-        self, now: float, batch: int, budget: int | None
-    ) -> tuple[list[str], bool]:
-        """Up to ``batch`` expired ids, looking at up to ``budget`` entries
-        from where the last scan stopped; and whether the pass is complete."""
-        with self._mutex:
-            if self._purge_pos >= len(self._purge_keys):
-                self._purge_keys, self._purge_pos = list(self._index), 0
-            keys, pos, index = self._purge_keys, self._purge_pos, self._index
-            end = len(keys) if budget is None else min(len(keys), pos + budget)
-            found: list[str] = []
-            while pos < end and len(found) < batch:
-                record = index.get(keys[pos])
-                pos += 1
-                if record is not None and record.expires_at <= now:
-                    found.append(record.session_id)
-            self._purge_pos = pos
-            return found, pos >= len(keys)
 
     def count(self) -> int:
         with self._locked(exclusive=False):
-            return len(self._index)
+            return self._index.count

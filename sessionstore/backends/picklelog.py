@@ -37,7 +37,9 @@ Invariants (each proved by the test named beside it, in
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import pickle
 import struct
 import zlib
@@ -53,6 +55,7 @@ PROTOCOL = 5
 #: above this is damage, not a torn write.
 MAX_FRAME = 64 << 20
 _PICKLE_START = b"\x80\x05"
+_READ_AHEAD = 4096
 
 
 class FrameUnpickler(pickle.Unpickler):
@@ -111,47 +114,33 @@ def record_of(frame: tuple[Any, ...]) -> Record:
     return checked_record(*frame[1:])  # converts, or names what is wrong
 
 
-class RecordIndex(dict[str, Record]):
-    """The records of a file by id, and the ids of each user's sessions
-    (``user_sessions``), kept in step by every change made through
-    ``index[id] = record``, ``del index[id]`` and ``index.pop(id)``."""
+def read_raw(fd: int, offset: int) -> bytes:
+    """The whole frame starting at byte ``offset`` of the file ``fd``, its
+    length and CRC checked; :class:`Damaged` if it is not whole and sound.
+    One ``pread`` for a frame of up to 4 KB."""
+    head = os.pread(fd, _READ_AHEAD, offset)
+    if len(head) < FRAME.size:
+        raise Damaged(offset, "a frame header cut short")
+    length, crc = FRAME.unpack_from(head)
+    if length > MAX_FRAME:
+        raise Damaged(offset, f"implausible frame length {length}")
+    size = FRAME.size + length
+    if len(head) < size and len(head) == _READ_AHEAD:
+        head += os.pread(fd, size - len(head), offset + _READ_AHEAD)
+    if len(head) < size:
+        raise Damaged(offset, "a frame cut short")
+    if zlib.crc32(memoryview(head)[FRAME.size : size]) != crc:
+        raise Damaged(offset, "checksum mismatch")
+    return head[:size]
 
-    __slots__ = ("users",)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.users: dict[str, set[str]] = {}
-
-    def __setitem__(self, session_id: str, record: Record) -> None:
-        old = self.get(session_id)
-        if old is not None and old.user is not None and old.user != record.user:
-            self._forget(old.user, session_id)
-        if record.user is not None:
-            self.users.setdefault(record.user, set()).add(session_id)
-        super().__setitem__(session_id, record)
-
-    def __delitem__(self, session_id: str) -> None:
-        old = self[session_id]
-        if old.user is not None:
-            self._forget(old.user, session_id)
-        super().__delitem__(session_id)
-
-    def pop(self, session_id: str, *default: Any) -> Any:
-        if session_id in self:
-            record = self[session_id]
-            del self[session_id]
-            return record
-        return super().pop(session_id, *default)
-
-    def _forget(self, user: str, session_id: str) -> None:
-        ids = self.users.get(user)
-        if ids is not None:
-            ids.discard(session_id)
-            if not ids:
-                del self.users[user]
-
-    def of_user(self, user: str) -> list[Record]:
-        return [self[i] for i in self.users.get(user, ())]
+def read_frame(fd: int, offset: int) -> tuple[Any, ...]:
+    """The frame starting at byte ``offset``, checked (see :func:`read_raw`)."""
+    raw = read_raw(fd, offset)
+    try:
+        return decode(raw[FRAME.size :])
+    except Exception as exc:
+        raise Damaged(offset, f"unreadable frame ({exc})") from exc
 
 
 def header_size(data: bytes) -> int | None:
@@ -219,8 +208,17 @@ def classify_tail(data: bytes, pos: int) -> str | None:
 def salvage(data: bytes) -> tuple[dict[str, Record], list[Damaged]]:
     """Every record readable in the file contents ``data`` (frames replayed in
     order, damaged stretches skipped), and the damage found.  A torn final
-    append is not damage."""
+    append is not damage.
+
+    A damaged stretch may have held a later change or the deletion of a
+    session read before it: replaying what is left would bring back an old
+    version, or a session its user logged out of.  So a record whose id
+    appears in the bytes of a damaged stretch after its last readable frame
+    is left out, and named among the damage (``test_salvage_*``).  (Damage
+    that also destroyed the id's bytes cannot be told apart.)"""
     records: dict[str, Record] = {}
+    last: dict[str, int] = {}  # where each id's last readable frame starts
+    stretches: list[tuple[int, bytes]] = []
     problems: list[Damaged] = []
     pos = header_size(data)
     if pos is None:
@@ -232,15 +230,44 @@ def salvage(data: bytes) -> tuple[dict[str, Record], list[Damaged]]:
             if classify_tail(data, pos) is not None:
                 break
             problems.append(Damaged(pos, _why(data, pos)))
-            pos = next_frame(data, pos + 1)
+            resume = next_frame(data, pos + 1)
+            stretches.append((pos, data[pos:resume]))
+            pos = resume
             continue
         end, frame = found
         try:
             apply_frame(records, frame)
+            if frame[0] in ("put", "del"):
+                last[frame[1]] = pos
         except Exception as exc:
             problems.append(Damaged(pos, f"unreadable frame ({exc})"))
         pos = end
+    for start, raw in stretches:
+        for session_id in _texts(raw):
+            if session_id not in records or last[session_id] > start:
+                continue
+            del records[session_id]
+            problems.append(
+                Damaged(
+                    start,
+                    f"session {session_id} left out: the damaged frame names it "
+                    f"after its last readable one (a change or delete there is lost)",
+                )
+            )
     return records, problems
+
+
+def _texts(raw: bytes) -> set[str]:
+    """The short strings a stretch of pickles holds, as far as they can be
+    read (the ids among them): after each SHORT_BINUNICODE opcode."""
+    found = set()
+    at = raw.find(b"\x8c")
+    while at >= 0:
+        text = raw[at + 2 : at + 2 + raw[at + 1]] if at + 1 < len(raw) else b""
+        with contextlib.suppress(UnicodeDecodeError):
+            found.add(text.decode())
+        at = raw.find(b"\x8c", at + 1)
+    return found
 
 
 def apply_frame(records: dict[str, Record], frame: tuple[Any, ...]) -> None:

@@ -1,21 +1,31 @@
 """Reading the pickle log into a process's index, and noticing what changed under it.
 
-The reading half of :class:`~sessionstore.backends.picklefile.PickleBackend`:
-before each operation :meth:`LogReader._sync` brings the index up to date
+The reading half of :class:`~sessionstore.backends.picklefile.PickleBackend`.
+A process holds an :class:`~sessionstore.backends.pickleindex.OffsetIndex`
+(where each session's latest frame is, ~32 bytes a session) and reads records
+from the file on demand (:meth:`LogReader._record_at`: one ``pread``, the CRC,
+the frame kind and the id checked; a record that fails is a
+:class:`DamagedRecord` for its visitor, logged and left in the file).
+
+Before each operation :meth:`LogReader._sync` brings the index up to date
 with the file at the path (under the lock; :meth:`LogReader._catch_up` does
 the long reads before taking it).  What it notices, and what it does:
 
-* frames appended by others: applied;
-* a compaction by another process (a new inode whose origin frame names the
-  file we indexed): the index is carried over (``Compaction._follow``);
-* another file at the path (deleted, replaced, a backup put back): logged
-  as an error, and the file now there is read from the start;
+* frames appended by others: applied (read in chunks of 1 MiB);
+* a new file at the path (at start-up, after a compaction by anyone, or a
+  file replaced): the index file ``<log>.index`` is loaded if it verifies
+  for this file, and only the log after the bytes it covers is read; else the
+  whole log is read (the reason logged);
+* another file at the path that is no compaction of ours (deleted, replaced,
+  a backup put back): logged as an error, and the file now there is read;
 * the same inode rewritten in place (the frame header last indexed no longer
   matches, or the file shrank below it): logged, read again from the start,
   and nothing is ever cut from that file afterwards;
 * a torn final append: noted as cuttable (``_tail``) for the next write;
-* damage: a :class:`BackendError` naming the file and byte offset, raised
-  again for as long as the file is unchanged.
+* damage in the frames read: a :class:`BackendError` naming the file and
+  byte offset, raised again for as long as the file is unchanged.  (Damage
+  in a stretch covered by the index file is found when that record is read,
+  by ``sessionstore check``, or by a compaction, which then stops.)
 """
 
 from __future__ import annotations
@@ -24,18 +34,28 @@ import contextlib
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from ..errors import BackendError
 from . import picklelog
 from .base import Record
-from .picklelog import Damaged
+from .picklefiles import Handle, read_record, retire
+from .pickleindex import OffsetIndex
+from .pickleindexfile import BadIndex, Meta, open_index, read_index
+from .picklelog import FRAME, MAX_FRAME, Damaged
 from .safefiles import open_nofollow
 
 log = logging.getLogger("sessionstore")
 
-#: New bytes in the log worth reading before taking the lock.
-_CATCH_UP = 256 << 10
+#: New bytes in the log worth reading before taking the lock (~50 frames:
+#: others wait while we read under it).
+_CATCH_UP = 16 << 10
+#: Bytes of the log read at a time.
+_CHUNK = 1 << 20
+
+
+class NewFile(Exception):  # noqa: N818 - a signal, not a failure
+    """Another file is at the path (see ``LogReader._sync``)."""
 
 
 def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> bool:
@@ -45,28 +65,44 @@ def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> b
     return after is not None and after[0] == before[0] and after[1] > before[1]
 
 
+def lineage_of(head: bytes) -> tuple[str, int] | None:
+    """The (token, generation) in the origin frame at the start of a log."""
+    start = picklelog.header_size(head)
+    found = None if start is None else picklelog.frame_at(head, start)
+    if found is None or found[1][0] != "origin" or len(found[1]) not in (3, 4):
+        return None
+    return str(found[1][1]), int(found[1][2])
+
+
 class LogReader:
     """The reading half of the pickle backend (a mixin)."""
 
     filename: str
-    _fd: int | None
+    _handle: Handle | None
     _writable: bool
     _private: bool
     _file_id: tuple[int, int] | None
     _offset: int
+    _indexed: int
     _mark: tuple[int, bytes] | None
-    _index: dict[str, Record]
-    _sizes: dict[str, int]
-    _live: int
+    _index: OffsetIndex
+    _put_bytes: int
+    _put_frames: int
     _tail: tuple[Any, ...] | None
     _no_cut: set[tuple[int, int]]
     _lineage: tuple[str, int] | None
     _corrupt: tuple[tuple[int, int, int, int], BackendError] | None
     _mutex: threading.RLock
+    _holding: bool  # the file lock is held (by this thread: the mutex is too)
+    #: (file id, lineage, count) before a new file whose loading was put off.
+    _pending: tuple[tuple[int, int] | None, tuple[str, int] | None, int] | None
+    _view: Any
+    _purge: Any
 
-    if TYPE_CHECKING:
-
-        def _follow(self, header: bytes, file_id: tuple[int, int]) -> bool: ...
+    @property
+    def _fd(self) -> int | None:
+        handle = self._handle
+        return None if handle is None else handle.fd
 
     def _catch_up(self) -> None:
         """Index a new file, or a long stretch of new frames, before taking
@@ -84,8 +120,10 @@ class LogReader:
             with contextlib.suppress(BackendError, OSError):
                 self._sync()
 
-    def _sync(self) -> None:
-        """Bring the index up to date with the file (under the lock)."""
+    def _sync(self, defer_new: bool = False) -> None:
+        """Bring the index up to date with the file (under the lock); with
+        ``defer_new``, raise :class:`NewFile` instead of reading a new file
+        that replaced the one indexed."""
         try:
             st = os.stat(self.filename, follow_symlinks=False)
         except FileNotFoundError:
@@ -94,7 +132,7 @@ class LogReader:
                     "%s was deleted while in use: its %d sessions are gone; "
                     "a new file starts with the next write",
                     self.filename,
-                    len(self._index),
+                    self._index.count,
                 )
             self._close_file()
             self._reset_index(None)
@@ -109,19 +147,26 @@ class LogReader:
             self._file_id = None  # changed since: read it again
         file_id = (st.st_dev, st.st_ino)
         if file_id != self._file_id:
-            previous, before, count = self._file_id, self._lineage, len(self._index)
+            if defer_new and self._file_id is not None:
+                raise NewFile
+            previous, before, count = self._pending or (
+                self._file_id,
+                self._lineage,
+                self._index.count,
+            )
+            self._pending = None
             self._reopen()
             assert self._fd is not None
             st = os.fstat(self._fd)  # the file opened, whatever the path held before
-            file_id, seen = (
-                (st.st_dev, st.st_ino),
-                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
-            )
-            if previous is not None and self._follow(os.pread(self._fd, 512, 0), file_id):
-                if st.st_size > self._offset:
-                    self._read_frames(st, seen)
-                return
+            file_id = (st.st_dev, st.st_ino)
+            seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             self._reset_index(file_id)
+            if st.st_size and not self._load_index(st):
+                # Caught between a compaction's two renames: do it again
+                # under the lock, which the compaction holds across both.
+                self._pending = (previous, before, count)
+                self._file_id = None
+                raise BackendError(f"{self.filename}: its index is being replaced")
             self._read_frames(st, seen)
             if previous is not None and not _follows(before, self._lineage):
                 log.error(
@@ -129,7 +174,7 @@ class LogReader:
                     "%d sessions before, %d now",
                     self.filename,
                     count,
-                    len(self._index),
+                    self._index.count,
                 )
             return
         if st.st_size < self._offset or not self._mark_holds():
@@ -145,84 +190,179 @@ class LogReader:
         else:
             self._tail = None
 
-    def _mark_holds(self) -> bool:
-        if self._mark is None:
+    def _mark_holds(self, mark: tuple[int, bytes] | None = None) -> bool:
+        position, header = mark or self._mark or (0, b"")
+        if not header:
             return True
         assert self._fd is not None
-        position, header = self._mark
         return os.pread(self._fd, len(header), position) == header
 
     def _reset_index(self, file_id: tuple[int, int] | None) -> None:
         self._file_id = file_id
-        self._offset = 0
+        self._offset = self._indexed = 0
         self._mark = None
-        self._index = picklelog.RecordIndex()
-        self._sizes = {}
-        self._live = 0
+        self._index = OffsetIndex()
+        self._put_bytes = self._put_frames = 0
         self._tail = None
         self._lineage = None
+        if self._handle is not None:
+            self._handle.cache = {}
 
     def _close_file(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._handle = None  # closed once no reader holds it
 
     def _reopen(self) -> None:
-        self._close_file()
+        if self._handle is not None:
+            # Closing the last descriptor of a replaced log frees its blocks
+            # (137 ms for 300 MB, measured): not in a request's time.  (The
+            # lock-free view and a purge scan hold it too: let go of them first.)
+            self._view = self._purge = None
+            retire(self._handle)
+            self._handle = None
         try:
-            self._fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
+            fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
             self._writable = True
             self._private = False  # made private at the first write
         except BackendError:
             raise
         except OSError as exc:
             try:  # a read-only file or place: reads still work
-                self._fd = open_nofollow(self.filename, os.O_RDONLY)
+                fd = open_nofollow(self.filename, os.O_RDONLY)
             except OSError:
                 raise BackendError(f"cannot open {self.filename}", exc) from exc
             self._writable = False
+        self._handle = Handle(fd)
 
-    def _read_frames(self, st: os.stat_result, seen: tuple[int, int, int, int]) -> None:
+    # -- the index file -----------------------------------------------------------------
+
+    def _load_index(self, st: os.stat_result) -> bool:
+        """Start from the index file if it verifies for the log opened; False
+        (nothing done) if it names another file and we hold no lock: it may
+        be the old log's index, about to be replaced."""
+        assert self._fd is not None
+        path = self.filename + ".index"
+        lineage = lineage_of(os.pread(self._fd, 512, 0))
+
+        def check(meta: Meta) -> str | None:
+            if meta.inode != st.st_ino:
+                return "it indexes another file"
+            if (meta.token, meta.generation) != lineage:
+                return "it indexes another generation of the log"
+            if meta.covered > st.st_size:
+                return "it covers more than the log holds"
+            if not self._mark_holds(meta.mark):
+                return "the log was rewritten since"
+            return None
+
+        try:
+            with open_index(path) as source:
+                meta, index = read_index(source, check)
+        except FileNotFoundError:
+            return True
+        except (OSError, BadIndex) as exc:
+            if not self._holding and "another file" in str(exc):
+                return False
+            level = logging.INFO if "indexes another" in str(exc) else logging.WARNING
+            log.log(level, "%s not used (%s): reading the whole log", path, exc)
+            return True
+        self._index = index
+        self._offset = self._indexed = meta.covered
+        self._mark = meta.mark
+        self._lineage = lineage
+        self._put_bytes, self._put_frames = meta.put_bytes, meta.put_frames
+        return True
+
+    # -- the log ------------------------------------------------------------------------
+
+    def _pread(self, size: int, at: int) -> bytes:
         assert self._fd is not None
         try:
-            data = os.pread(self._fd, st.st_size - self._offset, self._offset)
+            return os.pread(self._fd, size, at)
         except OSError as exc:  # a bad sector
             raise BackendError(f"cannot read {self.filename}", exc) from exc
-        pos = 0
-        if self._offset == 0:
-            if not data:
+
+    def _read_frames(self, st: os.stat_result, seen: tuple[int, int, int, int]) -> None:
+        """Apply the frames from ``_offset`` to the end of the file ``st``."""
+        end, pos = st.st_size, self._offset
+        if pos == 0:
+            if not end:
                 return  # an empty file: an empty store
-            header = picklelog.header_size(data)
+            header = picklelog.header_size(self._pread(min(end, 4096), 0))
             if header is None:
                 self._fail(seen, 0, "not a sessionstore pickle file (bad header)")
-            pos = header
-        last = -1
+            self._offset = pos = header
         try:
-            for start, end, frame in picklelog.iter_frames(data, pos):
-                self._apply(frame, end - start)
-                pos, last = end, start
+            with self._index.bulk():
+                self._read_from(pos, end)
         except Damaged as exc:
-            self._fail(seen, self._offset + exc.offset, exc.reason)
+            self._fail(seen, exc.offset, exc.reason)
+        except BackendError:
+            raise  # could not read (a bad sector): not damage we saw
         except Exception as exc:
-            self._fail(seen, self._offset + pos, f"unreadable frame ({exc})")
-        if last >= 0:
-            self._mark = (self._offset + last, data[last : last + 8])
-        self._offset += pos
-        if self._offset < st.st_size:
-            self._tail = (self._file_id, self._offset, st.st_size)
+            self._fail(seen, self._offset, f"unreadable frame ({exc})")
+        if self._offset < end:
+            self._tail = (self._file_id, self._offset, end)
             log.info("%s: an unfinished write at byte %d", self.filename, self._offset)
         else:
             self._tail = None
 
-    def _apply(self, frame: tuple[Any, ...], size: int) -> None:
+    def _read_from(self, pos: int, end: int) -> None:
+        """Apply the frames from ``pos`` (``_offset`` follows) to ``end``."""
+        last: tuple[int, bytes] | None = None
+        try:
+            while pos < end:
+                data = self._pread(min(_CHUNK, end - pos), pos)
+                if pos + len(data) < end:
+                    done = self._whole_frames(data, pos)
+                    if done:
+                        last, pos = done
+                        continue
+                    data = self._one_frame(data, pos, end)
+                for start, stop, frame in picklelog.iter_frames(data, 0):
+                    self._apply(frame, pos + start, stop - start)
+                    last = (pos + start, data[start : start + FRAME.size])
+                    self._offset = pos + stop
+                pos = self._offset
+                break
+        except Damaged as exc:
+            raise Damaged(pos + exc.offset, exc.reason) from None
+        finally:
+            self._mark = last or self._mark
+
+    def _whole_frames(self, data: bytes, pos: int) -> tuple[tuple[int, bytes], int] | None:
+        """Apply the whole, valid frames at the start of ``data`` (read at
+        ``pos``); the last one's mark and where the first other bytes start."""
+        at, last = 0, None
+        while True:
+            found = picklelog.frame_at(data, at)
+            if found is None:
+                break
+            stop, frame = found
+            self._apply(frame, pos + at, stop - at)
+            last = (pos + at, data[at : at + FRAME.size])
+            at = stop
+            self._offset = pos + at
+        return None if last is None else (last, pos + at)
+
+    def _one_frame(self, data: bytes, pos: int, end: int) -> bytes:
+        """What to read at ``pos`` where no whole frame fits ``data``: one
+        longer frame, or (damage, or a torn write) the rest of the file."""
+        if len(data) >= FRAME.size:
+            length = FRAME.unpack_from(data)[0]
+            if length <= MAX_FRAME and pos + FRAME.size + length < end:
+                longer = self._pread(FRAME.size + length, pos)
+                if picklelog.frame_at(longer, 0) is not None:
+                    return longer
+        return self._pread(end - pos, pos)
+
+    def _apply(self, frame: tuple[Any, ...], start: int, size: int) -> None:
         if frame[0] == "put":
             record = picklelog.record_of(frame)
-            self._index[record.session_id] = record
-            self._live += size - self._sizes.get(record.session_id, 0)
-            self._sizes[record.session_id] = size
-        elif frame[0] == "del" and len(frame) == 2:
-            self._index.pop(frame[1], None)
-            self._live -= self._sizes.pop(frame[1], 0)
+            self._index.put(record.session_id, start, record.expires_at, record.user)
+            self._put_bytes += size
+            self._put_frames += 1
+        elif frame[0] == "del" and len(frame) == 2 and isinstance(frame[1], str):
+            self._index.delete(frame[1])
         elif frame[0] == "origin" and len(frame) in (3, 4):
             self._lineage = (str(frame[1]), int(frame[2]))
         else:
@@ -237,3 +377,14 @@ class LogReader:
         self._corrupt = (seen, error)
         self._reset_index(self._file_id)
         raise error
+
+    # -- records --------------------------------------------------------------------------
+
+    def _record_at(
+        self, offset: int, session_id: str | None, handle: Handle | None = None
+    ) -> Record:
+        """The record of ``session_id`` (None: whichever) whose frame starts
+        at ``offset`` of the file ``handle`` (default: the current one)."""
+        handle = handle or self._handle
+        assert handle is not None
+        return read_record(handle, offset, session_id, self.filename)

@@ -1,0 +1,204 @@
+"""The pickle backend's index file: its format, its checks, and putting a new one in place.
+
+The index file lets a process open a store of any size by reading ~32 bytes
+a session (:mod:`~sessionstore.backends.pickleindex`) and only the log
+written after it.  It is written by compaction, and rewritten in the
+background when the log has grown :data:`~sessionstore.backends.picklecompact.REFRESH`
+bytes past it (:mod:`~sessionstore.backends.picklecompact`).
+
+Format (``<log>.index``)::
+
+    b"SSIDX\\x00\\x01\\n"                      magic, 8 bytes
+    meta length (4 bytes, big-endian) + meta  a pickle of a plain tuple:
+        ("index", 1, byteorder, n, lineage token, generation, inode of the log,
+         covered: the log bytes indexed, mark position, mark bytes,
+         bytes of put frames, number of put frames)
+    hi, lo, offs (n x 8 bytes each, unsigned) and exps (n x 8, double),
+        in the byte order named in meta
+    users length (4 bytes) + a pickle of ((id, user), ...)
+    CRC-32 of everything above (4 bytes)
+
+An index is used only when its CRC holds and it names the log now at the path:
+same inode, same lineage and generation (the log's origin frame), ``covered``
+no larger than the file, and the 8-byte frame header recorded at ``mark``
+(the last frame it covers) still there.  Then opening reads the index and
+only the log's frames after ``covered``.  Anything else is read from the
+whole log instead, never trusted blindly, never a crash, and the index file
+is left as found (``tests/test_pickle_index.py``):
+
+* no index: read silently (a small store never had one);
+* a torn, zeroed or damaged index, or not an index at all (bad magic, bad
+  CRC, cut short): logged as a warning;
+* an index of another log (another inode, an older generation, a log
+  rewritten in place since): logged at info level (a ``delete_all`` or a set
+  aside removes the index of the file it replaces; a crash between a
+  compaction's two renames leaves one);
+* a process that finds, without the lock, an index naming another inode than
+  the log it opened may be between a compaction's two renames: it looks
+  again under the lock instead of reading the whole log.
+
+An index is written to a temporary file and renamed into place; it is not
+fsynced (a torn one fails its CRC).  Damage in a record the index points at
+is found when it is read: a ``DamagedRecord`` for that visitor, logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pickle
+import struct
+import sys
+import zlib
+from array import array
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .pickleindex import Base, OffsetIndex
+from .picklelog import FrameUnpickler
+
+log = logging.getLogger("sessionstore")
+
+MAGIC = b"SSIDX\x00\x01\n"
+_LEN = struct.Struct(">I")
+
+
+class Meta(NamedTuple):
+    """What an index file covers (see the module docstring)."""
+
+    token: str
+    generation: int
+    inode: int
+    covered: int
+    mark: tuple[int, bytes] | None
+    put_bytes: int
+    put_frames: int
+
+
+class BadIndex(Exception):
+    """An index file that cannot be used (why, in the message)."""
+
+
+def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta: Meta) -> None:
+    """Write an index file (of a base with no extra entries: merge first)."""
+    n = len(base[0])
+    mark_at, mark = meta.mark or (0, b"")
+    head = (
+        "index", 1, sys.byteorder, n, meta.token, meta.generation, meta.inode,
+        meta.covered, mark_at, mark, meta.put_bytes, meta.put_frames,
+    )  # fmt: skip
+    encoded = pickle.dumps(head, 5)
+    crc = 0
+    for chunk in (MAGIC, _LEN.pack(len(encoded)), encoded):
+        out.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+    for column in base:
+        with memoryview(column) as view, view.cast("B") as raw:
+            for start in range(0, len(raw), 1 << 20):
+                # A copy, so that the CRC is of the bytes written even if an
+                # entry changes meanwhile (see picklecompact._snapshot).
+                chunk = bytes(raw[start : start + (1 << 20)])
+                out.write(chunk)
+                crc = zlib.crc32(chunk, crc)
+    users = pickle.dumps(tuple(bound.items()), 5)
+    for chunk in (_LEN.pack(len(users)), users):
+        out.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+    out.write(_LEN.pack(crc))
+
+
+def read_meta(source: io.BufferedReader) -> tuple[Meta, int, bytes]:
+    """The meta of an index file, the entry count, and the bytes read (for the CRC)."""
+    magic = source.read(len(MAGIC) + _LEN.size)
+    if len(magic) != len(MAGIC) + _LEN.size or not magic.startswith(MAGIC):
+        raise BadIndex("not an index file (bad magic)")
+    (size,) = _LEN.unpack_from(magic, len(MAGIC))
+    encoded = source.read(min(size, 1 << 16))
+    try:
+        head: Any = FrameUnpickler(io.BytesIO(encoded)).load()
+        kind, version, byteorder, n, token, generation, inode = head[:7]
+        covered, mark_at, mark, put_bytes, put_frames = head[7:]
+    except Exception as exc:
+        raise BadIndex(f"unreadable meta ({exc})") from exc
+    if (kind, version, byteorder) != ("index", 1, sys.byteorder) or not isinstance(n, int):
+        raise BadIndex("another format or byte order")
+    meta = Meta(token, generation, inode, covered, (mark_at, mark) if mark else None,
+                put_bytes, put_frames)  # fmt: skip
+    return meta, n, magic + encoded
+
+
+def read_index(
+    source: io.BufferedReader, check: Callable[[Meta], str | None]
+) -> tuple[Meta, OffsetIndex]:
+    """Read and verify a whole index file; :class:`BadIndex` if it does not
+    check out, or if ``check(meta)`` names a reason not to use it."""
+    meta, n, head = read_meta(source)
+    why = check(meta)
+    if why is not None:
+        raise BadIndex(why)
+    crc = zlib.crc32(head)
+    if not 0 <= n <= 1 << 40:
+        raise BadIndex(f"implausible entry count {n}")
+    base: Base = (array("Q", [0]) * n, array("Q", [0]) * n, array("Q", [0]) * n,
+                  array("d", [0.0]) * n)  # fmt: skip
+    for column in base:
+        # Read straight into the arrays: no second copy, even for a moment.
+        with memoryview(column) as view, view.cast("B") as raw:
+            if source.readinto(raw) != len(raw):
+                raise BadIndex("cut short")
+            crc = zlib.crc32(raw, crc)
+    size = source.read(_LEN.size)
+    if len(size) != _LEN.size:
+        raise BadIndex("cut short")
+    users = source.read(_LEN.unpack(size)[0])
+    crc = zlib.crc32(users, zlib.crc32(size, crc))
+    if source.read(_LEN.size + 1) != _LEN.pack(crc):
+        raise BadIndex("checksum mismatch")
+    try:
+        bound = dict(FrameUnpickler(io.BytesIO(users)).load())
+    except Exception as exc:
+        raise BadIndex(f"unreadable user list ({exc})") from exc
+    return meta, OffsetIndex(base, bound)
+
+
+def open_index(path: str) -> io.BufferedReader:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return os.fdopen(fd, "rb")
+
+
+class IndexFiles:
+    """Putting a new index file in place (a mixin of the pickle backend)."""
+
+    filename: str
+
+    if TYPE_CHECKING:
+
+        def _temp(self) -> tuple[int, str]: ...
+
+    @contextlib.contextmanager
+    def _index_file(
+        self, index: OffsetIndex, meta: Meta, bound: dict[str, str] | None = None
+    ) -> Iterator[str]:
+        """A temporary index file for renaming, flocked (like a compaction's
+        log, so that no set-up takes it for an orphan) until it is renamed or
+        removed."""
+        index.merge()
+        fd, temp = self._temp()
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as out:
+                write_index(out, index.base, index.bound if bound is None else bound, meta)
+            yield temp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)  # (gone if renamed)
+            os.close(fd)
+
+    def _rename_index(self, temp: str) -> None:
+        """Put a new index in place; a failure is only logged (the index is
+        derived data: readers fall back on the log)."""
+        try:
+            os.replace(temp, self.filename + ".index")
+        except OSError:
+            log.warning("could not put the new index of %s in place", self.filename, exc_info=True)
