@@ -96,8 +96,16 @@ BACKENDS = {
         ["tests/test_backend_contract.py::TestMemoryBackend"],
     ),
     "picklefile": (
-        {"compare_and_swap", "_put_records", "_delete_ids", "_append"},
+        {"compare_and_swap", "_put_records", "_delete_ids", "get"},
         ["tests/test_backend_contract.py::TestPickleBackend", "tests/test_durability.py"],
+    ),
+    "picklefiles": (
+        {"_append"},
+        ["tests/test_backend_contract.py::TestPickleBackend", "tests/test_durability.py"],
+    ),
+    "pickleindex": (
+        {"get"},
+        ["tests/test_pickle_index.py", "tests/test_backend_contract.py::TestPickleBackend"],
     ),
     "picklesync": (
         {"_sync", "_read_frames", "_apply"},
