@@ -73,6 +73,7 @@ def count(tree: str, kind: str, path: str, requests: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts every run
     )
     found = re.search(r"Collected : (\d+)", result.stderr)
     if found is None:

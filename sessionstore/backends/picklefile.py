@@ -67,7 +67,7 @@ from ..config import as_bool, as_filename
 from ..errors import BackendError, BusyRetry
 from .base import Backend, Record
 from .picklecompact import Compaction
-from .picklefiles import Handle, remember
+from .picklefiles import Handle, read_record, remember
 from .pickleindex import OffsetIndex
 from .picklelog import encode, encode_put
 from .picklepurge import Purge
@@ -130,40 +130,66 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
+        self._acquire(exclusive)
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self, exclusive: bool) -> None:
+        """Take the mutex and the file's lock, and sync the index with the
+        file; :meth:`_release` lets go.  (``_locked`` is the same as a
+        context manager; the write path calls these two directly, a
+        generator-based context manager costing more than the lock.)"""
         if self._pid != os.getpid():
             self._after_fork()
-        with self._mutex:
+        self._mutex.acquire()
+        try:
             if self._lock_fd is None:
                 self._open_lock()
             assert self._lock_fd is not None
-            self._catch_up()
-            self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            self._holding = True
+            operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            try:  # the usual case: free at once
+                fcntl.flock(self._lock_fd, operation | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._flock(operation)  # wait for it, up to busy_timeout
+        except BaseException:
+            self._mutex.release()
+            raise
+        self._holding = True
+        try:
             try:
-                try:
-                    self._sync(defer_new=True)
-                except NewFile:
-                    # A compaction was published while we waited: load its
-                    # index without the lock, which others are waiting for.
-                    self._holding = False
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                    self._catch_up()
-                    self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                    self._holding = True
-                    self._sync()
-                yield
-            finally:
+                self._sync(defer_new=True)
+            except NewFile:
+                # A new file (a compaction published, or our first look)
+                # or a long stretch of new frames: read it without the
+                # lock, which others are waiting for.  (One stat per
+                # operation: no look at the file before taking the lock.)
                 self._holding = False
-                # The index holds every frame up to the offset (and perhaps a
-                # few newer ones, never a partial one).
-                self._view = (
-                    None
-                    if self._corrupt
-                    else (self._file_id, self._offset, self._index, self._handle)
-                )
+                assert self._lock_fd is not None
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                if self._due is not None:
-                    self._start_due()
+                self._catch_up()
+                self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                self._holding = True
+                self._sync()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        try:
+            self._holding = False
+            # The index holds every frame up to the offset (and perhaps a
+            # few newer ones, never a partial one).
+            self._view = (
+                None if self._corrupt else (self._file_id, self._offset, self._index, self._handle)
+            )
+            assert self._lock_fd is not None
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            if self._due is not None:
+                self._start_due()
+        finally:
+            self._mutex.release()
 
     def _after_fork(self) -> None:
         # flock belongs to the open file description, which a child shares
@@ -250,9 +276,13 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
-        with self._locked(exclusive=True):
+        self._acquire(exclusive=True)
+        try:
             offset = self._index.get(session_id)
-            current = None if offset is None else self._record_at(offset, session_id)
+            current = None
+            if offset is not None:  # (self._record_at(), inline)
+                assert self._handle is not None
+                current = read_record(self._handle, offset, session_id, self.filename)
             if (None if current is None else current.version) != expected_version:
                 return False
             if record is None:
@@ -261,10 +291,12 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
                 return True
             self._put_records([record])
             return True
+        finally:
+            self._release()
 
     def _put_records(self, records: list[Record]) -> None:
         frames = [encode_put(r) for r in records]
-        data = b"".join(frames)
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         self._append(data)
         position = self._offset - len(data)  # (the file may have just been made)
         assert self._handle is not None
@@ -323,7 +355,11 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
         offset = index.get(session_id)
         if seq & 1 or index.seq != seq:
             return False  # a merge moved entries meanwhile: ask again, with the mutex
-        return None if offset is None else self._record_at(offset, session_id, view[3])
+        if offset is None:
+            return None
+        handle = view[3]
+        assert handle is not None
+        return read_record(handle, offset, session_id, self.filename)
 
     def add(self, record: Record) -> None:
         with self._locked(exclusive=True):

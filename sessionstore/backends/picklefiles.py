@@ -137,29 +137,33 @@ class LogFiles:
         if self._file_id is None:
             # No file yet: create it, header first, atomically.
             self._rewrite(b"")
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
         if not self._writable:
             raise BackendError(f"session file {self.filename} is read-only")
-        st = os.fstat(self._fd)
+        st = os.fstat(fd)
         if self._offset == 0 and st.st_size == 0:
             self._rewrite(b"")  # an empty file: give it a header
-            st = os.fstat(self._fd)
+            fd = self._fd
+            assert fd is not None
+            st = os.fstat(fd)
         if st.st_size != self._offset:
             self._cut_torn_tail(st)
         if not self._private:
-            make_private(self._fd, self.filename)
+            make_private(fd, self.filename)
             self._private = True
         try:
-            view = memoryview(frames)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            written = os.write(fd, frames)
+            if written < len(frames):  # (a short write: the rest, in turn)
+                view = memoryview(frames)[written:]
+                while view:
+                    view = view[os.write(fd, view) :]
             if self.fsync:
-                os.fsync(self._fd)
+                os.fsync(fd)
         except OSError as exc:
             # Our own partial frame (nobody else writes under the lock).
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._offset)
+                os.ftruncate(fd, self._offset)
             raise BackendError(f"cannot write to session file {self.filename}", exc) from exc
         self._offset += len(frames)
         self._mark = (self._offset - len(frames), frames[:8])

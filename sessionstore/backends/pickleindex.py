@@ -128,7 +128,7 @@ class OffsetIndex:
 
     def get(self, session_id: str) -> int | None:
         """The offset of the id's latest frame, or None."""
-        key = key_of(session_id)
+        key = _keys.get(session_id) or key_of(session_id)  # (no call when known)
         packed = self.extra.get(key)  # before the base: see the module docstring
         if packed is not None:
             return packed & _OFF_MASK
@@ -142,7 +142,7 @@ class OffsetIndex:
     # -- changes ------------------------------------------------------------------------
 
     def put(self, session_id: str, offset: int, expires_at: float, user: str | None) -> None:
-        key = key_of(session_id)
+        key = _keys.get(session_id) or key_of(session_id)
         extra = self.extra
         if key in extra:
             extra[key] = _pack(offset, expires_at)

@@ -81,7 +81,9 @@ def encode(frame: tuple[Any, ...]) -> bytes:
 
 def encode_put(r: Record) -> bytes:
     frame = ("put", r.session_id, r.version, r.created_at, r.accessed_at, r.expires_at, r.payload)
-    return encode(frame if r.user is None else (*frame, r.user))
+    # encode(), inline: every write makes one.
+    body = pickle.dumps(frame if r.user is None else (*frame, r.user), PROTOCOL)
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
 def decode(body: bytes) -> tuple[Any, ...]:

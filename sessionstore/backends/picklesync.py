@@ -8,8 +8,10 @@ the frame kind and the id checked; a record that fails is a
 :class:`DamagedRecord` for its visitor, logged and left in the file).
 
 Before each operation :meth:`LogReader._sync` brings the index up to date
-with the file at the path (under the lock; :meth:`LogReader._catch_up` does
-the long reads before taking it).  What it notices, and what it does:
+with the file at the path, under the lock, with one ``stat``.  What is long
+to read (a new file, or many new frames) it leaves to
+:meth:`LogReader._catch_up`, which reads it with the lock released before
+the lock is taken again.  What it notices, and what it does:
 
 * frames appended by others: applied (read in chunks of 1 MiB);
 * a new file at the path (at start-up, after a compaction by anyone, or a
@@ -55,7 +57,8 @@ _CHUNK = 1 << 20
 
 
 class NewFile(Exception):  # noqa: N818 - a signal, not a failure
-    """Another file is at the path (see ``LogReader._sync``)."""
+    """Another file is at the path, or much was appended to it (see
+    ``LogReader._sync``)."""
 
 
 def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> bool:
@@ -122,8 +125,9 @@ class LogReader:
 
     def _sync(self, defer_new: bool = False) -> None:
         """Bring the index up to date with the file (under the lock); with
-        ``defer_new``, raise :class:`NewFile` instead of reading a new file
-        that replaced the one indexed."""
+        ``defer_new``, raise :class:`NewFile` instead of reading a new file,
+        or a long stretch of new frames (:meth:`_catch_up` reads them
+        without the lock)."""
         try:
             st = os.stat(self.filename, follow_symlinks=False)
         except FileNotFoundError:
@@ -140,6 +144,12 @@ class LogReader:
         except OSError as exc:
             raise BackendError(f"cannot read {self.filename}", exc) from exc
         seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if (
+            defer_new
+            and self._corrupt is None
+            and ((st.st_dev, st.st_ino) != self._file_id or st.st_size - self._offset > _CATCH_UP)
+        ):
+            raise NewFile  # much to read: the caller reads it without the lock first
         if self._corrupt is not None:
             if self._corrupt[0] == seen:
                 raise self._corrupt[1]
@@ -177,7 +187,12 @@ class LogReader:
                     self._index.count,
                 )
             return
-        if st.st_size < self._offset or not self._mark_holds():
+        rewritten = st.st_size < self._offset
+        mark = self._mark  # (self._mark_holds(), inline: every operation)
+        if not rewritten and mark is not None and mark[1]:
+            assert self._handle is not None
+            rewritten = os.pread(self._handle.fd, len(mark[1]), mark[0]) != mark[1]
+        if rewritten:
             log.error(
                 "%s was rewritten in place by something other than sessionstore: "
                 "reading it again; nothing will be cut from it",
@@ -194,8 +209,9 @@ class LogReader:
         position, header = mark or self._mark or (0, b"")
         if not header:
             return True
-        assert self._fd is not None
-        return os.pread(self._fd, len(header), position) == header
+        fd = self._fd
+        assert fd is not None
+        return os.pread(fd, len(header), position) == header
 
     def _reset_index(self, file_id: tuple[int, int] | None) -> None:
         self._file_id = file_id
