@@ -110,13 +110,7 @@ class TablePool:
         if free:
             return free.pop()
         unique = secrets.token_hex(4)
-        backend = make_backend(name, unique)
-        try:
-            backend.setup()
-        except (BackendError, ConfigurationError) as exc:
-            _unavailable(name, exc)
-        finally:
-            backend.close()
+        _set_up(name, unique).close()
         self._made.setdefault(name, []).append(unique)
         return unique
 
@@ -137,6 +131,18 @@ class TablePool:
                 drop_store(make_backend(name, unique))
 
 
+def _set_up(name: str, unique: str):
+    """A backend of server ``name`` with its store made; skips (or, in CI,
+    fails) when the server is not reachable."""
+    backend = make_backend(name, unique)
+    try:
+        backend.setup()
+    except (BackendError, ConfigurationError) as exc:
+        backend.close()
+        _unavailable(name, exc)
+    return backend
+
+
 @pytest.fixture(params=["redis", "postgresql", "mysql"])
 def server(request, sql_tables):
     """(name, unique prefix) for a reachable server: a key prefix of the
@@ -148,11 +154,7 @@ def server(request, sql_tables):
         sql_tables.give_back(name, unique)
         return
     unique = secrets.token_hex(4)
-    backend = make_backend(name, unique)
-    try:
-        backend.setup()
-    except (BackendError, ConfigurationError) as exc:
-        _unavailable(name, exc)
+    backend = _set_up(name, unique)
     yield name, unique
     backend.delete_all()
     backend.close()
