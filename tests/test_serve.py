@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,6 +41,10 @@ def served(tmp_path, *flags):
         text=True,
     )
     log: list[str] = []
+    # The log is read as it is written: a line comes when its response is
+    # finished, which can be after the client has read all of it.
+    reader = threading.Thread(target=lambda: log.extend(line.rstrip("\n") for line in proc.stderr))
+    reader.start()
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -46,8 +52,18 @@ def served(tmp_path, *flags):
         yield f"http://127.0.0.1:{match.group(1)}", log
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
-        log.extend(err.splitlines())
+        proc.communicate(timeout=30)
+        reader.join(timeout=30)
+
+
+def access_lines(log, count):
+    """Wait until ``count`` access lines have come to ``log`` (10 s at most:
+    the assertions on them then say what is missing)."""
+    deadline = time.monotonic() + 10
+    while len([line for line in _own(log) if LINE.match(line)]) < count:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)  # waiting on another process's output, not on a clock
 
 
 def _own(log):
@@ -75,6 +91,7 @@ def test_serve_logs_one_line_per_request(tmp_path):
         assert fetch(base + "/shop?sort=price")[0] == 200
         assert fetch(base + "/nosuch")[0] == 404
         assert fetch(base + "/", method="HEAD") == (200, b"")
+        access_lines(log, 3)
     lines = [LINE.match(line) for line in _own(log)]
     assert all(lines), log  # nothing but access lines: no warning, no traceback
     # A line is written when its response is finished: not always in request order.
