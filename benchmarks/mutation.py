@@ -96,7 +96,7 @@ BACKENDS = {
         ["tests/test_backend_contract.py::TestMemoryBackend"],
     ),
     "picklefile": (
-        {"compare_and_swap", "_put_records", "_delete_ids", "get"},
+        {"compare_and_swap", "_put_record", "_put_records", "_delete_ids", "get"},
         ["tests/test_backend_contract.py::TestPickleBackend", "tests/test_durability.py"],
     ),
     "picklefiles": (

@@ -289,14 +289,14 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
                 if current is not None:
                     self._delete_ids([session_id])
                 return True
-            self._put_records([record])
+            self._put_record(record)
             return True
         finally:
             self._release()
 
     def _put_records(self, records: list[Record]) -> None:
         frames = [encode_put(r) for r in records]
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        data = b"".join(frames)
         self._append(data)
         position = self._offset - len(data)  # (the file may have just been made)
         assert self._handle is not None
@@ -307,6 +307,18 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
             position += len(frame)
         self._put_bytes += len(data)
         self._put_frames += len(frames)
+        self._maybe_compact()
+
+    def _put_record(self, record: Record) -> None:
+        """``_put_records([record])``, for the swap of every write request."""
+        data = encode_put(record)
+        self._append(data)
+        position = self._offset - len(data)  # (the file may have just been made)
+        assert self._handle is not None
+        self._index.put(record.session_id, position, record.expires_at, record.user)
+        remember(self._handle, position, record)
+        self._put_bytes += len(data)
+        self._put_frames += 1
         self._maybe_compact()
 
     def _delete_ids(self, session_ids: list[str]) -> int:
