@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 
 import pytest
 
@@ -50,6 +51,34 @@ def test_sqlite_deleted_file_is_logged_and_a_new_one_used(tmp_path, caplog):
     other = opened("sqlite", tmp_path)  # another worker sees the write
     assert set(other.get_all()) == {new.session_id}
     other.close()
+    backend.close()
+
+
+def test_sqlite_wal_truncate_held_off_by_a_reader_runs_soon_after(tmp_path, monkeypatch):
+    """A reader that pins the WAL holds a checkpoint off; once it lets go, the
+    WAL is cut within a few writes, not another round of checks later."""
+    from sessionstore.backends import sqlitefile
+
+    monkeypatch.setattr(sqlitefile, "_WAL_CHECK_EVERY", 25)
+    monkeypatch.setattr(sqlitefile, "_WAL_PASSIVE", 16 << 10)
+    monkeypatch.setattr(sqlitefile, "_WAL_TRUNCATE", 32 << 10)
+    path = tmp_path / "sessions.db"
+    backend = SqliteBackend(str(path), busy_timeout=0.05)
+    backend.setup()
+    wal = tmp_path / "sessions.db-wal"
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sessions").fetchall()  # a snapshot, pinned
+    for _ in range(25):  # the 25th write checks, and the reader holds it off
+        backend.add(make_record(payload=os.urandom(4000)))
+    pinned = wal.stat().st_size
+    assert pinned > 64 << 10
+    reader.rollback()
+    for _ in range(sqlitefile._WAL_RETRY_EVERY):
+        backend.add(make_record(payload=os.urandom(4000)))
+    assert wal.stat().st_size < 32 << 10  # cut, then one write appended
+    assert backend.count() == 25 + sqlitefile._WAL_RETRY_EVERY
+    reader.close()
     backend.close()
 
 
