@@ -111,15 +111,19 @@ def build(
     payload = manager.payloads.dumps(
         apps, session._expiry, session_id, created_at, expires_at, binding
     )
-    # Positional: a named tuple built from keywords costs twice as much.
-    return Record(
-        session_id,
-        read_version + 1,
-        created_at,
-        now,
-        expires_at,
-        payload,
-        None if binding is None else binding.user,
+    # tuple.__new__ skips the named tuple's Python-level __new__ (a frame
+    # per call, on every write).
+    return tuple.__new__(
+        Record,
+        (
+            session_id,
+            read_version + 1,
+            created_at,
+            now,
+            expires_at,
+            payload,
+            None if binding is None else binding.user,
+        ),
     )
 
 

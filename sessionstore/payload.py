@@ -165,7 +165,7 @@ class PayloadCodec:
                 memo.clear()
             memo[session_id] = (
                 payload,
-                Decoded(apps, expiry, binding, False),
+                tuple.__new__(Decoded, (apps, expiry, binding, False)),  # no Python __new__
                 created_at,
                 expires_at,
             )

@@ -89,7 +89,7 @@ class SessionData:
             self._check_size(app, key, data)  # raises, naming the limit
         values = self._apps[app] if app in self._log.apps else self._writable(app)
         is_new = key not in values
-        self._log.record(app, key, Set(data))
+        self._log.record(app, key, tuple.__new__(Set, (data,)))  # Set(data), minus a frame
         values[key] = data
         self._size = size
         return is_new

@@ -109,7 +109,10 @@ def checked_record(
         and type(payload) is bytes
         and (user is None or type(user) is str)
     ):
-        return Record(session_id, version, created_at, accessed_at, expires_at, payload, user)
+        # tuple.__new__: the named tuple's own __new__ is a Python frame.
+        return tuple.__new__(
+            Record, (session_id, version, created_at, accessed_at, expires_at, payload, user)
+        )
     shown = session_id if isinstance(session_id, str) else repr(session_id)[:80]
     if not isinstance(session_id, str):
         raise DamagedRecord(shown, "the id is not text")
