@@ -11,6 +11,8 @@ import pytest
 from .conftest import ROOT
 
 RUNS = {
+    # This checkout against itself: one turn of one row.
+    "against": [".", "--turns", "1", "--rows", "memory:/write"],
     "overhead": ["--only", "memory,pickle,sqlite", "--requests", "20", "--rounds", "1"],
     "backends": ["--requests", "20"],
     "cleanup": ["--sessions", "300", "--rounds", "1"],
