@@ -5,13 +5,9 @@ servers on their default ports):
 
 * ``SESSIONSTORE_TEST_REDIS_URL``       redis://127.0.0.1:6379/15
 * ``SESSIONSTORE_TEST_POSTGRESQL_URL``  postgresql+psycopg://postgres@127.0.0.1:5432/test
-* ``SESSIONSTORE_TEST_MYSQL_URL``       mysql+pymysql://root@127.0.0.1:3306/test?ssl_disabled=true
+* ``SESSIONSTORE_TEST_MYSQL_URL``       mysql+pymysql://root@127.0.0.1:3306/test
 
 Without a server these tests skip; with ``CI=true`` a missing server fails.
-``ssl_disabled=true``: the MariaDB here has no TLS (``have_ssl`` is DISABLED),
-so the connections are plain either way, but without it PyMySQL builds a TLS
-context for every connection it opens (30 ms loading the system's CA
-certificates; several seconds over the suite).
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ import pytest
 from webtest import TestApp
 
 from sessionstore import BackendError, ConfigurationError, SessionMiddleware
-from sessionstore.testing import PersistentBackendContract
+from sessionstore.testing import PersistentBackendContract, make_record
 
 from .apps import make_app
 from .conftest import IN_CI
@@ -44,7 +40,7 @@ URLS = {
     ),
     "mysql": os.environ.get(
         "SESSIONSTORE_TEST_MYSQL_URL",
-        "mysql+pymysql://root@127.0.0.1:3306/test?ssl_disabled=true",
+        "mysql+pymysql://root@127.0.0.1:3306/test",
     ),
 }
 
@@ -355,3 +351,30 @@ def test_unreachable_server_at_startup_is_a_backend_error():
             backend_options={"url": f"redis://127.0.0.1:{closed_port}/0"},
             busy_timeout=1,
         )
+
+
+def test_mysql_connections_share_one_default_tls_context(sql_tables, monkeypatch):
+    """With no TLS options in the URL PyMySQL offers TLS, and its default
+    context loads the system's CA certificates (~50 ms): built once per
+    process, not for every connection each worker opens."""
+    import ssl
+
+    if "ssl" in URLS["mysql"]:
+        pytest.skip("the test server's URL sets TLS options")
+    built = []
+    real = ssl.create_default_context
+
+    def counted(*args, **kwargs):
+        built.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    unique = sql_tables.lend("mysql")
+    workers = [make_backend("mysql", unique) for _ in range(4)]  # an engine each
+    record = make_record()
+    workers[0].add(record)
+    assert all(w.get(record.session_id) == record for w in workers)  # 4 connections
+    for worker in workers:
+        worker.close()
+    assert len(built) <= 1  # 0 when an earlier test of this process built it
+    sql_tables.give_back("mysql", unique)

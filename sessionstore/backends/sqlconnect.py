@@ -14,6 +14,11 @@ half is for reading back a compare-and-swap whose reply was lost
   so a live but busy server answers "busy" before the client gives up.
 * PyMySQL: ``connect_timeout``, ``read_timeout`` and ``write_timeout``;
   ``innodb_lock_wait_timeout`` on the server (whole seconds, at least 1).
+  With no TLS options in the URL, PyMySQL (2.2 and later) offers TLS when the
+  server does, and built a new default context for every connection: it loads
+  the system's CA certificates (~50 ms a connect here), which that mode never
+  uses (it does not verify).  Connections are :func:`_pymysql_connection`'s,
+  which builds that context once per process, the same way, and shares it.
 
 :func:`answered_busy` and :func:`no_answer` sort the drivers' errors: both
 are ``BusyRetry``, but only after a reply that never came can a statement
@@ -22,6 +27,7 @@ have been applied unseen.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -93,6 +99,13 @@ def bound_engine(url: sa.engine.URL, busy_timeout: float, fsync: bool) -> sa.eng
         pool_timeout=busy_timeout,
         connect_args=connect_args,
     )
+    if family == "mysql" and driver == "pymysql":
+        shared = _pymysql_connection()
+
+        @sa.event.listens_for(engine, "do_connect")
+        def connect_mysql(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            return shared(*cargs, **cparams)
+
     if family == "postgresql" and driver == "psycopg":
         timed = _timed_psycopg_connection(wire)
 
@@ -119,6 +132,26 @@ def bound_engine(url: sa.engine.URL, busy_timeout: float, fsync: bool) -> sa.eng
             dbapi_connection.commit()
 
     return engine
+
+
+@functools.cache
+def _pymysql_connection() -> Any:
+    """PyMySQL's connection class, with its no-options TLS context built once
+    per process."""
+    import pymysql.connections  # type: ignore[import-untyped]
+
+    class SharedContextConnection(pymysql.connections.Connection):  # type: ignore[misc]
+        shared_context: Any = None
+
+        def _create_ssl_ctx(self, sslp: Any) -> Any:
+            if sslp:  # TLS options from the URL: PyMySQL's own, every time
+                return super()._create_ssl_ctx(sslp)
+            cls = SharedContextConnection
+            if cls.shared_context is None:  # two threads may both build one: harmless
+                cls.shared_context = super()._create_ssl_ctx(sslp)
+            return cls.shared_context
+
+    return SharedContextConnection
 
 
 def answered_busy(error: BaseException) -> bool:
