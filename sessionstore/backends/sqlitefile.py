@@ -8,11 +8,12 @@ connection is closed by ``close()``, also on a failed ``setup()``.
   checkpoints are off: under busy writers every commit of every process
   attempted one and they collided, so none reset the WAL (241 MB in 4 s with
   4 writers).  Instead every :data:`_WAL_CHECK_EVERY` writes a process looks
-  at the WAL's size: past 1 MiB it runs a passive checkpoint, past 16 MiB a
-  ``TRUNCATE`` one; ``journal_size_limit`` caps what a reset leaves behind.
-  (A WAL that restarts keeps its file size, so past the first MiB this is a
-  checkpoint every 200 writes of each process: 2-4 us per write alone, about
-  SQLite's own rate.)  A ``TRUNCATE`` cut short is tried again
+  at the WAL's size: past 16 MiB it runs a ``TRUNCATE`` checkpoint, and past
+  1 MiB a passive one every 1,000 of its writes (a WAL that restarts keeps its
+  file size, so the size cannot tell how much is new; with a passive
+  checkpoint every 200 writes, their fsyncs cost 5 us a write, a tenth of an
+  SQLite write request).  ``journal_size_limit`` caps what a reset leaves
+  behind.  A ``TRUNCATE`` cut short is tried again
   :data:`_WAL_RETRY_EVERY` writes later, not 200; and past 32 MiB a writer
   that finds another process's checkpoint running pauses for it (at most
   250 ms), because saturating writers otherwise starve that checkpoint of
@@ -57,6 +58,9 @@ WAL_LIMIT = 64 << 20
 _WAL_PASSIVE = 1 << 20
 _WAL_TRUNCATE = 16 << 20
 _WAL_CHECK_EVERY = 200
+#: A passive checkpoint every this many checks (1,000 writes of a process):
+#: each one that copies pages costs an fsync of the database, ~1 ms here.
+_WAL_PASSIVE_EVERY = 5
 #: After a TRUNCATE checkpoint found another one running (SQLite answers
 #: busy at once then, without waiting), look again this many writes later.
 _WAL_RETRY_EVERY = 4
@@ -101,6 +105,7 @@ class SqliteFile(Backend):
         self._identity: tuple[int, int] | None = None  # the file's (dev, inode)
         self._generation = 0  # bumped when the file at the path changes
         self._wal_due = _WAL_CHECK_EVERY
+        self._wal_checks = 0
         self.read_only = False
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -255,13 +260,17 @@ class SqliteFile(Backend):
         if self._wal_due > 0 or self._memory:
             return
         self._wal_due = _WAL_CHECK_EVERY
+        self._wal_checks += 1
         try:
             size = os.path.getsize(self.filename + "-wal")
         except OSError:
             return
-        if size <= _WAL_PASSIVE:
+        if size > _WAL_TRUNCATE:
+            mode = "TRUNCATE"
+        elif size > _WAL_PASSIVE and not self._wal_checks % _WAL_PASSIVE_EVERY:
+            mode = "PASSIVE"
+        else:
             return
-        mode = "TRUNCATE" if size > _WAL_TRUNCATE else "PASSIVE"
         busy, frames = self._checkpoint(conn, mode)
         if not busy or mode == "PASSIVE":
             return
