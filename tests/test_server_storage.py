@@ -8,12 +8,14 @@ import socket
 import time
 
 import pytest
+from webtest import TestApp
 
-from sessionstore import BackendError, ConfigurationError, SessionMiddleware
+from sessionstore import BackendError, ConfigurationError, DamagedRecord, SessionMiddleware
 from sessionstore.cli import main as cli
 from sessionstore.testing import make_record
 
 from . import forked
+from .apps import make_app
 from .child import race_setup
 from .test_servers import URLS, _unavailable, make_backend, server
 
@@ -177,12 +179,36 @@ def test_redis_prefix_is_literal_in_scans(shape):
 
 
 @pytest.mark.parametrize(("field", "value"), [("e", "nan"), ("c", "inf"), ("v", "x"), ("a", "")])
-def test_redis_unreadable_fields_are_a_backend_error_naming_the_id(redis_backend, field, value):
+def test_redis_unreadable_fields_are_a_damaged_record_naming_the_id(redis_backend, field, value):
     record = make_record()
     redis_backend.add(record)
     redis_backend._client.hset(redis_backend._key(record.session_id), field, value)
-    with pytest.raises(BackendError, match=record.session_id):
+    with pytest.raises(DamagedRecord, match=record.session_id):
         redis_backend.get(record.session_id)
+
+
+@pytest.mark.parametrize(("field", "value"), [("c", "garbage"), ("v", "x"), ("e", "nan")])
+def test_a_damaged_redis_record_is_no_session_for_its_visitor_and_kept(redis_backend, field, value):
+    """Never a 500 on every request until an administrator steps in: the
+    visitor starts afresh (a new id), the damaged hash stays as it was."""
+    app = make_app("redis", options={"url": URLS["redis"], "prefix": redis_backend.prefix})
+    web = TestApp(app)
+    web.get("/write", {"app": "a", "key": "k", "value": "v"})
+    [old_id] = app.backend.get_all()
+    key = redis_backend._key(old_id)
+    redis_backend._client.hset(key, field, value)
+    damaged = redis_backend._client.hgetall(key)
+    try:
+        read = web.get("/read", {"app": "a", "key": "k"})
+        write = web.get("/write", {"app": "a", "key": "k", "value": "w"})
+        stats = app.stats()
+    finally:
+        app.close()
+    assert (read.status_int, read.text) == (200, "None")
+    assert write.status_int == 200
+    assert stats["damaged_records"] == 2
+    assert redis_backend._client.hgetall(key) == damaged
+    assert old_id not in web.cookies.get("session", "")
 
 
 @pytest.mark.parametrize("server", ["postgresql"], indirect=True)

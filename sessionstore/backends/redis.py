@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import BackendError, BusyRetry, ConfigurationError
+from ..errors import BackendError, BusyRetry, ConfigurationError, DamagedRecord
 from .base import Backend, OutcomeUnknown, Record, ServerClock, checked_record
 
 try:
@@ -237,7 +237,8 @@ class RedisBackend(Backend):
                 None if user is None else user.decode(),
             )
         except (KeyError, ValueError) as exc:  # UnicodeDecodeError included
-            raise BackendError(f"stored session {session_id}: not a readable session", exc) from exc
+            # Damaged, not failed: "no session" for its visitor, kept as it is.
+            raise DamagedRecord(session_id, f"not a readable session ({exc})", exc) from exc
 
     def _session_keys(self, probe_version: bool = True) -> Iterator[list[bytes]]:
         """Batches of the keys that are sessions (see the module docstring);
