@@ -186,6 +186,8 @@ def cmd_stats(args: argparse.Namespace, target: Target) -> None:
     now = time.time()
     total = expired = size = 0
     for record in target.backend.iter_records():
+        if record.is_tombstone:
+            continue  # an id retired by regenerate(): no session
         total += 1
         expired += record.is_expired(now)
         size += len(record.payload)

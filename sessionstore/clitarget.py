@@ -136,7 +136,7 @@ class Target:
 
     def record(self, session_id: str) -> Record:
         record = self.backend.get(session_id) if is_valid_id(session_id) else None
-        if record is None:
+        if record is None or record.is_tombstone:  # (retired by regenerate())
             raise CommandError(f"no session {session_id}")
         return record
 

@@ -8,7 +8,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from webtest import TestApp
 
+from sessionstore import SessionMiddleware
 from sessionstore.backends.memory import MemoryBackend
 from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.backends.sqlite import SqliteBackend
@@ -17,6 +19,7 @@ from sessionstore.payload import PayloadCodec
 from sessionstore.testing import make_record
 
 from . import clirun
+from .apps import command_app
 
 SECRET = "maintenance-secret-0123456789abcdef"
 CODEC = PayloadCodec((SECRET,))
@@ -62,6 +65,39 @@ def test_check_passes_a_sound_store_and_names_a_damaged_record(tmp_path, kind):
     assert report["damaged_sessions"] == [bad.session_id]
     assert report["sessions"] == 4
     assert Path(path).read_bytes() == before  # the damaged record is kept
+
+
+@pytest.mark.parametrize("kind", ["pickle", "sqlite"])
+def test_an_id_retired_by_regenerate_is_no_session_for_the_commands(tmp_path, kind):
+    """After a login (regenerate), the old id's short-lived empty record is
+    neither damage for ``check``, a session for ``stats`` nor one to show."""
+    path = str(tmp_path / BACKENDS[kind][1])
+    web = TestApp(
+        SessionMiddleware(
+            command_app,
+            secret=SECRET,
+            backend=kind,
+            backend_options={"filename": path},
+            cleanup_probability=0,
+        )
+    )
+    web.get("/write", {"app": "a", "key": "k", "value": "v"})
+    old = web.get("/id").text
+    assert web.get("/regenerate").text != old
+    web.app.close()
+    target = ("--backend", kind, "--option", f"filename={path}")
+    checked = cli(*target, "check", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["sessions"] == 1
+    stats = json.loads(cli(*target, "stats", "--json").stdout)
+    assert (stats["sessions"], stats["live"]) == (1, 1)
+    shown = cli(*target, "show", old)
+    assert shown.returncode == 1
+    assert f"no session {old}" in shown.stderr
+    copy = tmp_path / "copy.db"
+    salvaged = cli(*target, "salvage", "--to", "sqlite", "--to-option", f"filename={copy}")
+    assert salvaged.returncode == 0, salvaged.stderr
+    assert len(SqliteBackend(str(copy)).get_all()) == 1
 
 
 def test_check_of_a_missing_file_creates_nothing(tmp_path):
