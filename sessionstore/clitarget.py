@@ -97,14 +97,17 @@ def pairs(values: Sequence[str], flag: str) -> dict[str, str]:
 def open_existing(name: str, options: dict[str, str]) -> Backend:
     """The backend of an existing store: a command never creates one.
 
-    A store kept in a file (``filename``) must exist: a mistyped name is an
-    error naming it, not a new empty store listing nothing.
+    A store kept in a file (``filename``) or an SQL table must exist: a
+    mistyped name is an error naming it, not a new empty store listing nothing.
     """
     backend = backend_class(name.strip()).from_options(options, busy_timeout=5.0)
     filename = getattr(backend, "filename", None)
     if isinstance(filename, str) and filename != ":memory:" and not os.path.exists(filename):
         raise CommandError(f"no session store at {filename}: no such file")
     try:
+        table_exists = getattr(backend, "table_exists", None)
+        if table_exists is not None and not table_exists():
+            raise CommandError(f"no session store at {backend!r}: no such table")
         return load_backend(backend)  # runs its setup(): a damaged store fails here
     except BaseException:
         backend.close()

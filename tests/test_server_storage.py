@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+import sqlalchemy as sa
 from webtest import TestApp
 
 from sessionstore import BackendError, ConfigurationError, DamagedRecord, SessionMiddleware
@@ -335,3 +336,21 @@ def test_four_processes_creating_the_table_at_once_all_start(server):
     failures = [o for o in outcomes if o != "ok"]
     print(f"{name}: {len(outcomes)} starts, {len(failures)} failed")
     assert failures == []
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("command", [["list"], ["stats"], ["purge"], ["show", "x" * 43]])
+def test_a_command_never_creates_an_sql_table(server, command):
+    """A mistyped table name is an error naming it, not a new empty table."""
+    name, unique = server
+    typo = f"sesions_{unique}"
+    url = URLS[name]
+    proc = cli(
+        ["--backend", "sql", "--option", f"url={url}", "--option", f"table={typo}", *command]
+    )
+    assert proc == 1
+    probe = make_backend(name, unique)
+    try:
+        assert not probe._run(lambda conn: sa.inspect(conn).has_table(typo))
+    finally:
+        probe.close()

@@ -284,6 +284,10 @@ class SqlBackend(Backend):
                     raise
         self._migrate()
 
+    def table_exists(self) -> bool:
+        """Whether the table is there (the command line never creates one)."""
+        return self._run(self._has_table)
+
     def _has_table(self, conn: sa.engine.Connection) -> bool:
         return bool(sa.inspect(conn).has_table(self.table.name))
 
