@@ -327,7 +327,9 @@ def test_server_gone_mid_way_gives_a_clear_error_then_recovers(server):
     proxy.stop()
     for path in ("/read", "/write"):
         response = web.get(path, {"app": "a", "key": "k", "value": "during"}, expect_errors=True)
-        assert response.status_int in (500, 503)
+        # SPEC 6: a server that cannot be reached is "busy": 503, to be retried.
+        assert response.status_int == 503
+        assert response.headers["Retry-After"]
         assert "Set-Cookie" not in response.headers
         assert "session" in response.text.lower()
 

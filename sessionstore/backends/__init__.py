@@ -10,7 +10,7 @@ import importlib
 import inspect
 from collections.abc import Mapping
 
-from ..errors import ConfigurationError
+from ..errors import BackendError, BusyRetry, ConfigurationError
 from .base import Backend, Record
 
 __all__ = ["BACKENDS", "Backend", "Record", "load_backend"]
@@ -67,5 +67,8 @@ def load_backend(
         backend = backend_class(spec.strip()).from_options(options or {}, busy_timeout=busy_timeout)
     else:
         raise ConfigurationError("backend", spec, "expected a name or a Backend instance")
-    backend.setup()
+    try:
+        backend.setup()
+    except BusyRetry as exc:  # busy for a request; at start-up, a failure
+        raise BackendError(f"cannot start: {exc}", exc) from exc
     return backend

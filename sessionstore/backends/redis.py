@@ -206,7 +206,7 @@ class RedisBackend(Backend):
                 return work(*args)
             except redis_errors.ConnectionError as exc:
                 # redis-py closed the broken connection: the next command opens one.
-                if attempt == 0:
+                if attempt == 0 and not isinstance(exc, redis_errors.AuthenticationError):
                     continue
                 raise self._failure(exc) from exc
             except redis_errors.RedisError as exc:
@@ -216,6 +216,11 @@ class RedisBackend(Backend):
     def _failure(self, exc: Exception) -> BackendError | BusyRetry:
         if isinstance(exc, (redis_errors.TimeoutError, redis_errors.BusyLoadingError)):
             return BusyRetry(f"Redis at {self._shown} did not answer in time: {exc}")
+        if isinstance(exc, redis_errors.ConnectionError) and not isinstance(
+            exc, redis_errors.AuthenticationError
+        ):
+            # Down or restarting (SPEC 6: unreachable is busy, a 503 to retry).
+            return BusyRetry(f"Redis at {self._shown} is unreachable: {exc}")
         return BackendError(f"Redis at {self._shown} failed", exc)
 
     def _key(self, session_id: str) -> str:

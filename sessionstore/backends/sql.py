@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         "backend", "sql", "needs SQLAlchemy: pip install 'sessionstore[postgresql]' or [mysql]"
     ) from exc
 
-from .sqlconnect import answered_busy, bound_engine, family_of, no_answer
+from .sqlconnect import answered_busy, bound_engine, family_of, no_answer, unreachable
 
 _BATCH = 500
 _T = TypeVar("_T")
@@ -250,6 +250,8 @@ class SqlBackend(Backend):
             return BusyRetry(f"{self._shown}: a row stayed locked or the server was busy")
         if no_answer(error):
             return BusyRetry(f"{self._shown} did not answer in time")
+        if unreachable(error):  # SPEC 6: unreachable is busy, a 503 to retry
+            return BusyRetry(f"{self._shown} is unreachable: {error}")
         return BackendError(f"database {self._shown} failed", error)
 
     @staticmethod

@@ -163,6 +163,28 @@ def answered_busy(error: BaseException) -> bool:
     return code in (1205, 3024, 1969)  # MySQL/MariaDB lock wait, statement time
 
 
+#: What drivers say when the server is down or restarting (PyMySQL's codes
+#: below; libpq's messages here): it may be back in a moment.
+_UNREACHABLE = (
+    "connection refused",
+    "no route to host",
+    "network is unreachable",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "server closed the connection",
+)
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether a connect failed because the server is down or restarting,
+    not because it refused us (a wrong password, an unknown database)."""
+    code = error.args[0] if error.args else None
+    if code in (2003, 2006, 2013):  # MySQL: cannot connect, gone away, lost
+        return True
+    text = str(error).lower()
+    return any(marker in text for marker in _UNREACHABLE)
+
+
 def no_answer(error: BaseException) -> bool:
     """Whether the server did not answer in time (a connect or a reply)."""
     if isinstance(error, ServerTimeout) or type(error).__name__ == "ConnectionTimeout":
