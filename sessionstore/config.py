@@ -261,7 +261,8 @@ class Settings:
     cache_control: str | None = "no-store"
     max_value_size: int = 1024 * 1024
     max_session_size: int = 4 * 1024 * 1024
-    #: How long a cookie signature stays valid; derived, not configurable.
+    #: How long a cookie signature stays valid (a session given an explicit
+    #: expiry keeps it valid until then); derived, not configurable.
     signature_max_age: int = field(init=False)
 
     def __post_init__(self) -> None:

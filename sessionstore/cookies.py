@@ -98,7 +98,8 @@ class CookieCodec:
 
         Values that cannot be a signed id are skipped before counting; among
         the first :data:`MAX_CANDIDATES` well-shaped ones, tampered, forged
-        and expired values are dropped silently: they mean "no session".
+        and future-dated values are dropped silently: they mean "no session".
+        How old a signature may be depends on its session (``Session._load``).
         """
         found = []
         tried = 0
@@ -121,8 +122,7 @@ class CookieCodec:
         # cannot fill the memo); its age is still checked on every request.
         known = self._verified.get(value)
         if known is not None:
-            age = self._clock() - known.signed_at
-            return known if 0 <= age <= self._settings.signature_max_age else None
+            return known if known.signed_at <= self._clock() else None
         found = self._verify_signature(value)
         if found is not None:
             if len(self._verified) >= _MEMO_SIZE:
@@ -131,18 +131,21 @@ class CookieCodec:
         return found
 
     def _verify_signature(self, value: str) -> CookieId | None:
-        max_age = self._settings.signature_max_age
+        # The signature's age is judged with the session (Session._load): a
+        # session given an explicit expiry keeps its cookie good until then.
         stale = False
         try:
-            raw, signed = self._newest.unsign(value, max_age=max_age, return_timestamp=True)
+            raw, signed = self._newest.unsign(value, return_timestamp=True)
         except BadData:
             if self._older is None:
                 return None
             try:
-                raw, signed = self._older.unsign(value, max_age=max_age, return_timestamp=True)
+                raw, signed = self._older.unsign(value, return_timestamp=True)
             except BadData:
                 return None
             stale = True
+        if signed.timestamp() > self._clock():
+            return None  # signed in the future: not by us
         try:
             session_id = raw.decode("ascii")
         except UnicodeDecodeError:

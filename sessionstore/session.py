@@ -167,7 +167,9 @@ class Session(SessionData):
         """Expire the session at ``when`` (epoch seconds or an aware datetime).
 
         This replaces the idle timeout for this session; ``max_lifetime``
-        still caps it, and the cookie becomes persistent until ``when``.
+        still caps it, and the cookie becomes persistent until ``when``: its
+        signature stays good until then, however long the visitor is away
+        ("remember me for 30 days").
         """
         if isinstance(when, datetime):
             if when.tzinfo is None:
@@ -178,12 +180,6 @@ class Session(SessionData):
         now = self._manager.clock()
         if when <= now:
             raise ValueError(f"expiry {when} is in the past; use destroy() to end a session")
-        limit = self._manager.settings.signature_max_age
-        if when > now + limit:
-            raise ValueError(
-                f"expiry more than {limit} s away outlives the cookie signature; "
-                "raise max_lifetime or cookie_max_age"
-            )
         self._load()
         self._expiry = float(when)
         self._expiry_changed = True
@@ -255,6 +251,13 @@ class Session(SessionData):
                 continue
             if manager.deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
                 continue  # expired under the current settings
+            if (
+                decoded.expiry is None
+                and now - cookie.signed_at > manager.settings.signature_max_age
+            ):
+                # An old signature: good only for a session given an explicit
+                # expiry (set_expiry(), "remember me"), until that expiry.
+                continue
             live.append((cookie, record, decoded))
         if len(live) > 1:
             # Two live sessions under our name: one was planted (cookie

@@ -223,3 +223,32 @@ def test_an_aged_out_cookie_is_refused_even_after_it_verified_before(clock):
     replay.get("/", extra_environ={"test.fn": lambda s: s.id, "test.result": results})
     assert results == [None]
     assert client.run(read)[0] == "v"  # the session itself lives on
+
+
+def test_remember_me_outlives_the_idle_timeout_and_the_signature_age(clock):
+    """set_expiry(30 days) with the default settings: the visitor comes back
+    after 20 days away and is still signed in; after 30 days, not."""
+    client = SessionClient(clock=clock)
+    client.run(lambda s: (write(s), s.set_expiry(clock.now + 30 * 86400)))
+    cookie = client.cookie()
+    clock.advance(20 * 86400)  # far past the timeout and the signature's 86,460 s
+    assert client.run(read)[0] == "v"
+    clock.advance(10 * 86400)
+    client.web.set_cookie("session", cookie)
+    assert client.run(read)[0] is None
+
+
+def test_an_old_signature_is_refused_for_a_session_without_remember_me(clock):
+    """A session kept alive by other visits, and a copy of its cookie signed
+    long ago: the copy is refused, though the session lives on."""
+    client = SessionClient(clock=clock, timeout=3 * 86400)
+    client.run(write)
+    old = client.cookie()
+    for _ in range(4):  # a visit a day: each re-signs the cookie
+        clock.advance(86400)
+        assert client.run(read)[0] == "v"
+    replay = TestApp(client.middleware)
+    replay.set_cookie("session", old)  # signed 4 days ago: past 3 days + 60 s
+    results = []
+    replay.get("/", extra_environ={"test.fn": lambda s: s.id, "test.result": results})
+    assert results == [None]
