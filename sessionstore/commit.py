@@ -225,6 +225,7 @@ def _catch_up(
             sorted(session._log.apps) or "its expiry",
         )
         session._end()
+        manager.counters.add("conflicts")
         raise SessionEnded(old.session_id)
     decoded = manager.payloads.decode(fresh)
     fresh_apps = decoded.apps

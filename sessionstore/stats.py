@@ -14,7 +14,7 @@ NAMES = (
     "requests",  # requests that loaded a stored session
     "commits",  # successful commits (inserts, updates, regenerations)
     "retries",  # compare-and-swap attempts lost to another request
-    "conflicts",  # ConcurrentUpdate: 409 at response time, or raised to the app
+    "conflicts",  # ConcurrentUpdate (a session ended elsewhere too): 409, or raised to the app
     "lost_updates",  # read-then-set overwrites merged under on_conflict = merge
     "busy",  # BusyRetry: 503 at response time, or raised to the app
     "backend_errors",  # storage failures (500 at response time)

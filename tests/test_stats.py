@@ -79,6 +79,23 @@ def test_conflicts_retries_and_lost_updates_are_counted(mode, expected):
     assert moved[expected] == 1 and moved["retries"] == 1, moved
 
 
+def test_a_session_ended_by_another_request_is_a_counted_conflict():
+    """Its writes dropped and a 409 sent: one conflict, as SPEC 11 counts them."""
+    site = Site()
+    site.run(write)
+    other = TestApp(site.mw, cookiejar=site.web.cookiejar)
+
+    def logged_out_meanwhile(session):
+        session.store("a").get("k")
+        site.run(lambda s: s.destroy(), other)
+        session.store("a")["k"] = "mine"
+
+    before = site.mw.stats()
+    response = site.run(logged_out_meanwhile)
+    assert response.status_int == 409
+    assert site.mw.stats()["conflicts"] - before["conflicts"] == 1
+
+
 def test_busy_backend_errors_and_damaged_records_are_counted(tmp_path):
     path = str(tmp_path / "s.db")
     site = Site(backend="sqlite", backend_options={"filename": path}, busy_timeout=0.05)
