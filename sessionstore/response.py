@@ -180,11 +180,15 @@ class Response:
         try:
             self.session._touch()
         except SessionStoreError:
-            log.warning("could not refresh the idle clock of a session", exc_info=True)
+            log.warning(
+                "session %s: could not refresh its idle clock",
+                _shown_id(self.session),
+                exc_info=True,
+            )
 
     def replace(self, exc: SessionStoreError) -> None:
         """Answer with an error instead of the application's response."""
-        status, headers, body = _error_response(exc, self.settings)
+        status, headers, body = _error_response(exc, self.settings, _shown_id(self.session))
         counters = self.manager.counters
         if isinstance(exc, BusyRetry):
             counters.add("busy")
@@ -216,14 +220,18 @@ class Response:
             return
         if session._record is None:
             log.error(
-                "session data written after the response headers were sent cannot "
-                "start a new session (its cookie can no longer be set); response aborted"
+                "session %s: data written after the response headers were sent cannot "
+                "start a new session (its cookie can no longer be set); response aborted",
+                _shown_id(session),
             )
             raise SessionStoreError("a write after the headers cannot start a session")
         try:
             session.commit()
         except SessionStoreError:
-            log.exception("commit after the response headers failed; response aborted")
+            log.exception(
+                "session %s: commit after the response headers failed; response aborted",
+                _shown_id(session),
+            )
             raise
 
 
@@ -325,16 +333,25 @@ def _with_session_headers(
     return result
 
 
+def _shown_id(session: Session) -> str:
+    """The session's id for a log line, without loading it."""
+    record = session._record
+    shown = record.session_id if record is not None else session._new_id
+    return shown or getattr(session, "_loading", None) or "(none yet)"
+
+
 def _error_response(
-    exc: SessionStoreError, settings: Settings
+    exc: SessionStoreError, settings: Settings, session_id: str
 ) -> tuple[str, list[tuple[str, str]], bytes]:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Vary", "Cookie")]
+    # SPEC 11: every warning and error names the session (once).
+    about = "%s" if session_id in str(exc) else f"session {session_id}: %s"
     if isinstance(exc, ConcurrentUpdate):
-        log.info("%s", exc)
+        log.info(about, exc)
         return "409 Conflict", headers, b"The session was changed by another request.\n"
     if isinstance(exc, BusyRetry):
-        log.warning("%s", exc)
+        log.warning(about, exc)
         headers.append(("Retry-After", str(max(1, round(settings.busy_timeout)))))
         return "503 Service Unavailable", headers, b"The session store is busy; retry.\n"
-    log.error("session commit failed", exc_info=exc)
+    log.error("session %s: the session store failed", session_id, exc_info=exc)
     return "500 Internal Server Error", headers, b"The session store failed; nothing was saved.\n"

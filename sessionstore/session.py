@@ -49,6 +49,7 @@ class Session(SessionData):
         "_late",
         "_binding",
         "_binding_changed",
+        "_loading",  # the id being loaded, for log lines (set only then)
     )
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
@@ -236,6 +237,7 @@ class Session(SessionData):
         for cookie in manager.cookies.read(header):
             if live and any(cookie.session_id == found[0].session_id for found in live):
                 continue  # the same session twice: one candidate
+            self._loading = cookie.session_id
             try:
                 record = manager.backend.get(cookie.session_id)
             except DamagedRecord as exc:
@@ -262,7 +264,11 @@ class Session(SessionData):
         if len(live) > 1:
             # Two live sessions under our name: one was planted (cookie
             # tossing).  Trust neither, and clear the one our scope can reach.
-            log.warning("%d live session cookies in one request; none used", len(live))
+            log.warning(
+                "%d live session cookies in one request (sessions %s); none used",
+                len(live),
+                ", ".join(found[0].session_id for found in live),
+            )
             self._clear_cookie = True
             return
         for cookie, record, decoded in live:

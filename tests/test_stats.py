@@ -134,3 +134,32 @@ def test_threads_count_without_losing_a_count():
         thread.join(30)
         assert not thread.is_alive()
     assert site.mw.stats()["commits"] == 1600
+
+
+def test_each_warning_and_error_names_the_session(tmp_path, caplog):
+    """SPEC 11: the logger names the session id in every warning and error
+    (busy, a failed store, a failed refresh of the idle clock)."""
+    path = str(tmp_path / "s.db")
+    site = Site(backend="sqlite", backend_options={"filename": path}, busy_timeout=0.05)
+    try:
+        site.run(write)
+        [session_id] = site.mw.backend.get_all()
+        locker = sqlite3.connect(path, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            with caplog.at_level("WARNING", "sessionstore"):
+                assert site.run(write).status_int == 503
+                site.clock.advance(120)  # past touch_interval: a read refreshes
+                assert site.run(lambda s: s.store("a").get("k")).status_int == 200
+            locker.execute("ROLLBACK")
+            locker.execute("DROP TABLE sessions")
+            with caplog.at_level("WARNING", "sessionstore"):
+                assert site.run(write).status_int == 500
+        finally:
+            locker.close()
+    finally:
+        site.mw.close()
+    records = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert len(records) >= 3
+    for record in records:
+        assert session_id in record.getMessage(), record.getMessage()
