@@ -132,3 +132,19 @@ def test_a_failed_setup_leaves_no_handle_open(tmp_path, kind):
         failing.setup()
     assert open_handles(path) == []
     assert path.read_bytes() == damaged
+
+
+def test_memory_cleanup_reaches_expired_sessions_behind_live_ones():
+    """A request's cleanup (limit 100) removes expired sessions wherever they
+    are, not only among the first 100 records, which live sessions can fill."""
+    from sessionstore.backends.memory import MemoryBackend
+
+    backend = MemoryBackend()
+    for _ in range(150):
+        backend.add(make_record(expires_at=5000.0))
+    expired = [make_record(expires_at=1000.0) for _ in range(10)]
+    for record in expired:
+        backend.add(record)
+    assert backend.delete_expired(2000.0, limit=4) == 4
+    assert backend.delete_expired(2000.0, limit=100) == 6
+    assert backend.count() == 150

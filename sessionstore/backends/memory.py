@@ -7,6 +7,7 @@ Beside the records it keeps an index from user to session ids
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from .base import Backend, Record
@@ -80,6 +81,17 @@ class MemoryBackend(Backend):
             self._records.clear()
             self._users.clear()
             return count
+
+    def delete_expired(self, now: float | None = None, limit: int | None = None) -> int:
+        """Every record is looked at (a dict scan, no copy); at most ``limit``
+        expired ones are deleted.  The base class looks at the first
+        ``limit`` only, which live sessions at the front would fill forever."""
+        now = time.time() if now is None else now
+        with self._lock:
+            expired = [i for i, record in self._records.items() if record.is_expired(now)]
+            for session_id in expired[:limit]:
+                self._put(session_id, None)
+        return len(expired[:limit])
 
     def count(self) -> int:
         return len(self._records)
