@@ -10,6 +10,7 @@ same user and it is live.  Cost: O(sessions of the user).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -92,13 +93,16 @@ def list_user(
 
 def destroy_user(manager: SessionManager, user: str, keep: str | None = None) -> int:
     """See :func:`destroy_all_of`; counted in ``stats()``."""
-    destroyed = destroy_all_of(manager.backend, user, keep)
+    destroyed = destroy_all_of(manager.backend, user, keep, manager.clock())
     manager.counters.add("destroyed", destroyed)
     return destroyed
 
 
-def destroy_all_of(backend: Backend, user: str, keep: str | None = None) -> int:
-    """Destroy every session bound to ``user`` except ``keep``; how many.
+def destroy_all_of(
+    backend: Backend, user: str, keep: str | None = None, now: float | None = None
+) -> int:
+    """Destroy every session bound to ``user`` except ``keep``; how many
+    were live (expired ones still stored go too, uncounted).
 
     Each one dies at once, as with ``destroy()``: a request in flight on it
     finds it gone at commit and answers 409, never bringing it back.  The
@@ -106,12 +110,17 @@ def destroy_all_of(backend: Backend, user: str, keep: str | None = None) -> int:
     raced the first round (a ``regenerate()`` moving a session to a new id)
     is caught by the next.
     """
+    now = time.time() if now is None else now
     destroyed = 0
     for _ in range(DESTROY_ROUNDS):
-        doomed = [r.session_id for r in backend.user_sessions(user) if r.session_id != keep]
+        doomed = [r for r in backend.user_sessions(user) if r.session_id != keep]
         if not doomed:
             break
-        destroyed += backend.delete_many(doomed)  # one round trip where the backend can
+        live = sum(not (r.is_expired(now) or r.is_tombstone) for r in doomed)
+        # One round trip where the backend can; a session another request
+        # ended meanwhile is not counted twice.
+        deleted = backend.delete_many([r.session_id for r in doomed])
+        destroyed += min(live, deleted)
     else:
         log.warning("user %s kept getting new sessions while being logged out", user)
     return destroyed

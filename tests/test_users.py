@@ -95,6 +95,15 @@ def test_destroy_user_keeps_one_and_ends_the_rest_at_once(site):
     assert site.mw.sessions_of("alice") == []
 
 
+def test_destroy_user_counts_the_live_sessions_it_ended(site):
+    site.run("old laptop", login("alice"))
+    site.clock.advance(2 * 86400)  # expired, perhaps still stored
+    for device in ("phone", "pc"):
+        site.run(device, login("alice"))
+    assert site.mw.destroy_user("alice") == 2
+    assert site.mw.sessions_of("alice") == []
+
+
 def test_the_binding_survives_regenerate_and_unbinding_removes_it(site):
     first = site.run("laptop", login("alice"))[0]
     second = site.run("laptop", lambda s: (s.regenerate(), s.id)[1])[0]
