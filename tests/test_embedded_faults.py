@@ -148,3 +148,20 @@ def test_memory_cleanup_reaches_expired_sessions_behind_live_ones():
     assert backend.delete_expired(2000.0, limit=4) == 4
     assert backend.delete_expired(2000.0, limit=100) == 6
     assert backend.count() == 150
+
+
+def test_a_backend_error_carries_the_original_error(tmp_path):
+    """SPEC 9: storage failures are BackendError, with the driver's error kept."""
+    import sessionstore
+
+    backend = opened("sqlite", tmp_path)
+    with sqlite3.connect(tmp_path / "sessions.db") as other:
+        other.execute("DROP TABLE sessions")
+    with pytest.raises(BackendError) as caught:
+        backend.get(make_record().session_id)
+    assert isinstance(caught.value.original_error, sqlite3.OperationalError)
+    assert caught.value.__cause__ is caught.value.original_error
+    backend.close()
+    for name in ("ConfigurationError", "InvalidAppName", "ConcurrentUpdate", "BusyRetry"):
+        assert issubclass(getattr(sessionstore, name), sessionstore.SessionStoreError)
+    assert issubclass(BackendError, sessionstore.SessionStoreError)
