@@ -414,6 +414,45 @@ def test_the_offset_index_agrees_with_a_dict_through_merges(monkeypatch):
     assert set(again.of_user("ann")) == set(index.of_user("ann"))
 
 
+def test_a_version_1_index_file_is_still_used_its_live_entries_counted(tmp_path):
+    """Version 2 stores the live count its writer made; a version 1 file
+    (no such field) is used all the same, the reader counting."""
+    import io
+    import pickle
+    import struct
+    import zlib
+
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 50)
+    backend = opened(path)
+    for record in records[:5]:
+        backend.delete(record.session_id)
+    with backend._mutex:  # noqa: SLF001 - as _start_due() does
+        snapshot = backend._snapshot()  # noqa: SLF001
+    backend._refresh_quietly(snapshot)  # noqa: SLF001 - an index with 5 tombstones
+    backend.close()
+    data = (tmp_path / "sessions.dat.index").read_bytes()
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        meta, n, head = pickleindexfile.read_meta(source)
+        source.seek(0)
+        assert (n, pickleindexfile.read_index(source, lambda m: None)[1].count) == (50, 45)
+    # The same file as version 1 wrote it: that version number, no count.
+    fields = list(pickle.loads(head[12:]))
+    fields[1] = 1
+    encoded = pickle.dumps(tuple(fields), 5)
+    columns = data[len(head) : len(head) + 32 * n]
+    rest = data[len(head) + 32 * n + 8 : -4]
+    body = pickleindexfile.MAGIC + struct.pack(">I", len(encoded)) + encoded + columns + rest
+    old = body + struct.pack(">I", zlib.crc32(body))
+    again_meta, again = pickleindexfile.read_index(io.BytesIO(old), lambda m: None)  # type: ignore[arg-type]
+    assert (again_meta, again.count, again.offsets()) == (meta, 45, again.base[2])
+    (tmp_path / "sessions.dat.index").write_bytes(old)
+    fresh = opened(path)
+    assert fresh._indexed == meta.covered  # noqa: SLF001 - from the version 1 index
+    assert fresh.count() == 45 and len(fresh.get_all()) == 45
+    fresh.close()
+
+
 def _churn(backend, records, new):
     """Change the store the way requests of the same process would: update
     some records, delete some, add new ones."""

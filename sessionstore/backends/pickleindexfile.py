@@ -63,6 +63,8 @@ log = logging.getLogger("sessionstore")
 
 MAGIC = b"SSIDX\x00\x01\n"
 _LEN = struct.Struct(">I")
+_COUNT = struct.Struct(">Q")
+VERSION = 2
 
 
 class Meta(NamedTuple):
@@ -86,7 +88,7 @@ def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta:
     n = len(base[0])
     mark_at, mark = meta.mark or (0, b"")
     head = (
-        "index", 1, sys.byteorder, n, meta.token, meta.generation, meta.inode,
+        "index", VERSION, sys.byteorder, n, meta.token, meta.generation, meta.inode,
         meta.covered, mark_at, mark, meta.put_bytes, meta.put_frames,
     )  # fmt: skip
     encoded = pickle.dumps(head, 5)
@@ -94,23 +96,28 @@ def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta:
     for chunk in (MAGIC, _LEN.pack(len(encoded)), encoded):
         out.write(chunk)
         crc = zlib.crc32(chunk, crc)
+    live = 0
     for column in base:
         with memoryview(column) as view, view.cast("B") as raw:
             for start in range(0, len(raw), 1 << 20):
-                # A copy, so that the CRC is of the bytes written even if an
-                # entry changes meanwhile (see picklecompact._snapshot).
+                # A copy, so that the CRC (and the count) is of the bytes
+                # written even if an entry changes meanwhile (see
+                # picklecompact._snapshot).
                 chunk = bytes(raw[start : start + (1 << 20)])
                 out.write(chunk)
                 crc = zlib.crc32(chunk, crc)
+                if column is base[2]:
+                    live += len(chunk) // 8 - array("Q", chunk).count(0)
     users = pickle.dumps(tuple(bound.items()), 5)
-    for chunk in (_LEN.pack(len(users)), users):
+    for chunk in (_COUNT.pack(live), _LEN.pack(len(users)), users):
         out.write(chunk)
         crc = zlib.crc32(chunk, crc)
     out.write(_LEN.pack(crc))
 
 
 def read_meta(source: io.BufferedReader) -> tuple[Meta, int, bytes]:
-    """The meta of an index file, the entry count, and the bytes read (for the CRC)."""
+    """The meta of an index file, the entry count (negative for a version 1
+    file, which has no live count), and the bytes read (for the CRC)."""
     magic = source.read(len(MAGIC) + _LEN.size)
     if len(magic) != len(MAGIC) + _LEN.size or not magic.startswith(MAGIC):
         raise BadIndex("not an index file (bad magic)")
@@ -122,11 +129,13 @@ def read_meta(source: io.BufferedReader) -> tuple[Meta, int, bytes]:
         covered, mark_at, mark, put_bytes, put_frames = head[7:]
     except Exception as exc:
         raise BadIndex(f"unreadable meta ({exc})") from exc
-    if (kind, version, byteorder) != ("index", 1, sys.byteorder) or not isinstance(n, int):
+    if kind != "index" or version not in (1, VERSION) or byteorder != sys.byteorder:
         raise BadIndex("another format or byte order")
+    if not isinstance(n, int) or not 0 <= n <= 1 << 40:
+        raise BadIndex(f"implausible entry count {n!r:.20}")
     meta = Meta(token, generation, inode, covered, (mark_at, mark) if mark else None,
                 put_bytes, put_frames)  # fmt: skip
-    return meta, n, magic + encoded
+    return meta, n if version == VERSION else -1 - n, magic + encoded
 
 
 def read_index(
@@ -139,8 +148,8 @@ def read_index(
     if why is not None:
         raise BadIndex(why)
     crc = zlib.crc32(head)
-    if not 0 <= n <= 1 << 40:
-        raise BadIndex(f"implausible entry count {n}")
+    counted = n >= 0
+    n = n if counted else -1 - n
     base: Base = (array("Q", [0]) * n, array("Q", [0]) * n, array("Q", [0]) * n,
                   array("d", [0.0]) * n)  # fmt: skip
     for column in base:
@@ -149,6 +158,13 @@ def read_index(
             if source.readinto(raw) != len(raw):
                 raise BadIndex("cut short")
             crc = zlib.crc32(raw, crc)
+    live = None
+    if counted:
+        count = source.read(_COUNT.size)
+        if len(count) != _COUNT.size:
+            raise BadIndex("cut short")
+        crc = zlib.crc32(count, crc)
+        (live,) = _COUNT.unpack(count)
     size = source.read(_LEN.size)
     if len(size) != _LEN.size:
         raise BadIndex("cut short")
@@ -160,7 +176,9 @@ def read_index(
         bound = dict(FrameUnpickler(io.BytesIO(users)).load())
     except Exception as exc:
         raise BadIndex(f"unreadable user list ({exc})") from exc
-    return meta, OffsetIndex(base, bound)
+    if live is not None and live > n:
+        raise BadIndex(f"implausible live count {live}")
+    return meta, OffsetIndex(base, bound, live)
 
 
 def open_index(path: str) -> io.BufferedReader:
