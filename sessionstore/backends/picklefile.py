@@ -19,14 +19,18 @@ what it covers; without a usable one it reads the whole log (logged).
 
 Under a flock on the stable file ``<filename>.lock`` each process reads what
 other processes appended before each operation
-(:mod:`sessionstore.backends.picklesync`).  A new file (at start-up, after a
-compaction, or replaced) and runs of more than 16 KB of new frames are read
-*before* taking the lock, so a worker starting up or following a compaction
-does not hold up the others; a worker that waited for the lock while a
-compaction was published lets go of it to load the new index.  Reads of an
-up-to-date index take no lock at all (threads use the arrays under a
-sequence number, a merge being the only change that moves entries).  Waiting
-for a busy lock polls every 2 ms at most (flock has no timeout).
+(:mod:`sessionstore.backends.picklesync`).  What can be read *before* taking
+the lock is: a read (``get``) first applies the whole frames others appended,
+with no lock at all, and is served from the index if they are all there is
+(``tests/test_pickle_unlocked.py``); a process that finds the lock busy reads
+them (or a compaction's new file) while it waits; one that got the lock at
+once but finds a new file (at start-up, after a compaction, or replaced) or
+more than 16 KB of new frames lets go of it to read them.  Only whole, valid
+frames are applied without the lock; a partial frame, a torn tail or damage
+after them is judged under it.  Reads of an up-to-date index take no lock
+(threads use the arrays under a sequence number, a merge being the only
+change that moves entries).  Waiting for a busy lock polls every 2 ms at most
+(flock has no timeout).
 
 Nothing is destroyed on a guess:
 
@@ -152,6 +156,10 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
             try:  # the usual case: free at once
                 fcntl.flock(self._lock_fd, operation | fcntl.LOCK_NB)
             except BlockingIOError:
+                # Busy: read what the others appended (or a compaction's new
+                # file) while they hold it, so that the locked sync has
+                # little left to read when our turn comes.
+                self._catch_up(0)
                 self._flock(operation)  # wait for it, up to busy_timeout
         except BaseException:
             self._mutex.release()
@@ -347,9 +355,12 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
                 if found is not False:
                     return found
                 # A thread of ours may be appending what the stat saw: once it
-                # is done (it holds the mutex), the index may cover it.
+                # is done (it holds the mutex), the index may cover it.  If
+                # not, others appended: read their frames, without the lock.
                 with self._mutex:
                     found = self._current(st, session_id)
+                    if found is False and not self._holding:
+                        found = self._caught_up(session_id)
                 if found is not False:
                     return found
         with self._locked(exclusive=False):
@@ -372,6 +383,20 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
         handle = view[3]
         assert handle is not None
         return read_record(handle, offset, session_id, self.filename)
+
+    def _caught_up(self, session_id: str) -> Record | None | Literal[False]:
+        """The record, once the index has read the frames appended to the file
+        at the path (with the mutex, without the file lock: complete frames
+        never change); False if anything else is there (an append being
+        written, a torn tail, damage: judged under the lock)."""
+        if not self._catch_up(0) or self._handle is None:
+            return False
+        # Every complete frame up to the offset is indexed: a state the file
+        # was in during this call (an append still being written is not
+        # acknowledged yet), and what reads use until the file grows again.
+        self._view = (self._file_id, self._offset, self._index, self._handle)
+        offset = self._index.get(session_id)
+        return None if offset is None else self._record_at(offset, session_id)
 
     def add(self, record: Record) -> None:
         with self._locked(exclusive=True):

@@ -107,21 +107,29 @@ class LogReader:
         handle = self._handle
         return None if handle is None else handle.fd
 
-    def _catch_up(self) -> None:
-        """Index a new file, or a long stretch of new frames, before taking
-        the lock, so that nobody waits while we read: complete frames never
-        change (the log is append-only; a compaction renames a new file over
-        it; only a torn tail is ever cut).  The locked sync then checks it all
-        and reads only what came since."""
+    def _catch_up(self, more_than: int = _CATCH_UP) -> bool:
+        """Index a new file, or new frames (more than ``more_than`` bytes),
+        without the lock, so that nobody waits while we read: complete frames
+        never change (the log is append-only; a compaction renames a new file
+        over it; only a torn tail is ever cut).  Only whole, valid frames are
+        applied; whatever follows them (an append being written, a torn tail,
+        damage) is left to the locked sync, which checks it all and reads
+        only what came since.  Whether the index now covers every byte of the
+        file the path held when called."""
         if self._corrupt is not None:
-            return
+            return False
         try:
             st = os.stat(self.filename)
         except OSError:
-            return
-        if (st.st_dev, st.st_ino) != self._file_id or st.st_size - self._offset > _CATCH_UP:
+            return False
+        if (st.st_dev, st.st_ino) != self._file_id or st.st_size - self._offset > more_than:
             with contextlib.suppress(BackendError, OSError):
                 self._sync()
+        return (
+            self._corrupt is None
+            and self._file_id == (st.st_dev, st.st_ino)
+            and self._offset >= st.st_size
+        )
 
     def _sync(self, defer_new: bool = False) -> None:
         """Bring the index up to date with the file (under the lock); with
@@ -311,11 +319,17 @@ class LogReader:
             with self._index.bulk():
                 self._read_from(pos, end)
         except Damaged as exc:
+            if not self._holding:
+                return  # perhaps an append being written: judged under the lock
             self._fail(seen, exc.offset, exc.reason)
         except BackendError:
             raise  # could not read (a bad sector): not damage we saw
         except Exception as exc:
+            if not self._holding:
+                return
             self._fail(seen, self._offset, f"unreadable frame ({exc})")
+        if not self._holding:
+            return  # (a partial frame at the end: the locked sync judges it)
         if self._offset < end:
             self._tail = (self._file_id, self._offset, end)
             log.info("%s: an unfinished write at byte %d", self.filename, self._offset)
