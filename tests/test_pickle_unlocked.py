@@ -7,6 +7,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -111,3 +113,64 @@ def test_damage_seen_without_the_lock_is_reported_under_it_and_left_untouched(tm
     assert path.stat().st_size == size
     reader.close()
     writer.close()
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _until(condition, seconds=5.0):
+    """Wait for ``condition`` (a state, not a time), up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_busy_lock_is_waited_for_in_the_kernel_and_handed_over(tmp_path):
+    path = tmp_path / "sessions.dat"
+    backend = opened(path)
+    record = make_record()
+    backend.add(record)
+    done = []
+    with held(path):
+        swap = threading.Thread(
+            target=lambda: done.append(backend.compare_and_swap(record.session_id, 1, None))
+        )
+        swap.start()
+        _until(lambda: any(t.name == "sessionstore-lock" for t in threading.enumerate()))
+        assert done == []
+    swap.join(5)
+    assert done == [True]
+    assert backend.get(record.session_id) is None
+    backend.add(record)  # the descriptor it waited on is the lock's now
+    assert backend.count() == 1
+    backend.close()
+
+
+def test_a_wait_given_up_leaves_the_lock_free_and_no_descriptor_behind(tmp_path):
+    path = tmp_path / "sessions.dat"
+    backend = opened(path, busy_timeout=0.05)
+    record = make_record()
+    backend.add(record)
+    before = _open_fds()
+    with held(path), pytest.raises(BusyRetry):
+        backend.compare_and_swap(record.session_id, 1, None)
+    # The thread that waited takes the lock now and lets go of it at once.
+    fd = os.open(f"{path}.lock", os.O_RDWR)
+    try:
+        _until(lambda: _try_lock(fd))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    _until(lambda: _open_fds() == before)
+    assert backend.compare_and_swap(record.session_id, 1, None)
+    backend.close()
+
+
+def _try_lock(fd):
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

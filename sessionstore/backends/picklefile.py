@@ -29,8 +29,8 @@ more than 16 KB of new frames lets go of it to read them.  Only whole, valid
 frames are applied without the lock; a partial frame, a torn tail or damage
 after them is judged under it.  Reads of an up-to-date index take no lock
 (threads use the arrays under a sequence number, a merge being the only
-change that moves entries).  Waiting for a busy lock polls every 2 ms at most
-(flock has no timeout).
+change that moves entries).  A busy lock is waited for in the kernel's queue,
+up to ``busy_timeout`` (:mod:`~sessionstore.backends.picklelock`).
 
 Nothing is destroyed on a guess:
 
