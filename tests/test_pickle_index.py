@@ -213,6 +213,36 @@ def test_an_index_is_written_in_the_background_as_the_log_grows(tmp_path, monkey
     backend.close()
 
 
+def test_close_after_a_bulk_load_leaves_an_index_of_the_whole_log(tmp_path, monkeypatch):
+    """The background writer falls behind a bulk load (here: it is never
+    let run again after its first index); close() writes one covering all."""
+    monkeypatch.setattr(picklecompact, "REFRESH", 50_000)
+    path = tmp_path / "sessions.dat"
+    backend = opened(path)
+    records = [make_record(payload=b"r" * 500) for _ in range(300)]  # ~170 KB
+    for record in records[:120]:
+        backend.add(record)
+    backend._compactor.join()  # noqa: SLF001 - the first index, written
+    monkeypatch.setattr(backend, "_start_due", lambda: None)  # falls behind
+    for record in records[120:]:
+        backend.add(record)
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        behind, _, _ = pickleindexfile.read_meta(source)
+    assert path.stat().st_size - behind.covered > 50_000
+    backend.close()
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        meta, _, _ = pickleindexfile.read_meta(source)
+    assert meta.covered == path.stat().st_size
+    backend = opened(path)
+    assert backend._indexed == meta.covered  # noqa: SLF001
+    assert backend.get_all() == {r.session_id: r for r in records}
+    backend.close()
+    reader = opened(path)  # a process that wrote nothing writes no index
+    os.unlink(f"{path}.index")
+    reader.close()
+    assert not os.path.exists(f"{path}.index")
+
+
 def test_more_new_sessions_than_the_extra_dict_holds_are_merged(tmp_path, monkeypatch):
     monkeypatch.setattr(pickleindex, "EXTRA_MAX", 50)
     path = tmp_path / "sessions.dat"

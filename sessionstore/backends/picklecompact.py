@@ -41,7 +41,8 @@ disk) backs off until the log has grown by as much again, and none starts
 without the free space for it.  When the log has grown :data:`REFRESH` bytes
 past what the index file covers, a process writes a new index of the same log
 in the background (unless another process's is recent enough), so that
-opening never reads much more than that much of the log.
+opening never reads much more than that much of the log; and at ``close()``
+of a process that wrote that much, if its background writer fell behind.
 """
 
 from __future__ import annotations
@@ -279,6 +280,23 @@ class Compaction(IndexFiles, LogFiles):
             return False
         self._indexed = max(self._indexed, meta.covered)
         return self._offset - self._indexed <= REFRESH
+
+    def _checkpoint(self) -> None:
+        """At ``close()`` of a process that started a compaction or an index
+        writer (it wrote at least :data:`REFRESH` bytes): a new index file
+        if the log has grown more than that past the last one, so that the
+        next open reads little of the log.  A bulk load (``migrate`` into a
+        pickle store, a fill) appends faster than the background writer
+        follows: opening 1,000,000 sessions then read 4-8 MB of new
+        sessions, 0.4-1.2 s for each of 4 workers starting together."""
+        with self._mutex:
+            if self._file_id is None or self._corrupt is not None or self._compacting:
+                return
+            if self._offset - self._indexed <= REFRESH or self._index_is_recent():
+                return
+            self._compacting = True
+            snapshot = self._snapshot()
+        self._refresh_quietly(snapshot)
 
     def _refresh_quietly(self, snapshot: Snapshot) -> None:
         try:

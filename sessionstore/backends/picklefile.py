@@ -157,6 +157,7 @@ class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
         compactor = self._compactor
         if compactor is not None and self._pid == os.getpid():
             compactor.join()  # let it finish: it would open the files again
+            self._checkpoint()  # (it fell behind a bulk load)
         with self._mutex:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
