@@ -217,6 +217,7 @@ def test_close_after_a_bulk_load_leaves_an_index_of_the_whole_log(tmp_path, monk
     """The background writer falls behind a bulk load (here: it is never
     let run again after its first index); close() writes one covering all."""
     monkeypatch.setattr(picklecompact, "REFRESH", 50_000)
+    monkeypatch.setattr(picklecompact, "CLOSE_TAIL", 5_000)
     path = tmp_path / "sessions.dat"
     backend = opened(path)
     records = [make_record(payload=b"r" * 500) for _ in range(300)]  # ~170 KB

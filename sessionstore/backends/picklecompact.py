@@ -73,6 +73,9 @@ REFRESH = 4 << 20
 #: many rounds.
 _LOCKED_COPY = 64 << 10
 _CATCH_UP_ROUNDS = 5
+#: At close(), a new index file when the log has grown this much past the
+#: last one (see ``Compaction._checkpoint``).
+CLOSE_TAIL = 64 << 10
 
 
 class Compaction(IndexFiles, LogFiles):
@@ -266,9 +269,9 @@ class Compaction(IndexFiles, LogFiles):
 
     # -- the index file -----------------------------------------------------------------
 
-    def _index_is_recent(self) -> bool:
+    def _index_is_recent(self, within: int = REFRESH) -> bool:
         """Whether the index file at the path (another process's) covers
-        this file to within :data:`REFRESH` bytes; notes what it covers."""
+        this file to within ``within`` bytes; notes what it covers."""
         try:
             with open_index(self.filename + ".index") as source:
                 meta, _, _ = read_meta(source)
@@ -279,20 +282,20 @@ class Compaction(IndexFiles, LogFiles):
         if (meta.token, meta.generation) != self._lineage:
             return False
         self._indexed = max(self._indexed, meta.covered)
-        return self._offset - self._indexed <= REFRESH
+        return self._offset - self._indexed <= within
 
     def _checkpoint(self) -> None:
         """At ``close()`` of a process that started a compaction or an index
         writer (it wrote at least :data:`REFRESH` bytes): a new index file
-        if the log has grown more than that past the last one, so that the
-        next open reads little of the log.  A bulk load (``migrate`` into a
-        pickle store, a fill) appends faster than the background writer
-        follows: opening 1,000,000 sessions then read 4-8 MB of new
-        sessions, 0.4-1.2 s for each of 4 workers starting together."""
+        if the log has grown more than :data:`CLOSE_TAIL` past the last one,
+        so that the next open reads little of the log.  A bulk load
+        (``migrate`` into a pickle store, a fill) appends faster than the
+        background writer follows: opening 1,000,000 sessions then read 4-8
+        MB of new sessions, 0.4-1.2 s for each of 4 workers starting together."""
         with self._mutex:
             if self._file_id is None or self._corrupt is not None or self._compacting:
                 return
-            if self._offset - self._indexed <= REFRESH or self._index_is_recent():
+            if self._offset - self._indexed <= CLOSE_TAIL or self._index_is_recent(CLOSE_TAIL):
                 return
             self._compacting = True
             snapshot = self._snapshot()
