@@ -592,10 +592,10 @@ def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_p
         assert waiting.wait(10)  # the reader is past its catch-up, at the lock
         real_publish(self, temp)
 
-    def load_index(self, st):
+    def load_index(self, st, spare=None):
         if self is reader:
             loads.append(self._holding)  # noqa: SLF001
-        return real_load(self, st)
+        return real_load(self, st, spare)
 
     monkeypatch.setattr(PickleBackend, "_flock", flock)
     monkeypatch.setattr(picklecompact.Compaction, "_publish", publish)
@@ -635,3 +635,29 @@ def test_emptying_the_store_removes_the_index_of_the_old_file(tmp_path, caplog):
     assert "not used" not in caplog.text
     assert fresh.get_all() == {extra.session_id: extra}
     fresh.close()
+
+
+@pytest.mark.parametrize("added", [0, 150], ids=["fewer", "more"])
+def test_a_process_following_a_compaction_reads_the_new_index_into_its_arrays(tmp_path, added):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    reader = opened(path)
+    assert reader.get(records[0].session_id) == records[0]
+    old = reader._index  # noqa: SLF001
+    arrays = old.base
+    writer = opened(path)
+    for record in records[:100]:
+        writer.delete(record.session_id)
+    new = [make_record() for _ in range(added)]
+    for record in new:
+        writer.add(record)
+    writer.compact()
+    assert reader.get(records[150].session_id) == records[150]
+    index = reader._index  # noqa: SLF001
+    assert all(a is b for a, b in zip(index.base, arrays, strict=True))
+    assert len(arrays[0]) == 200 + added and index.count == 200 + added
+    # A thread still holding the old index (no lock) is told to ask again.
+    assert old.seq & 1 and old.get(records[150].session_id) is None
+    assert reader.get_all() == {r.session_id: r for r in [*records[100:], *new]}
+    reader.close()
+    writer.close()

@@ -260,7 +260,10 @@ class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
             return False
         index = view[2]
         seq = index.seq
-        offset = index.get(session_id)
+        try:
+            offset = index.get(session_id)
+        except IndexError:  # (its arrays were retired meanwhile: seq says so)
+            return False
         if seq & 1 or index.seq != seq:
             return False  # a merge moved entries meanwhile: ask again, with the mutex
         if offset is None:

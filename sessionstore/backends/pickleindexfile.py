@@ -140,10 +140,12 @@ def read_meta(source: io.BufferedReader) -> tuple[Meta, int, bytes]:
 
 
 def read_index(
-    source: io.BufferedReader, check: Callable[[Meta], str | None]
+    source: io.BufferedReader, check: Callable[[Meta], str | None], spare: Base | None = None
 ) -> tuple[Meta, OffsetIndex]:
     """Read and verify a whole index file; :class:`BadIndex` if it does not
-    check out, or if ``check(meta)`` names a reason not to use it."""
+    check out, or if ``check(meta)`` names a reason not to use it.  The
+    arrays are read into ``spare`` (resized) when given: memory already in
+    the process (:meth:`OffsetIndex.retire`)."""
     meta, n, head = read_meta(source)
     why = check(meta)
     if why is not None:
@@ -151,8 +153,13 @@ def read_index(
     crc = zlib.crc32(head)
     counted = n >= 0
     n = n if counted else -1 - n
-    base: Base = (array("Q", [0]) * n, array("Q", [0]) * n, array("Q", [0]) * n,
-                  array("d", [0.0]) * n)  # fmt: skip
+    base: Base = spare or (array("Q", [0]) * n, array("Q", [0]) * n, array("Q", [0]) * n,
+                           array("d", [0.0]) * n)  # fmt: skip
+    for column in base:
+        if len(column) > n:
+            del column[n:]
+        elif len(column) < n:
+            column.extend(array(column.typecode, bytes(8 * (n - len(column)))))
     for column in base:
         # Read straight into the arrays: no second copy, even for a moment.
         with memoryview(column) as view, view.cast("B") as raw:

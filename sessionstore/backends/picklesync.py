@@ -42,7 +42,7 @@ from ..errors import BackendError
 from . import picklelog
 from .base import Record
 from .picklefiles import Handle, read_record, retire
-from .pickleindex import OffsetIndex
+from .pickleindex import Base, OffsetIndex
 from .pickleindexfile import BadIndex, Meta, open_index, read_index
 from .picklelog import FRAME, MAX_FRAME, Damaged
 from .safefiles import open_nofollow
@@ -178,8 +178,9 @@ class LogReader:
             st = os.fstat(self._fd)  # the file opened, whatever the path held before
             file_id = (st.st_dev, st.st_ino)
             seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            spare = self._index.retire()
             self._reset_index(file_id)
-            if st.st_size and not self._load_index(st):
+            if st.st_size and not self._load_index(st, spare):
                 # Caught between a compaction's two renames: do it again
                 # under the lock, which the compaction holds across both.
                 self._pending = (previous, before, count)
@@ -259,10 +260,11 @@ class LogReader:
 
     # -- the index file -----------------------------------------------------------------
 
-    def _load_index(self, st: os.stat_result) -> bool:
+    def _load_index(self, st: os.stat_result, spare: Base | None = None) -> bool:
         """Start from the index file if it verifies for the log opened; False
         (nothing done) if it names another file and we hold no lock: it may
-        be the old log's index, about to be replaced."""
+        be the old log's index, about to be replaced.  ``spare``: the arrays
+        of the index of the file left, to read it into."""
         assert self._fd is not None
         path = self.filename + ".index"
         lineage = lineage_of(os.pread(self._fd, 512, 0))
@@ -280,7 +282,7 @@ class LogReader:
 
         try:
             with open_index(path) as source:
-                meta, index = read_index(source, check)
+                meta, index = read_index(source, check, spare)
         except FileNotFoundError:
             return True
         except (OSError, BadIndex) as exc:
