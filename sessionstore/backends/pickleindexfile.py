@@ -84,8 +84,13 @@ class BadIndex(Exception):
     """An index file that cannot be used (why, in the message)."""
 
 
-def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta: Meta) -> None:
-    """Write an index file (of a base with no extra entries: merge first)."""
+def write_index(
+    out: io.BufferedWriter, base: Base, bound: dict[str, str], meta: Meta, live: int | None = None
+) -> None:
+    """Write an index file (of a base with no extra entries: merge first).
+    ``live``: the count of live entries when nobody else changes the arrays
+    meanwhile (a compaction's new index): written as they are; else (a
+    process's live index) each chunk is copied and its live entries counted."""
     n = len(base[0])
     mark_at, mark = meta.mark or (0, b"")
     head = (
@@ -94,25 +99,29 @@ def write_index(out: io.BufferedWriter, base: Base, bound: dict[str, str], meta:
     )  # fmt: skip
     encoded = pickle.dumps(head, 5)
     crc = 0
-    for chunk in (MAGIC, _LEN.pack(len(encoded)), encoded):
-        out.write(chunk)
-        crc = zlib.crc32(chunk, crc)
-    live = 0
+    for part in (MAGIC, _LEN.pack(len(encoded)), encoded):
+        out.write(part)
+        crc = zlib.crc32(part, crc)
+    counted = 0
     for column in base:
         with memoryview(column) as view, view.cast("B") as raw:
             for start in range(0, len(raw), 1 << 20):
-                # A copy, so that the CRC (and the count) is of the bytes
-                # written even if an entry changes meanwhile (see
-                # picklecompact._snapshot).
-                chunk = bytes(raw[start : start + (1 << 20)])
+                if live is not None:
+                    chunk: bytes | memoryview = raw[start : start + (1 << 20)]
+                else:
+                    # A copy, so that the CRC (and the count) is of the bytes
+                    # written even if an entry changes meanwhile (see
+                    # picklecompact._snapshot).
+                    chunk = bytes(raw[start : start + (1 << 20)])
+                    if column is base[2]:
+                        counted += len(chunk) // 8 - array("Q", chunk).count(0)
                 out.write(chunk)
                 crc = zlib.crc32(chunk, crc)
-                if column is base[2]:
-                    live += len(chunk) // 8 - array("Q", chunk).count(0)
     users = pickle.dumps(tuple(bound.items()), 5)
-    for chunk in (_COUNT.pack(live), _LEN.pack(len(users)), users):
-        out.write(chunk)
-        crc = zlib.crc32(chunk, crc)
+    count = counted if live is None else live
+    for tail in (_COUNT.pack(count), _LEN.pack(len(users)), users):
+        out.write(tail)
+        crc = zlib.crc32(tail, crc)
     out.write(_LEN.pack(crc))
 
 
@@ -209,12 +218,16 @@ class IndexFiles:
     ) -> Iterator[str]:
         """A temporary index file for renaming, flocked (like a compaction's
         log, so that no set-up takes it for an orphan) until it is renamed or
-        removed."""
+        removed.  ``bound`` is given for a process's live index (frozen, its
+        entries still changing); a compaction's own index is written as is."""
         index.merge()
         fd, temp = self._temp()
         try:
             with os.fdopen(fd, "wb", closefd=False) as out:
-                write_index(out, index.base, index.bound if bound is None else bound, meta)
+                if bound is None:
+                    write_index(out, index.base, index.bound, meta, index.count)
+                else:
+                    write_index(out, index.base, bound, meta)
             yield temp
         finally:
             with contextlib.suppress(FileNotFoundError):
