@@ -125,7 +125,9 @@ def _pickle_index_findings(filename: str, data: bytes, inode: int) -> list[str]:
     expected: dict[int, int] = {}
     users: dict[str, str] = {}
     start = picklelog.header_size(data) or 0
-    for at, _, frame in picklelog.iter_frames(data[: meta.covered], start):
+    for at, _, frame in picklelog.iter_frames(data, start):
+        if at >= meta.covered:
+            break
         if frame[0] == "put":
             expected[key_of(frame[1])] = at
             if len(frame) == 8:
