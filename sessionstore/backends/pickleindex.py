@@ -32,8 +32,9 @@ the process's mutex.  A compaction or an index writer reads the arrays of the
 live index without copying them: ``frozen`` holds merges off meanwhile.
 
 Memory per worker at 1,000,000 sessions (``benchmarks/scale.py --fleet``):
-75 MB RSS, of which ~32 MB are these arrays and ~27 MB the interpreter and
-its modules.
+68-75 MB RSS, of which ~32 MB are these arrays and ~27 MB the interpreter
+and its modules.  A process following a compaction reads the new index into
+these arrays (:meth:`OffsetIndex.retire`), never holding two at once.
 
 **On disk**: the index file, written by compaction and refreshed in the
 background: :mod:`~sessionstore.backends.pickleindexfile`.

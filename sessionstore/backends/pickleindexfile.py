@@ -2,9 +2,11 @@
 
 The index file lets a process open a store of any size by reading ~32 bytes
 a session (:mod:`~sessionstore.backends.pickleindex`) and only the log
-written after it.  It is written by compaction, and rewritten in the
+written after it.  It is written by compaction, rewritten in the
 background when the log has grown :data:`~sessionstore.backends.picklecompact.REFRESH`
-bytes past it (:mod:`~sessionstore.backends.picklecompact`).
+bytes past it, and at ``close()`` of a process that wrote, once the log is
+:data:`~sessionstore.backends.picklecompact.CLOSE_TAIL` bytes past it
+(:mod:`~sessionstore.backends.picklecompact`).
 
 Format (``<log>.index``)::
 
