@@ -9,10 +9,11 @@ key order, from the log to a temporary file ``.<name>.*.compact.tmp`` in the
 same directory (flocked while in use, so that
 :meth:`~sessionstore.backends.picklefiles.LogFiles.remove_orphans` leaves it
 alone), and fsynced.  Then the frames appended to the log since ``base`` are
-copied and applied to the new index (:class:`Tail`: old byte ``o`` lands at
-``tail_at + o - base``), in rounds, until fewer than :data:`_LOCKED_COPY`
-bytes are left; the new index (:mod:`~sessionstore.backends.pickleindex`),
-covering all of that, is written to another temporary file.
+copied and applied to the new index (:mod:`~sessionstore.backends.picklecopy`:
+old byte ``o`` lands at ``tail_at + o - base``), in rounds, until fewer than
+:data:`_LOCKED_COPY` bytes are left; the new index
+(:mod:`~sessionstore.backends.pickleindex`), covering all of that, is written
+to another temporary file.
 
 *Phase 2, under the exclusive lock*: only the frames appended since phase 1
 last looked are copied, the origin frame is completed, the log is fsynced, the
@@ -55,14 +56,13 @@ import contextlib
 import logging
 import os
 import threading
-import time
-from array import array
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import BackendError
 from . import picklelog
+from .picklecopy import Tail, copy_live, copy_range
 from .picklefiles import Handle, LogFiles, in_use
-from .pickleindex import Base, OffsetIndex
+from .pickleindex import OffsetIndex
 from .pickleindexfile import BadIndex, IndexFiles, Meta, open_index, read_meta
 from .picklelog import Damaged, encode
 
@@ -214,7 +214,7 @@ class Compaction(IndexFiles, LogFiles):
             with os.fdopen(fd, "r+b") as out:
                 origin, lineage = self._origin((0, 0, 0, 0), snapshot.lineage)
                 out.write(encode(picklelog.HEADER) + origin)
-                new, put_bytes, mark = _copy_live(state, base, snapshot.handle.fd, out)
+                new, put_bytes, mark = copy_live(state, base, snapshot.handle.fd, out)
                 tail_at = out.tell()
                 out.flush()
                 os.fsync(out.fileno())  # the bulk, before anyone waits
@@ -238,7 +238,7 @@ class Compaction(IndexFiles, LogFiles):
                     if self._file_id != snapshot.file_id or self._offset < tail.copied:
                         return  # replaced meanwhile (another compaction won)
                     assert self._fd is not None
-                    _copy_range(self._fd, tail.copied, self._offset, out)
+                    copy_range(self._fd, tail.copied, self._offset, out)
                     where = (*snapshot.file_id, base, tail_at)
                     origin, _ = self._origin(where, snapshot.lineage)
                     out.seek(len(encode(picklelog.HEADER)))
@@ -338,86 +338,3 @@ class Snapshot(NamedTuple):
     mark: tuple[int, bytes] | None
     put_bytes: int
     put_frames: int
-
-
-class Tail:
-    """The frames appended to the old log since the snapshot, as they are
-    copied to the new log and applied to its index (``index``): old byte
-    ``o >= base`` lands at ``tail_at + o - base``."""
-
-    def __init__(
-        self, index: OffsetIndex, base: int, tail_at: int, mark: tuple[int, bytes] | None,
-        put_bytes: int, put_frames: int,
-    ) -> None:  # fmt: skip
-        self.index, self.base, self.tail_at, self.mark = index, base, tail_at, mark
-        self.put_bytes, self.put_frames = put_bytes, put_frames
-        self.copied = base  # the old log's bytes copied so far
-
-    @property
-    def covered(self) -> int:
-        """The new log's bytes the index covers."""
-        return self.tail_at + self.copied - self.base
-
-    def take(self, fd: int, end: int, out: BinaryIO) -> None:
-        """Copy and index the old log's frames up to ``end`` (a frame boundary)."""
-        want = 1 << 20
-        while self.copied < end:
-            data = os.pread(fd, min(end - self.copied, want), self.copied)
-            at, used = self.covered, 0
-            for start, stop, frame in picklelog.iter_frames(data, 0):
-                if frame[0] == "put":
-                    record = picklelog.record_of(frame)
-                    self.index.put(record.session_id, at + start, record.expires_at, record.user)
-                    self.put_bytes += stop - start
-                    self.put_frames += 1
-                elif frame[0] == "del":
-                    self.index.delete(frame[1])
-                self.mark = (at + start, data[start : start + picklelog.FRAME.size])
-                used = stop
-            if not used:  # one frame longer than the chunk
-                if len(data) < picklelog.FRAME.size or want > picklelog.MAX_FRAME:
-                    raise BackendError(f"cannot copy the frame at byte {self.copied}")
-                want = picklelog.FRAME.size + picklelog.FRAME.unpack_from(data)[0]
-                continue
-            out.write(memoryview(data)[:used])
-            self.copied += used
-            want = 1 << 20
-            time.sleep(0)  # let request threads have the GIL
-
-
-def _copy_live(
-    index: OffsetIndex, base: int, fd: int, out: BinaryIO
-) -> tuple[Base, int, tuple[int, bytes] | None]:
-    """Copy the frames before ``base`` that ``index`` (frozen) points at from
-    ``fd`` to ``out``, in key order: the new index (its base), the bytes
-    copied, the last frame's mark.  An entry pointing at ``base`` or later
-    was changed meanwhile: the frames after ``base`` bring it along."""
-    hi, lo, offs, exps = index.base
-    new: Base = (array("Q"), array("Q"), array("Q"), array("d"))
-    pos, mark, copied = out.tell(), None, 0
-    for i, offset in enumerate(offs):
-        if not offset or offset >= base:
-            continue
-        frame = picklelog.read_raw(fd, offset)
-        out.write(frame)
-        new[0].append(hi[i])
-        new[1].append(lo[i])
-        new[2].append(pos)
-        new[3].append(exps[i])
-        mark = (pos, frame[: picklelog.FRAME.size])
-        pos += len(frame)
-        copied += len(frame)
-        if not len(new[0]) % 256:
-            time.sleep(0)  # let request threads have the GIL
-    return new, copied, mark
-
-
-def _copy_range(fd: int, start: int, end: int, out: BinaryIO) -> int:
-    """Copy bytes ``start`` to ``end`` of ``fd`` to ``out``; ``end``."""
-    while start < end:
-        chunk = os.pread(fd, min(end - start, 1 << 20), start)
-        if not chunk:
-            raise BackendError("the log shrank while being copied")
-        out.write(chunk)
-        start += len(chunk)
-    return end
