@@ -73,9 +73,10 @@ COMPACT_SLACK = 1 << 20
 #: Write a new index file when the log has grown this much past the last one.
 REFRESH = 4 << 20
 #: Catching up with the frames appended during a compaction stops when fewer
-#: bytes than this are left (they are copied under the lock), or after this
-#: many rounds.
-_LOCKED_COPY = 64 << 10
+#: bytes than this are left (they are copied under the lock, and every other
+#: process reads them after the index when it follows), or after this many
+#: rounds.
+_LOCKED_COPY = 16 << 10
 _CATCH_UP_ROUNDS = 5
 #: At close(), a new index file when the log has grown this much past the
 #: last one (see ``Compaction._checkpoint``).
@@ -223,7 +224,11 @@ class Compaction(IndexFiles, LogFiles):
                 # What was appended meanwhile, copied and indexed without the
                 # lock, until what is left is short: others read it after
                 # the index when they follow, and we copy it under the lock.
+                # (Merged before each look, so that what the index file waits
+                # for after the last one, while more is appended, is its
+                # writing only: a merge of 4,096 ids costs ~25 ms at 1,000,000.)
                 for _ in range(_CATCH_UP_ROUNDS):
+                    index.merge()
                     end = self._synced_to(snapshot)
                     if end - tail.copied <= _LOCKED_COPY:
                         break
