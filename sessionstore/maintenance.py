@@ -35,7 +35,6 @@ from .backends import pickleindexfile, picklelog
 from .backends.base import Backend, Record, checked_record
 from .backends.picklefile import PickleBackend
 from .backends.pickleindex import key_of
-from .backends.picklesync import lineage_of
 from .backends.sqlite import SqliteBackend
 from .errors import BackendError, SessionStoreError
 from .payload import PayloadCodec
@@ -109,7 +108,7 @@ def _pickle_index_findings(filename: str, data: bytes, inode: int) -> list[str]:
         mark_at, mark = meta.mark or (0, b"")
         if meta.inode != inode:
             return "it indexes another file"
-        if (meta.token, meta.generation) != lineage_of(data[:512]):
+        if (meta.token, meta.generation) != picklelog.lineage_of(data[:512]):
             return "it indexes another generation of the log"
         if meta.covered > len(data):
             return "it covers more than the log holds"

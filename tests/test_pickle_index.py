@@ -17,7 +17,6 @@ from sessionstore.backends import (
     pickleindex,
     pickleindexfile,
     picklelog,
-    picklesync,
 )
 from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.testing import make_record
@@ -579,7 +578,7 @@ def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_p
     waiting, locked = threading.Event(), threading.Event()
     real_flock = PickleBackend._flock
     real_publish = picklecompact.Compaction._publish
-    real_load = picklesync.LogReader._load_index
+    real_load = pickleindexfile.IndexFiles._load_index
     loads = []
 
     def flock(self, operation):
@@ -599,7 +598,7 @@ def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_p
 
     monkeypatch.setattr(PickleBackend, "_flock", flock)
     monkeypatch.setattr(picklecompact.Compaction, "_publish", publish)
-    monkeypatch.setattr(picklesync.LogReader, "_load_index", load_index)
+    monkeypatch.setattr(pickleindexfile.IndexFiles, "_load_index", load_index)
     new = record._replace(version=2)
     results = []
     swapper = threading.Thread(

@@ -58,6 +58,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import picklelog
 from .picklefiles import Handle, retire
 from .pickleindex import Base, OffsetIndex
 from .picklelog import FrameUnpickler
@@ -206,13 +207,25 @@ def open_index(path: str) -> io.BufferedReader:
 
 
 class IndexFiles:
-    """Putting a new index file in place (a mixin of the pickle backend)."""
+    """Loading an index file, and putting a new one in place (a mixin of
+    the pickle backend)."""
 
     filename: str
+    _holding: bool
+    _index: OffsetIndex
+    _offset: int
+    _indexed: int
+    _mark: tuple[int, bytes] | None
+    _lineage: tuple[str, int] | None
+    _put_bytes: int
+    _put_frames: int
 
     if TYPE_CHECKING:
 
+        @property
+        def _fd(self) -> int | None: ...
         def _temp(self) -> tuple[int, str]: ...
+        def _mark_holds(self, mark: tuple[int, bytes] | None = None) -> bool: ...
 
     @contextlib.contextmanager
     def _index_file(
@@ -252,6 +265,44 @@ class IndexFiles:
         finally:
             if fd is not None:
                 retire(Handle(fd))
+
+    def _load_index(self, st: os.stat_result, spare: Base | None = None) -> bool:
+        """Start from the index file if it verifies for the log opened; False
+        (nothing done) if it names another file and we hold no lock: it may
+        be the old log's index, about to be replaced.  ``spare``: the arrays
+        of the index of the file left, to read it into."""
+        assert self._fd is not None
+        path = self.filename + ".index"
+        lineage = picklelog.lineage_of(os.pread(self._fd, 512, 0))
+
+        def check(meta: Meta) -> str | None:
+            if meta.inode != st.st_ino:
+                return "it indexes another file"
+            if (meta.token, meta.generation) != lineage:
+                return "it indexes another generation of the log"
+            if meta.covered > st.st_size:
+                return "it covers more than the log holds"
+            if not self._mark_holds(meta.mark):
+                return "the log was rewritten since"
+            return None
+
+        try:
+            with open_index(path) as source:
+                meta, index = read_index(source, check, spare)
+        except FileNotFoundError:
+            return True
+        except (OSError, BadIndex) as exc:
+            if not self._holding and "another file" in str(exc):
+                return False
+            level = logging.INFO if "indexes another" in str(exc) else logging.WARNING
+            log.log(level, "%s not used (%s): reading the whole log", path, exc)
+            return True
+        self._index = index
+        self._offset = self._indexed = meta.covered
+        self._mark = meta.mark
+        self._lineage = lineage
+        self._put_bytes, self._put_frames = meta.put_bytes, meta.put_frames
+        return True
 
     def _rename_index(self, temp: str) -> None:
         """Put a new index in place; a failure is only logged (the index is

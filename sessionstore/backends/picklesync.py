@@ -36,14 +36,13 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import BackendError
 from . import picklelog
 from .base import Record
 from .picklefiles import Handle, read_record, retire
 from .pickleindex import Base, OffsetIndex
-from .pickleindexfile import BadIndex, Meta, open_index, read_index
 from .picklelog import FRAME, MAX_FRAME, Damaged
 from .safefiles import open_nofollow
 
@@ -66,15 +65,6 @@ def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> b
     if before is None:
         return after is not None and after[1] == 1
     return after is not None and after[0] == before[0] and after[1] > before[1]
-
-
-def lineage_of(head: bytes) -> tuple[str, int] | None:
-    """The (token, generation) in the origin frame at the start of a log."""
-    start = picklelog.header_size(head)
-    found = None if start is None else picklelog.frame_at(head, start)
-    if found is None or found[1][0] != "origin" or len(found[1]) not in (3, 4):
-        return None
-    return str(found[1][1]), int(found[1][2])
 
 
 class LogReader:
@@ -101,6 +91,10 @@ class LogReader:
     _pending: tuple[tuple[int, int] | None, tuple[str, int] | None, int] | None
     _view: Any
     _purge: Any
+
+    if TYPE_CHECKING:
+
+        def _load_index(self, st: os.stat_result, spare: Base | None = None) -> bool: ...
 
     @property
     def _fd(self) -> int | None:
@@ -257,46 +251,6 @@ class LogReader:
                 raise BackendError(f"cannot open {self.filename}", exc) from exc
             self._writable = False
         self._handle = Handle(fd)
-
-    # -- the index file -----------------------------------------------------------------
-
-    def _load_index(self, st: os.stat_result, spare: Base | None = None) -> bool:
-        """Start from the index file if it verifies for the log opened; False
-        (nothing done) if it names another file and we hold no lock: it may
-        be the old log's index, about to be replaced.  ``spare``: the arrays
-        of the index of the file left, to read it into."""
-        assert self._fd is not None
-        path = self.filename + ".index"
-        lineage = lineage_of(os.pread(self._fd, 512, 0))
-
-        def check(meta: Meta) -> str | None:
-            if meta.inode != st.st_ino:
-                return "it indexes another file"
-            if (meta.token, meta.generation) != lineage:
-                return "it indexes another generation of the log"
-            if meta.covered > st.st_size:
-                return "it covers more than the log holds"
-            if not self._mark_holds(meta.mark):
-                return "the log was rewritten since"
-            return None
-
-        try:
-            with open_index(path) as source:
-                meta, index = read_index(source, check, spare)
-        except FileNotFoundError:
-            return True
-        except (OSError, BadIndex) as exc:
-            if not self._holding and "another file" in str(exc):
-                return False
-            level = logging.INFO if "indexes another" in str(exc) else logging.WARNING
-            log.log(level, "%s not used (%s): reading the whole log", path, exc)
-            return True
-        self._index = index
-        self._offset = self._indexed = meta.covered
-        self._mark = meta.mark
-        self._lineage = lineage
-        self._put_bytes, self._put_frames = meta.put_bytes, meta.put_frames
-        return True
 
     # -- the log ------------------------------------------------------------------------
 
