@@ -97,7 +97,11 @@ BACKENDS = {
     ),
     "picklefile": (
         {"compare_and_swap", "_put_record", "_put_records", "_delete_ids", "get"},
-        ["tests/test_backend_contract.py::TestPickleBackend", "tests/test_durability.py"],
+        [
+            "tests/test_backend_contract.py::TestPickleBackend",
+            "tests/test_durability.py",
+            "tests/test_pickle_unlocked.py",
+        ],
     ),
     "picklefiles": (
         {"_append"},
@@ -109,7 +113,11 @@ BACKENDS = {
     ),
     "picklesync": (
         {"_sync", "_read_frames", "_apply"},
-        ["tests/test_backend_contract.py::TestPickleBackend", "tests/test_durability.py"],
+        [
+            "tests/test_backend_contract.py::TestPickleBackend",
+            "tests/test_durability.py",
+            "tests/test_pickle_unlocked.py",
+        ],
     ),
     "sqlite": (
         {"compare_and_swap", "_swap"},

@@ -217,6 +217,7 @@ def cmd_check(args: argparse.Namespace, target: Target) -> None:
     report = maintenance.check(target.backend, target.codec)
     verified = "verified" if target.codec else "read (no secret: payloads not verified)"
     lines = [*report.problems, f"{report.sessions} sessions {verified} in {report.store}"]
+    lines += [f"note: {finding}" for finding in report.findings]
     _emit(args, report.as_dict(), "\n".join(lines))
     if not report.ok:
         raise CommandError(f"{report.store} is damaged: {len(report.problems)} problems")

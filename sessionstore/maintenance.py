@@ -10,6 +10,13 @@ pages that cannot be read.  Other backends are read through
 ``iter_records()``.  Neither command ever creates a store or writes to the
 one it reads.
 
+For the pickle backend ``check`` also looks at the index file
+(``<filename>.index``): one that would not be used (damaged, of another file
+or generation, the log rewritten since) or, worse, one that would be used but
+disagrees with the log is reported as a *finding*, not as damage: the log is
+the truth, and the index is derived from it (remove the index file, or let the
+next compaction or index refresh replace it).
+
 When the secret is known, every record's payload is verified with the payload
 codec: a record that fails (bad signature, unreadable) is reported by
 ``check`` and left out by ``salvage``; without the secret records are checked
@@ -26,9 +33,10 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .backends import picklelog
+from .backends import pickleindexfile, picklelog
 from .backends.base import Backend, Record, checked_record
 from .backends.picklefile import PickleBackend
+from .backends.pickleindex import key_of
 from .backends.sqlite import SqliteBackend
 from .errors import BackendError, SessionStoreError
 from .payload import PayloadCodec
@@ -45,6 +53,8 @@ class Report:
     problems: list[str] = field(default_factory=list)
     damaged_sessions: list[str] = field(default_factory=list)
     copied: int = 0
+    #: Worth knowing, but no damage (``ok`` stays true): a stale index file.
+    findings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -57,6 +67,7 @@ class Report:
             "problems": self.problems,
             "damaged_sessions": self.damaged_sessions,
             "copied": self.copied,
+            "findings": self.findings,
             "ok": self.ok,
         }
 
@@ -75,9 +86,67 @@ def _pickle_records(backend: PickleBackend, report: Report) -> Iterator[Record]:
         raise BackendError(f"cannot read {backend.filename}: {exc.strerror}", exc) from exc
     with os.fdopen(fd, "rb") as source:
         data = source.read()
+        inode = os.fstat(source.fileno()).st_ino
     records, problems = picklelog.salvage(data)
     report.problems.extend(f"{backend.filename}: {p}" for p in problems)
+    if not problems:
+        report.findings.extend(_pickle_index_findings(backend.filename, data, inode))
     yield from records.values()
+
+
+def _pickle_index_findings(filename: str, data: bytes, inode: int) -> list[str]:
+    """What is wrong with the index file of the (undamaged) log ``data``:
+    the checks a process makes before using it, then, if it passes them,
+    every entry against the log replayed up to the bytes it covers."""
+    path = filename + ".index"
+    try:
+        source = pickleindexfile.open_index(path)
+    except FileNotFoundError:
+        return []  # (a small store never had one)
+    except OSError as exc:
+        return [f"{path}: cannot be read ({exc.strerror}): opening reads the whole log"]
+
+    def usable(meta: pickleindexfile.Meta) -> str | None:
+        mark_at, mark = meta.mark or (0, b"")
+        if meta.inode != inode:
+            return "it indexes another file"
+        if (meta.token, meta.generation) != picklelog.lineage_of(data[:512]):
+            return "it indexes another generation of the log"
+        if meta.covered > len(data):
+            return "it covers more than the log holds"
+        if data[mark_at : mark_at + len(mark)] != mark:
+            return "the log was rewritten since"
+        return None
+
+    with source:
+        try:
+            meta, index = pickleindexfile.read_index(source, usable)
+        except pickleindexfile.BadIndex as exc:
+            return [f"{path} is not used ({exc}): opening reads the whole log"]
+    expected: dict[int, int] = {}
+    users: dict[str, str] = {}
+    start = picklelog.header_size(data) or 0
+    for at, _, frame in picklelog.iter_frames(data, start):
+        if at >= meta.covered:
+            break
+        if frame[0] == "put":
+            expected[key_of(frame[1])] = at
+            if len(frame) == 8:
+                users[frame[1]] = frame[7]
+            else:
+                users.pop(frame[1], None)
+        elif frame[0] == "del":
+            expected.pop(key_of(frame[1]), None)
+            users.pop(frame[1], None)
+    hi, lo, offs, _ = index.base
+    found = {hi[i] << 64 | lo[i]: offs[i] for i in range(len(offs)) if offs[i]}
+    wrong = len(expected.items() ^ found.items()) + len(users.items() ^ index.bound.items())
+    if not wrong:
+        return []
+    return [
+        f"{path} disagrees with the log ({wrong} entries differ) although a process "
+        "would use it: remove it (the next open reads the whole log)"
+    ]
 
 
 def _sqlite_connect(filename: str) -> sqlite3.Connection:

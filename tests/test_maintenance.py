@@ -11,6 +11,7 @@ import pytest
 from webtest import TestApp
 
 from sessionstore import SessionMiddleware
+from sessionstore.backends import pickleindexfile
 from sessionstore.backends.memory import MemoryBackend
 from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.backends.sqlite import SqliteBackend
@@ -178,3 +179,77 @@ def test_salvage_refuses_to_write_into_the_store_it_reads(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert "another destination" in proc.stderr
+
+
+def _pickle_with_index(tmp_path, count=20):
+    path = tmp_path / "sessions.dat"
+    backend = PickleBackend(str(path))
+    backend.setup()
+    for _ in range(count):
+        backend.add(good_record()._replace(user="ann" if _ % 3 == 0 else None))
+    backend.compact()  # (writes the index file)
+    backend.close()
+    return path, Path(f"{path}.index")
+
+
+def _rewrite_index(index_path, change):
+    """The index file with ``change(index)`` applied to its entries, its
+    meta and CRC as written for the same log (so a process would use it)."""
+    with pickleindexfile.open_index(str(index_path)) as source:
+        meta, index = pickleindexfile.read_index(source, lambda m: None)
+    change(index)
+    with open(index_path, "wb") as out:
+        pickleindexfile.write_index(out, index.base, index.bound, meta)
+
+
+def _check_notes(path):
+    proc = cli("--backend", "pickle", "--option", f"filename={path}", "check", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a finding is no damage
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["problems"] == []
+    return report["findings"]
+
+
+def test_check_of_a_pickle_store_with_a_sound_index_notes_nothing(tmp_path):
+    path, index = _pickle_with_index(tmp_path)
+    assert index.exists()
+    assert _check_notes(path) == []
+    proc = cli("--backend", "pickle", "--option", f"filename={path}", "check")
+    assert "note:" not in proc.stdout
+
+
+def test_check_notes_an_index_file_that_would_not_be_used(tmp_path):
+    path, index = _pickle_with_index(tmp_path)
+    original = index.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    index.write_bytes(bytes(damaged))
+    (finding,) = _check_notes(path)
+    assert "is not used (checksum mismatch)" in finding
+    # Another file at the path (a copy put back): its index names the old one.
+    index.write_bytes(original)
+    copy = tmp_path / "copy.dat"
+    copy.write_bytes(path.read_bytes())
+    os.replace(copy, path)
+    (finding,) = _check_notes(path)
+    assert "is not used (it indexes another file)" in finding
+    assert index.read_bytes() == original  # left as found
+
+
+def test_check_notes_an_index_file_that_disagrees_with_the_log(tmp_path):
+    path, index = _pickle_with_index(tmp_path)
+    before = (path.read_bytes(), index.read_bytes())
+
+    def swap_two_offsets(offsets_index):
+        offs = offsets_index.base[2]
+        offs[0], offs[1] = offs[1], offs[0]
+
+    _rewrite_index(index, swap_two_offsets)
+    (finding,) = _check_notes(path)
+    assert "disagrees with the log (4 entries differ)" in finding
+    assert path.read_bytes() == before[0]
+
+    index.write_bytes(before[1])
+    _rewrite_index(index, lambda i: i.bound.clear())  # the users forgotten
+    (finding,) = _check_notes(path)
+    assert "disagrees with the log (7 entries differ)" in finding

@@ -17,7 +17,6 @@ from sessionstore.backends import (
     pickleindex,
     pickleindexfile,
     picklelog,
-    picklesync,
 )
 from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.testing import make_record
@@ -211,6 +210,37 @@ def test_an_index_is_written_in_the_background_as_the_log_grows(tmp_path, monkey
     assert backend._indexed == meta.covered  # noqa: SLF001
     assert backend.get_all() == {r.session_id: r for r in records}
     backend.close()
+
+
+def test_close_after_a_bulk_load_leaves_an_index_of_the_whole_log(tmp_path, monkeypatch):
+    """The background writer falls behind a bulk load (here: it is never
+    let run again after its first index); close() writes one covering all."""
+    monkeypatch.setattr(picklecompact, "REFRESH", 50_000)
+    monkeypatch.setattr(picklecompact, "CLOSE_TAIL", 5_000)
+    path = tmp_path / "sessions.dat"
+    backend = opened(path)
+    records = [make_record(payload=b"r" * 500) for _ in range(300)]  # ~170 KB
+    for record in records[:120]:
+        backend.add(record)
+    backend._compactor.join()  # noqa: SLF001 - the first index, written
+    monkeypatch.setattr(backend, "_start_due", lambda: None)  # falls behind
+    for record in records[120:]:
+        backend.add(record)
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        behind, _, _ = pickleindexfile.read_meta(source)
+    assert path.stat().st_size - behind.covered > 50_000
+    backend.close()
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        meta, _, _ = pickleindexfile.read_meta(source)
+    assert meta.covered == path.stat().st_size
+    backend = opened(path)
+    assert backend._indexed == meta.covered  # noqa: SLF001
+    assert backend.get_all() == {r.session_id: r for r in records}
+    backend.close()
+    reader = opened(path)  # a process that wrote nothing writes no index
+    os.unlink(f"{path}.index")
+    reader.close()
+    assert not os.path.exists(f"{path}.index")
 
 
 def test_more_new_sessions_than_the_extra_dict_holds_are_merged(tmp_path, monkeypatch):
@@ -414,6 +444,45 @@ def test_the_offset_index_agrees_with_a_dict_through_merges(monkeypatch):
     assert set(again.of_user("ann")) == set(index.of_user("ann"))
 
 
+def test_a_version_1_index_file_is_still_used_its_live_entries_counted(tmp_path):
+    """Version 2 stores the live count its writer made; a version 1 file
+    (no such field) is used all the same, the reader counting."""
+    import io
+    import pickle
+    import struct
+    import zlib
+
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 50)
+    backend = opened(path)
+    for record in records[:5]:
+        backend.delete(record.session_id)
+    with backend._mutex:  # noqa: SLF001 - as _start_due() does
+        snapshot = backend._snapshot()  # noqa: SLF001
+    backend._refresh_quietly(snapshot)  # noqa: SLF001 - an index with 5 tombstones
+    backend.close()
+    data = (tmp_path / "sessions.dat.index").read_bytes()
+    with pickleindexfile.open_index(f"{path}.index") as source:
+        meta, n, head = pickleindexfile.read_meta(source)
+        source.seek(0)
+        assert (n, pickleindexfile.read_index(source, lambda m: None)[1].count) == (50, 45)
+    # The same file as version 1 wrote it: that version number, no count.
+    fields = list(pickle.loads(head[12:]))
+    fields[1] = 1
+    encoded = pickle.dumps(tuple(fields), 5)
+    columns = data[len(head) : len(head) + 32 * n]
+    rest = data[len(head) + 32 * n + 8 : -4]
+    body = pickleindexfile.MAGIC + struct.pack(">I", len(encoded)) + encoded + columns + rest
+    old = body + struct.pack(">I", zlib.crc32(body))
+    again_meta, again = pickleindexfile.read_index(io.BytesIO(old), lambda m: None)  # type: ignore[arg-type]
+    assert (again_meta, again.count, again.offsets()) == (meta, 45, again.base[2])
+    (tmp_path / "sessions.dat.index").write_bytes(old)
+    fresh = opened(path)
+    assert fresh._indexed == meta.covered  # noqa: SLF001 - from the version 1 index
+    assert fresh.count() == 45 and len(fresh.get_all()) == 45
+    fresh.close()
+
+
 def _churn(backend, records, new):
     """Change the store the way requests of the same process would: update
     some records, delete some, add new ones."""
@@ -509,7 +578,7 @@ def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_p
     waiting, locked = threading.Event(), threading.Event()
     real_flock = PickleBackend._flock
     real_publish = picklecompact.Compaction._publish
-    real_load = picklesync.LogReader._load_index
+    real_load = pickleindexfile.IndexFiles._load_index
     loads = []
 
     def flock(self, operation):
@@ -522,14 +591,14 @@ def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_p
         assert waiting.wait(10)  # the reader is past its catch-up, at the lock
         real_publish(self, temp)
 
-    def load_index(self, st):
+    def load_index(self, st, spare=None):
         if self is reader:
             loads.append(self._holding)  # noqa: SLF001
-        return real_load(self, st)
+        return real_load(self, st, spare)
 
     monkeypatch.setattr(PickleBackend, "_flock", flock)
     monkeypatch.setattr(picklecompact.Compaction, "_publish", publish)
-    monkeypatch.setattr(picklesync.LogReader, "_load_index", load_index)
+    monkeypatch.setattr(pickleindexfile.IndexFiles, "_load_index", load_index)
     new = record._replace(version=2)
     results = []
     swapper = threading.Thread(
@@ -565,3 +634,29 @@ def test_emptying_the_store_removes_the_index_of_the_old_file(tmp_path, caplog):
     assert "not used" not in caplog.text
     assert fresh.get_all() == {extra.session_id: extra}
     fresh.close()
+
+
+@pytest.mark.parametrize("added", [0, 150], ids=["fewer", "more"])
+def test_a_process_following_a_compaction_reads_the_new_index_into_its_arrays(tmp_path, added):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    reader = opened(path)
+    assert reader.get(records[0].session_id) == records[0]
+    old = reader._index  # noqa: SLF001
+    arrays = old.base
+    writer = opened(path)
+    for record in records[:100]:
+        writer.delete(record.session_id)
+    new = [make_record() for _ in range(added)]
+    for record in new:
+        writer.add(record)
+    writer.compact()
+    assert reader.get(records[150].session_id) == records[150]
+    index = reader._index  # noqa: SLF001
+    assert all(a is b for a, b in zip(index.base, arrays, strict=True))
+    assert len(arrays[0]) == 200 + added and index.count == 200 + added
+    # A thread still holding the old index (no lock) is told to ask again.
+    assert old.seq & 1 and old.get(records[150].session_id) is None
+    assert reader.get_all() == {r.session_id: r for r in [*records[100:], *new]}
+    reader.close()
+    writer.close()

@@ -19,14 +19,18 @@ what it covers; without a usable one it reads the whole log (logged).
 
 Under a flock on the stable file ``<filename>.lock`` each process reads what
 other processes appended before each operation
-(:mod:`sessionstore.backends.picklesync`).  A new file (at start-up, after a
-compaction, or replaced) and runs of more than 16 KB of new frames are read
-*before* taking the lock, so a worker starting up or following a compaction
-does not hold up the others; a worker that waited for the lock while a
-compaction was published lets go of it to load the new index.  Reads of an
-up-to-date index take no lock at all (threads use the arrays under a
-sequence number, a merge being the only change that moves entries).  Waiting
-for a busy lock polls every 2 ms at most (flock has no timeout).
+(:mod:`sessionstore.backends.picklesync`).  What can be read *before* taking
+the lock is: a read (``get``) first applies the whole frames others appended,
+with no lock at all, and is served from the index if they are all there is
+(``tests/test_pickle_unlocked.py``); a process that finds the lock busy reads
+them (or a compaction's new file) while it waits; one that got the lock at
+once but finds a new file (at start-up, after a compaction, or replaced) or
+more than 16 KB of new frames lets go of it to read them.  Only whole, valid
+frames are applied without the lock; a partial frame, a torn tail or damage
+after them is judged under it.  Reads of an up-to-date index take no lock
+(threads use the arrays under a sequence number, a merge being the only
+change that moves entries).  A busy lock is waited for in the kernel's queue,
+up to ``busy_timeout`` (:mod:`~sessionstore.backends.picklelock`).
 
 Nothing is destroyed on a guess:
 
@@ -54,35 +58,28 @@ refused) and made private (0600), with a warning when a wider mode was found.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from ..config import as_bool, as_filename
-from ..errors import BackendError, BusyRetry
+from ..errors import BackendError
 from .base import Backend, Record
 from .picklecompact import Compaction
 from .picklefiles import Handle, read_record, remember
 from .pickleindex import OffsetIndex
+from .picklelock import FileLock
 from .picklelog import encode, encode_put
 from .picklepurge import Purge
-from .picklesync import LogReader, NewFile
-from .safefiles import make_private, open_nofollow
+from .picklesync import LogReader
 
 log = logging.getLogger("sessionstore")
 
-#: The longest wait between two tries of a busy lock (flock has no timeout,
-#: so waiters poll; measured with 4 workers: at 20 ms a worker could miss
-#: the lock for 400 ms while the others took turns).
-_POLL_MAX = 0.002
 
-
-class PickleBackend(LogReader, Compaction, Purge, Backend):
+class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
     options = {"filename": as_filename, "fsync": as_bool}
@@ -126,111 +123,6 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
         #: released: what reads use without any lock while the file has not grown.
         self._view: tuple[tuple[int, int] | None, int, OffsetIndex, Handle | None] | None = None
 
-    # -- locking and syncing ---------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        self._acquire(exclusive)
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _acquire(self, exclusive: bool) -> None:
-        """Take the mutex and the file's lock, and sync the index with the
-        file; :meth:`_release` lets go.  (``_locked`` is the same as a
-        context manager; the write path calls these two directly, a
-        generator-based context manager costing more than the lock.)"""
-        if self._pid != os.getpid():
-            self._after_fork()
-        self._mutex.acquire()
-        try:
-            if self._lock_fd is None:
-                self._open_lock()
-            assert self._lock_fd is not None
-            operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            try:  # the usual case: free at once
-                fcntl.flock(self._lock_fd, operation | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._flock(operation)  # wait for it, up to busy_timeout
-        except BaseException:
-            self._mutex.release()
-            raise
-        self._holding = True
-        try:
-            try:
-                self._sync(defer_new=True)
-            except NewFile:
-                # A new file (a compaction published, or our first look)
-                # or a long stretch of new frames: read it without the
-                # lock, which others are waiting for.  (One stat per
-                # operation: no look at the file before taking the lock.)
-                self._holding = False
-                assert self._lock_fd is not None
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                self._catch_up()
-                self._flock(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                self._holding = True
-                self._sync()
-        except BaseException:
-            self._release()
-            raise
-
-    def _release(self) -> None:
-        try:
-            self._holding = False
-            # The index holds every frame up to the offset (and perhaps a
-            # few newer ones, never a partial one).
-            self._view = (
-                None if self._corrupt else (self._file_id, self._offset, self._index, self._handle)
-            )
-            assert self._lock_fd is not None
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            if self._due is not None:
-                self._start_due()
-        finally:
-            self._mutex.release()
-
-    def _after_fork(self) -> None:
-        # flock belongs to the open file description, which a child shares
-        # with its parent: the child needs descriptors of its own (the
-        # parent's stay open for the parent).
-        self._pid = os.getpid()
-        self._mutex = threading.RLock()
-        self._compacting = False
-        self._due = None
-        self._view = None
-        self._lock_fd = None
-        self._handle = None  # the parent's stays open in the parent
-        self._file_id = None
-
-    def _open_lock(self) -> None:
-        path = self.filename + ".lock"
-        try:
-            self._lock_fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
-            make_private(self._lock_fd, path)
-        except BackendError:
-            raise
-        except OSError:
-            try:  # a read-only place: reads still work, writes will fail
-                self._lock_fd = open_nofollow(path, os.O_RDONLY)
-            except OSError as exc:
-                raise BackendError(f"cannot open the lock file {path}", exc) from exc
-
-    def _flock(self, operation: int) -> None:
-        assert self._lock_fd is not None
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.0005
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, operation | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise BusyRetry(f"{self.filename} stayed locked") from None
-                time.sleep(delay)
-                delay = min(delay * 2, _POLL_MAX)
-
     # -- Backend ------------------------------------------------------------------------
 
     def setup(self) -> None:
@@ -265,6 +157,7 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
         compactor = self._compactor
         if compactor is not None and self._pid == os.getpid():
             compactor.join()  # let it finish: it would open the files again
+            self._checkpoint()  # (it fell behind a bulk load)
         with self._mutex:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -347,9 +240,12 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
                 if found is not False:
                     return found
                 # A thread of ours may be appending what the stat saw: once it
-                # is done (it holds the mutex), the index may cover it.
+                # is done (it holds the mutex), the index may cover it.  If
+                # not, others appended: read their frames, without the lock.
                 with self._mutex:
                     found = self._current(st, session_id)
+                    if found is False and not self._holding:
+                        found = self._caught_up(session_id)
                 if found is not False:
                     return found
         with self._locked(exclusive=False):
@@ -364,7 +260,10 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
             return False
         index = view[2]
         seq = index.seq
-        offset = index.get(session_id)
+        try:
+            offset = index.get(session_id)
+        except IndexError:  # (its arrays were retired meanwhile: seq says so)
+            return False
         if seq & 1 or index.seq != seq:
             return False  # a merge moved entries meanwhile: ask again, with the mutex
         if offset is None:
@@ -372,6 +271,20 @@ class PickleBackend(LogReader, Compaction, Purge, Backend):
         handle = view[3]
         assert handle is not None
         return read_record(handle, offset, session_id, self.filename)
+
+    def _caught_up(self, session_id: str) -> Record | None | Literal[False]:
+        """The record, once the index has read the frames appended to the file
+        at the path (with the mutex, without the file lock: complete frames
+        never change); False if anything else is there (an append being
+        written, a torn tail, damage: judged under the lock)."""
+        if not self._catch_up(0) or self._handle is None:
+            return False
+        # Every complete frame up to the offset is indexed: a state the file
+        # was in during this call (an append still being written is not
+        # acknowledged yet), and what reads use until the file grows again.
+        self._view = (self._file_id, self._offset, self._index, self._handle)
+        offset = self._index.get(session_id)
+        return None if offset is None else self._record_at(offset, session_id)
 
     def add(self, record: Record) -> None:
         with self._locked(exclusive=True):

@@ -311,3 +311,12 @@ def _why(data: bytes, pos: int) -> str:
     except Exception as exc:
         return f"unreadable frame ({exc})"
     return "bad frame"
+
+
+def lineage_of(head: bytes) -> tuple[str, int] | None:
+    """The (token, generation) in the origin frame at the start of a log."""
+    start = header_size(head)
+    found = None if start is None else frame_at(head, start)
+    if found is None or found[1][0] != "origin" or len(found[1]) not in (3, 4):
+        return None
+    return str(found[1][1]), int(found[1][2])

@@ -3,11 +3,14 @@
 The index is scanned with no file lock held (its expiry times pick the
 candidates; they may be a second early), at most :data:`_PURGE_SCAN` entries
 per call when there is a ``limit`` (a request's cleanup: a few milliseconds at
-any size; the next call resumes where it stopped).  The candidates are read
-and deleted under the exclusive lock, :data:`_PURGE_BATCH` at a time, each
-checked again there (still the id's latest record, still expired), so a
-session refreshed meanwhile survives and other processes wait ~5 ms at most
-per batch.  A candidate that cannot be read is left alone (logged).
+any size; the next call resumes where it stopped).  The candidates' records
+are read without the lock too (a frame at an offset of a file never changes),
+:data:`_PURGE_BATCH` at a time, and those expired are deleted under the
+exclusive lock if each is still its id's latest frame in the same file (so a
+session refreshed meanwhile survives): the lock is held for index lookups and
+one append, ~1 ms a batch, not for the reads (5-45 ms a batch measured with 4
+busy workers at 1,000,000 sessions, when they were read under it).  A
+candidate that cannot be read is left alone (logged).
 """
 
 from __future__ import annotations
@@ -60,10 +63,14 @@ class Purge:
             batch = _PURGE_BATCH if limit is None else min(_PURGE_BATCH, limit - deleted)
             budget = None if limit is None else _PURGE_SCAN
             candidates, handle, finished = self._expired_candidates(now, batch, budget)
-            if candidates:
+            expired = self._expired_at(candidates, now, handle)
+            if expired:
                 with self._locked(exclusive=True):
                     if handle is self._handle:
-                        deleted += self._delete_ids(self._still_expired(candidates, now))
+                        index = self._index
+                        deleted += self._delete_ids(
+                            [i for offset, i in expired if index.get(i) == offset]
+                        )
             if finished or limit is not None:
                 break
         return deleted
@@ -87,15 +94,17 @@ class Purge:
             self._purge = None
             return found, handle, True
 
-    def _still_expired(self, offsets: list[int], now: float) -> list[str]:
-        """The ids of the records at ``offsets`` still current and expired
-        (under the lock)."""
-        ids = []
+    def _expired_at(
+        self, offsets: list[int], now: float, handle: Handle | None
+    ) -> list[tuple[int, str]]:
+        """``(offset, id)`` of the records at ``offsets`` of the file
+        ``handle`` that are expired (read without the lock)."""
+        found = []
         for offset in offsets:
             try:
-                record = self._record_at(offset, None)
+                record = self._record_at(offset, None, handle)
             except BackendError:
                 continue  # damaged: logged, and kept for `sessionstore check`
-            if record.expires_at <= now and self._index.get(record.session_id) == offset:
-                ids.append(record.session_id)
-        return ids
+            if record.expires_at <= now:
+                found.append((offset, record.session_id))
+        return found

@@ -36,14 +36,13 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import BackendError
 from . import picklelog
 from .base import Record
 from .picklefiles import Handle, read_record, retire
-from .pickleindex import OffsetIndex
-from .pickleindexfile import BadIndex, Meta, open_index, read_index
+from .pickleindex import Base, OffsetIndex
 from .picklelog import FRAME, MAX_FRAME, Damaged
 from .safefiles import open_nofollow
 
@@ -66,15 +65,6 @@ def _follows(before: tuple[str, int] | None, after: tuple[str, int] | None) -> b
     if before is None:
         return after is not None and after[1] == 1
     return after is not None and after[0] == before[0] and after[1] > before[1]
-
-
-def lineage_of(head: bytes) -> tuple[str, int] | None:
-    """The (token, generation) in the origin frame at the start of a log."""
-    start = picklelog.header_size(head)
-    found = None if start is None else picklelog.frame_at(head, start)
-    if found is None or found[1][0] != "origin" or len(found[1]) not in (3, 4):
-        return None
-    return str(found[1][1]), int(found[1][2])
 
 
 class LogReader:
@@ -102,26 +92,38 @@ class LogReader:
     _view: Any
     _purge: Any
 
+    if TYPE_CHECKING:
+
+        def _load_index(self, st: os.stat_result, spare: Base | None = None) -> bool: ...
+
     @property
     def _fd(self) -> int | None:
         handle = self._handle
         return None if handle is None else handle.fd
 
-    def _catch_up(self) -> None:
-        """Index a new file, or a long stretch of new frames, before taking
-        the lock, so that nobody waits while we read: complete frames never
-        change (the log is append-only; a compaction renames a new file over
-        it; only a torn tail is ever cut).  The locked sync then checks it all
-        and reads only what came since."""
+    def _catch_up(self, more_than: int = _CATCH_UP) -> bool:
+        """Index a new file, or new frames (more than ``more_than`` bytes),
+        without the lock, so that nobody waits while we read: complete frames
+        never change (the log is append-only; a compaction renames a new file
+        over it; only a torn tail is ever cut).  Only whole, valid frames are
+        applied; whatever follows them (an append being written, a torn tail,
+        damage) is left to the locked sync, which checks it all and reads
+        only what came since.  Whether the index now covers every byte of the
+        file the path held when called."""
         if self._corrupt is not None:
-            return
+            return False
         try:
             st = os.stat(self.filename)
         except OSError:
-            return
-        if (st.st_dev, st.st_ino) != self._file_id or st.st_size - self._offset > _CATCH_UP:
+            return False
+        if (st.st_dev, st.st_ino) != self._file_id or st.st_size - self._offset > more_than:
             with contextlib.suppress(BackendError, OSError):
                 self._sync()
+        return (
+            self._corrupt is None
+            and self._file_id == (st.st_dev, st.st_ino)
+            and self._offset >= st.st_size
+        )
 
     def _sync(self, defer_new: bool = False) -> None:
         """Bring the index up to date with the file (under the lock); with
@@ -170,8 +172,9 @@ class LogReader:
             st = os.fstat(self._fd)  # the file opened, whatever the path held before
             file_id = (st.st_dev, st.st_ino)
             seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            spare = self._index.retire()
             self._reset_index(file_id)
-            if st.st_size and not self._load_index(st):
+            if st.st_size and not self._load_index(st, spare):
                 # Caught between a compaction's two renames: do it again
                 # under the lock, which the compaction holds across both.
                 self._pending = (previous, before, count)
@@ -249,45 +252,6 @@ class LogReader:
             self._writable = False
         self._handle = Handle(fd)
 
-    # -- the index file -----------------------------------------------------------------
-
-    def _load_index(self, st: os.stat_result) -> bool:
-        """Start from the index file if it verifies for the log opened; False
-        (nothing done) if it names another file and we hold no lock: it may
-        be the old log's index, about to be replaced."""
-        assert self._fd is not None
-        path = self.filename + ".index"
-        lineage = lineage_of(os.pread(self._fd, 512, 0))
-
-        def check(meta: Meta) -> str | None:
-            if meta.inode != st.st_ino:
-                return "it indexes another file"
-            if (meta.token, meta.generation) != lineage:
-                return "it indexes another generation of the log"
-            if meta.covered > st.st_size:
-                return "it covers more than the log holds"
-            if not self._mark_holds(meta.mark):
-                return "the log was rewritten since"
-            return None
-
-        try:
-            with open_index(path) as source:
-                meta, index = read_index(source, check)
-        except FileNotFoundError:
-            return True
-        except (OSError, BadIndex) as exc:
-            if not self._holding and "another file" in str(exc):
-                return False
-            level = logging.INFO if "indexes another" in str(exc) else logging.WARNING
-            log.log(level, "%s not used (%s): reading the whole log", path, exc)
-            return True
-        self._index = index
-        self._offset = self._indexed = meta.covered
-        self._mark = meta.mark
-        self._lineage = lineage
-        self._put_bytes, self._put_frames = meta.put_bytes, meta.put_frames
-        return True
-
     # -- the log ------------------------------------------------------------------------
 
     def _pread(self, size: int, at: int) -> bytes:
@@ -311,11 +275,17 @@ class LogReader:
             with self._index.bulk():
                 self._read_from(pos, end)
         except Damaged as exc:
+            if not self._holding:
+                return  # perhaps an append being written: judged under the lock
             self._fail(seen, exc.offset, exc.reason)
         except BackendError:
             raise  # could not read (a bad sector): not damage we saw
         except Exception as exc:
+            if not self._holding:
+                return
             self._fail(seen, self._offset, f"unreadable frame ({exc})")
+        if not self._holding:
+            return  # (a partial frame at the end: the locked sync judges it)
         if self._offset < end:
             self._tail = (self._file_id, self._offset, end)
             log.info("%s: an unfinished write at byte %d", self.filename, self._offset)

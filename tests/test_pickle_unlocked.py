@@ -1,0 +1,176 @@
+"""The pickle backend reads what others appended without the file lock:
+reads are served while another process holds it, only whole frames are
+applied, and whatever follows them is judged under the lock."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from sessionstore import BackendError
+from sessionstore.backends import picklelog
+from sessionstore.backends.picklefile import PickleBackend
+from sessionstore.errors import BusyRetry
+from sessionstore.testing import make_record
+
+
+def opened(path, busy_timeout=5.0):
+    backend = PickleBackend(str(path), busy_timeout=busy_timeout)
+    backend.setup()
+    return backend
+
+
+@contextmanager
+def held(path):
+    """The store's lock, held exclusively by another open file (as another
+    process holding it would)."""
+    fd = os.open(f"{path}.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def test_a_read_of_what_another_process_appended_needs_no_lock(tmp_path):
+    path = tmp_path / "sessions.dat"
+    writer = opened(path)
+    first = make_record()
+    writer.add(first)
+    reader = opened(path, busy_timeout=0.05)
+    assert reader.get(first.session_id) == first
+    later = make_record()
+    writer.add(later)
+    with held(path):
+        # Taking the lock would give up after 50 ms (BusyRetry).
+        assert reader.get(later.session_id) == later
+        assert reader.get(first.session_id) == first
+        with pytest.raises(BusyRetry):
+            reader.compare_and_swap(later.session_id, later.version, None)
+    assert reader.compare_and_swap(later.session_id, later.version, None)
+    assert writer.get(later.session_id) is None
+    reader.close()
+    writer.close()
+
+
+def test_an_append_being_written_is_left_to_the_locked_sync(tmp_path, caplog):
+    """Half a frame at the end, as another process's append in progress
+    looks: an unlocked read applies the whole frames before it, logs
+    nothing and notes nothing to cut, and leaves the read to the locked
+    path; once the append is whole, it is read."""
+    path = tmp_path / "sessions.dat"
+    writer = opened(path)
+    first = make_record()
+    writer.add(first)
+    reader = opened(path, busy_timeout=0.05)
+    assert reader.get(first.session_id) == first
+    before, partial = make_record(), make_record()
+    writer.add(before)
+    frame = picklelog.encode_put(partial)
+    caplog.set_level(logging.INFO, logger="sessionstore")
+    with held(path):
+        with open(path, "ab") as out:
+            out.write(frame[: len(frame) // 2])
+        with pytest.raises(BusyRetry):
+            reader.get(before.session_id)  # (the locked path: the lock is held)
+        assert reader._index.get(before.session_id) is not None  # noqa: SLF001
+        assert reader._tail is None  # noqa: SLF001 - nothing noted as cuttable
+        with open(path, "ab") as out:
+            out.write(frame[len(frame) // 2 :])
+        assert reader.get(partial.session_id) == partial
+    assert caplog.records == []
+    assert reader.count() == 3
+    reader.close()
+    writer.close()
+
+
+def test_damage_seen_without_the_lock_is_reported_under_it_and_left_untouched(tmp_path):
+    path = tmp_path / "sessions.dat"
+    writer = opened(path)
+    first = make_record()
+    writer.add(first)
+    reader = opened(path, busy_timeout=0.05)
+    assert reader.get(first.session_id) == first
+    after = make_record()
+    damaged = bytearray(picklelog.encode_put(make_record()))
+    damaged[20] ^= 0xFF  # a bad CRC, with a whole frame after it: damage
+    with held(path):
+        with open(path, "ab") as out:
+            out.write(bytes(damaged) + picklelog.encode_put(after))
+        with pytest.raises(BusyRetry):
+            reader.get(first.session_id)  # not judged without the lock
+        assert reader._corrupt is None  # noqa: SLF001
+    size = path.stat().st_size
+    with pytest.raises(BackendError, match="damaged at byte"):
+        reader.get(after.session_id)
+    assert path.stat().st_size == size
+    reader.close()
+    writer.close()
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _until(condition, seconds=5.0):
+    """Wait for ``condition`` (a state, not a time), up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_busy_lock_is_waited_for_in_the_kernel_and_handed_over(tmp_path):
+    path = tmp_path / "sessions.dat"
+    backend = opened(path)
+    record = make_record()
+    backend.add(record)
+    done = []
+    with held(path):
+        swap = threading.Thread(
+            target=lambda: done.append(backend.compare_and_swap(record.session_id, 1, None))
+        )
+        swap.start()
+        _until(lambda: any(t.name == "sessionstore-lock" for t in threading.enumerate()))
+        assert done == []
+    swap.join(5)
+    assert done == [True]
+    assert backend.get(record.session_id) is None
+    backend.add(record)  # the descriptor it waited on is the lock's now
+    assert backend.count() == 1
+    backend.close()
+
+
+def test_a_wait_given_up_leaves_the_lock_free_and_no_descriptor_behind(tmp_path):
+    path = tmp_path / "sessions.dat"
+    backend = opened(path, busy_timeout=0.05)
+    record = make_record()
+    backend.add(record)
+    before = _open_fds()
+    with held(path), pytest.raises(BusyRetry):
+        backend.compare_and_swap(record.session_id, 1, None)
+    # The thread that waited takes the lock now and lets go of it at once.
+    fd = os.open(f"{path}.lock", os.O_RDWR)
+    try:
+        _until(lambda: _try_lock(fd))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    _until(lambda: _open_fds() == before)
+    assert backend.compare_and_swap(record.session_id, 1, None)
+    backend.close()
+
+
+def _try_lock(fd):
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
