@@ -24,25 +24,18 @@ import statistics
 import subprocess
 import sys
 
+from instructions import CHILD_SETUP  # this folder is on the path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ROWS = "memory:/write,pickle:/write,sqlite:/write"
 
-# One child: TREE's sessionstore, this checkout's benchmark application.
-CHILD = r"""
-import importlib.util, os, sys, tempfile, time
-tree, bench, kind, path = sys.argv[1:5]
-sys.path.insert(0, tree)
-import sessionstore, sessionstore.backends  # TREE's, before overhead.py puts its own first
-assert sessionstore.__file__.startswith(os.path.join(tree, "")), sessionstore.__file__
-spec = importlib.util.spec_from_file_location("overhead", os.path.join(bench, "overhead.py"))
-overhead = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(overhead)
-directory = tempfile.mkdtemp()
-options = {"memory": {}, "pickle": {"filename": os.path.join(directory, "s.dat")},
-           "sqlite": {"filename": os.path.join(directory, "s.db")}}[kind]
-app, backend = overhead.sessionstore_app(kind, options)
-client, bare = overhead.Client(app), overhead.Client(overhead.bare)
+# One child: instructions.py's start, then timing.
+CHILD = (
+    CHILD_SETUP
+    + r"""
+import time
+bare = overhead.Client(overhead.bare)
 for _ in range(100):
     client.request(path)
 best = best_bare = float("inf")
@@ -58,6 +51,7 @@ for _ in range(5):
 backend.close()
 print((best - best_bare) * 1000)  # microseconds per request
 """
+)
 
 
 def overhead_us(tree: str, kind: str, path: str) -> float:

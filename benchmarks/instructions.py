@@ -31,10 +31,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ROWS = "memory:/read,memory:/write,memory:/update,pickle:/write,sqlite:/write"
 
-# What runs under valgrind: TREE's sessionstore, this checkout's benchmark app.
-CHILD = r"""
+# A child's start (shared with against.py): TREE's sessionstore, this
+# checkout's benchmark app, as ``app``, ``backend`` and ``client``.
+CHILD_SETUP = r"""
 import importlib.util, os, sys, tempfile
-tree, bench, kind, path, count = sys.argv[1:6]
+tree, bench, kind, path = sys.argv[1:5]
 sys.path.insert(0, tree)
 import sessionstore, sessionstore.backends  # TREE's, before overhead.py puts its own first
 assert sessionstore.__file__.startswith(os.path.join(tree, "")), sessionstore.__file__
@@ -48,10 +49,16 @@ options = {"memory": {}, "pickle": {"filename": os.path.join(directory, "s.dat")
            "sqlite": {"filename": os.path.join(directory, "s.db")}}[kind]
 app, backend = overhead.sessionstore_app(kind, options)
 client = overhead.Client(app)
-for _ in range(50 + int(count)):
+"""
+# What runs under valgrind.
+CHILD = (
+    CHILD_SETUP
+    + r"""
+for _ in range(50 + int(sys.argv[5])):
     client.request(path)
 backend.close()
 """
+)
 
 
 def count(tree: str, kind: str, path: str, requests: int) -> int:
