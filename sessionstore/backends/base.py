@@ -30,6 +30,7 @@ middleware's back.
 from __future__ import annotations
 
 import abc
+import difflib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -204,8 +205,11 @@ class Backend(abc.ABC):
         for key, value in options.items():
             convert = cls.options.get(key)
             if convert is None:
+                # Hidden: a misspelt option may hold a password.
+                close = difflib.get_close_matches(key, cls.options, n=1)
+                hint = f" (did you mean backend.{close[0]}?)" if close else ""
                 raise ConfigurationError(
-                    f"backend.{key}", value, f"unknown option for {cls.__name__}"
+                    f"backend.{key}", value, f"unknown option for {cls.__name__}{hint}", hide=True
                 )
             kwargs[key] = convert(f"backend.{key}", value)
         return cls(busy_timeout=busy_timeout, **kwargs)
