@@ -32,7 +32,32 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Cookie attribute values (Path, Domain): printable ASCII without ';'.
 _ATTRIBUTE_RE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")
 _ENVIRON_KEY_RE = re.compile(r"[A-Za-z0-9_.-]+")
+#: The CGI variables of PEP 3333 and RFC 3875, which a WSGI server fills in.
+_CGI_KEYS = frozenset(
+    [
+        "AUTH_TYPE",
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "GATEWAY_INTERFACE",
+        "PATH_INFO",
+        "PATH_TRANSLATED",
+        "QUERY_STRING",
+        "REMOTE_ADDR",
+        "REMOTE_HOST",
+        "REMOTE_IDENT",
+        "REMOTE_PORT",
+        "REMOTE_USER",
+        "REQUEST_METHOD",
+        "REQUEST_URI",
+        "SCRIPT_NAME",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "SERVER_SOFTWARE",
+    ]
+)
 
+_DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
 #: The shortest secret accepted: 32 characters (``sessionstore secret`` prints 43).
 MIN_SECRET_LENGTH = 32
 #: Example secrets published in our README, SPEC and demo: known to everyone.
@@ -110,6 +135,10 @@ def as_secrets(key: str, value: object) -> tuple[str, ...]:
     Each must be at least :data:`MIN_SECRET_LENGTH` characters and must not be
     one of the example values we publish.  No message shows a secret.
     """
+    if value is None:
+        raise ConfigurationError(
+            key, None, "a secret is required; generate one with `sessionstore secret`"
+        )
     if isinstance(value, str):
         secrets = tuple(value.split())
         if not secrets:
@@ -148,9 +177,10 @@ def as_secrets(key: str, value: object) -> tuple[str, ...]:
 
 
 def _as_optional_seconds(key: str, value: object) -> int | None:
+    """Whole seconds >= 1, or ``None``: 0 would make every cookie expire at once."""
     if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
         return None
-    return _as_span(key, value)
+    return _as_span(key, value, minimum=1)
 
 
 def _as_touch_interval(key: str, value: object) -> int | None:
@@ -178,6 +208,15 @@ def _as_secure(key: str, value: object) -> bool | str:
     return as_bool(key, value)
 
 
+def _as_path(key: str, value: object) -> str | None:
+    path = _as_attribute(key, value)
+    if path is not None and not path.startswith("/"):
+        # A browser ignores a Path that does not start with "/" and uses the
+        # request's directory: a session would be lost from page to page.
+        raise ConfigurationError(key, value, "must start with /")
+    return path
+
+
 def _as_attribute(key: str, value: object) -> str | None:
     if value is None or value == "":
         return None
@@ -197,6 +236,10 @@ def _as_cookie_name(key: str, value: object) -> str:
 def _as_environ_key(key: str, value: object) -> str:
     if not isinstance(value, str) or not _ENVIRON_KEY_RE.fullmatch(value):
         raise ConfigurationError(key, value, "expected letters, digits, '_', '.' or '-'")
+    if value.lower().startswith("wsgi.") or value.upper() in _CGI_KEYS or value.startswith("HTTP_"):
+        # The session would replace what the server put there (the request
+        # body, a header, the path).
+        raise ConfigurationError(key, value, "a key the WSGI server sets; use another name")
     return value
 
 
@@ -211,7 +254,7 @@ def _as_cache_control(key: str, value: object) -> str | None:
 _CONVERTERS: dict[str, Callable[[str, object], Any]] = {
     "secret": as_secrets,
     "cookie_name": _as_cookie_name,
-    "cookie_path": _as_attribute,
+    "cookie_path": _as_path,
     "cookie_domain": _as_attribute,
     "cookie_max_age": _as_optional_seconds,
     "secure": _as_secure,
@@ -242,7 +285,7 @@ class Settings:
     stored, plus the keys and pickled values this request adds.
     """
 
-    secret: tuple[str, ...] = field(repr=False)
+    secret: tuple[str, ...] = field(repr=False, default=cast(tuple[str, ...], None))
     cookie_name: str = "session"
     cookie_path: str | None = "/"
     cookie_domain: str | None = None
@@ -259,7 +302,7 @@ class Settings:
     busy_timeout: float = 5.0
     environ_key: str = "session"
     cache_control: str | None = "no-store"
-    max_value_size: int = 1024 * 1024
+    max_value_size: int = _DEFAULT_MAX_VALUE_SIZE
     max_session_size: int = 4 * 1024 * 1024
     #: How long a cookie signature stays valid (a session given an explicit
     #: expiry keeps it valid until then); derived, not configurable.
@@ -284,8 +327,16 @@ class Settings:
                 "samesite", "None", f"SameSite=None needs secure = true, not {self.secure}"
             )
         if self.max_value_size > self.max_session_size:
+            if self.max_value_size == _DEFAULT_MAX_VALUE_SIZE:  # max_session_size was set
+                raise ConfigurationError(
+                    "max_session_size",
+                    self.max_session_size,
+                    f"must be at least max_value_size ({self.max_value_size}); lower that too",
+                )
             raise ConfigurationError(
-                "max_value_size", self.max_value_size, "must not exceed max_session_size"
+                "max_value_size",
+                self.max_value_size,
+                f"must not exceed max_session_size ({self.max_session_size})",
             )
         # A cookie is re-signed whenever the idle clock is refreshed, so its
         # signature never gets older than the longest span a session may live.

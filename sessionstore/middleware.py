@@ -73,7 +73,7 @@ class SessionMiddleware:
         self,
         app: WSGIApp,
         *,
-        secret: str | list[str] | tuple[str, ...],
+        secret: str | list[str] | tuple[str, ...] | None = None,
         backend: str | Backend = "sqlite",
         backend_options: Mapping[str, object] | None = None,
         clock: Callable[[], float] | None = None,

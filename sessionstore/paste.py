@@ -33,6 +33,14 @@ def split_ini(conf: Mapping[str, Any]) -> dict[str, Any]:
     """Turn a filter section into SessionMiddleware keyword arguments."""
     if "secret" not in conf:
         raise ConfigurationError("secret", None, "a secret is required")
+    if "backend_options" in conf:
+        # It would arrive as one string; each option has its own line.
+        raise ConfigurationError(
+            "backend_options",
+            conf["backend_options"],
+            "give each option as backend.NAME = value in an ini file",
+            hide=True,
+        )
     for key in _PYTHON_ONLY:
         if key in conf:
             raise ConfigurationError(

@@ -158,7 +158,7 @@ def test_every_setting_is_converted(tmp_path):
         pytest.param(
             "secret = s-0123456789abcdefghijklmnopqrst\nbackend = sqlite\nbackend.colour = red\n",
             "backend.colour",
-            "red",
+            "<hidden>",  # a misspelt option may hold a password
             id="unknown-backend-option",
         ),
         pytest.param(
@@ -173,6 +173,30 @@ def test_every_setting_is_converted(tmp_path):
             "cookie_domain",
             "example.com",
             id="host-prefix-with-domain",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\ncookie_max_age = 0\n",
+            "cookie_max_age",
+            "0",
+            id="cookie-max-age-zero",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\ncookie_path = shop\n",
+            "cookie_path",
+            "shop",
+            id="relative-cookie-path",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\nbackend_options = filename=x.db\n",
+            "backend_options",
+            "<hidden>",
+            id="backend-options-in-an-ini",
+        ),
+        pytest.param(
+            "secret = s-0123456789abcdefghijklmnopqrst\nmax_session_size = 1000\n",
+            "max_session_size",
+            1000,
+            id="session-size-below-the-default-value-size",
         ),
     ],
 )
@@ -253,6 +277,30 @@ def test_a_misspelt_key_never_shows_its_value(tmp_path, key):
         load(tmp_path, f"secret = {GOOD}\n{key} = {OLD}\nbackend = memory\n")
     assert info.value.key == key and OLD not in str(info.value) and OLD not in repr(info.value)
     assert info.value.value == "<hidden>"
+
+
+def test_a_misspelt_backend_option_never_shows_its_value_and_gets_a_hint(tmp_path):
+    with pytest.raises(ConfigurationError, match=r"did you mean backend\.filename\?") as info:
+        load(tmp_path, f"secret = {GOOD}\nbackend = sqlite\nbackend.filname = {OLD}\n")
+    assert info.value.key == "backend.filname" and OLD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key", ["wsgi.input", "wsgi.errors", "HTTP_COOKIE", "PATH_INFO", "REQUEST_METHOD"]
+)
+def test_environ_key_cannot_replace_what_the_server_sets(key):
+    with pytest.raises(ConfigurationError) as info:
+        make(environ_key=key)
+    assert info.value.key == "environ_key"
+
+
+def test_a_missing_secret_or_a_string_of_backend_options_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="a secret is required") as info:
+        SessionMiddleware(lambda e, s: [], backend="memory")
+    assert info.value.key == "secret"
+    with pytest.raises(ConfigurationError) as info:
+        make(backend="sqlite", backend_options="filename=x.db")
+    assert info.value.key == "backend_options"
 
 
 def test_a_misspelt_key_gets_a_hint():

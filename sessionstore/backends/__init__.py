@@ -56,6 +56,10 @@ def load_backend(
     spec: str | Backend, options: Mapping[str, object] | None = None, *, busy_timeout: float = 5.0
 ) -> Backend:
     """Build (or pass through) a backend and run its ``setup()``."""
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigurationError(
+            "backend_options", options, "expected a mapping of option names to values", hide=True
+        )
     if isinstance(spec, Backend):
         if options:
             key = next(iter(options))
