@@ -10,8 +10,8 @@
 
 The backend comes from ``--config FILE.ini`` (its sessionstore filter section)
 or from ``--backend NAME --option KEY=VALUE ...``.  Commands that read or write
-session data (``show``, ``get``, ``set``, ``del``) need the secret: from the
-ini, ``--secret``, or ``SESSIONSTORE_SECRET``; no output ever shows it.
+session data (``show``, ``get``, ``set``, ``del``) need the secret: from
+``--secret``, the ini, or ``SESSIONSTORE_SECRET``; no output ever shows it.
 ``get`` prints a value's ``repr()`` (a stored string cannot send escape
 sequences to the terminal); ``--raw`` writes a string's or bytes' own bytes.
 Errors print one line and exit with status 1.
@@ -20,6 +20,7 @@ Errors print one line and exit with status 1.
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ from typing import Any
 from . import maintenance, users
 from .backends import load_backend
 from .backends.base import Record
+from .cliparser import build_parser
 from .clitarget import CommandError, Target, pairs
 from .errors import SessionStoreError
 from .ids import is_valid_id
@@ -67,7 +69,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not os.path.isfile(path):
         raise CommandError(f"cannot read {args.config_file}: no such file")
     serving.log_to_stderr(quiet=args.quiet)
-    app = loadapp(f"config:{path}", name=args.app)
+    try:
+        app = loadapp(f"config:{path}", name=args.app)
+    except (SessionStoreError, CommandError):
+        raise
+    except configparser.InterpolationError as exc:
+        # Its message quotes the value, which may be the secret.
+        raise CommandError(
+            f"{args.config_file}: [{exc.section}] {exc.option}: a % must be written %%"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the site's factories raise
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise CommandError(
+            f"cannot load [{args.app}] of {args.config_file}: {type(exc).__name__}: {detail}"
+        ) from exc
     middleware = None
     if args.stats:
         middleware = serving.find_session_middleware(app)
@@ -141,13 +156,25 @@ def cmd_get(args: argparse.Namespace, target: Target) -> None:
 
 
 def cmd_secret(args: argparse.Namespace) -> None:
-    """Print a fresh random secret: 43 URL-safe characters (256 bits)."""
-    print(secrets.token_urlsafe(32))
+    """Print a fresh random secret: 43 URL-safe characters (256 bits).
+
+    Drawn again when it starts with ``-``, which a shell command line would
+    take for an option (``--secret -x...``).
+    """
+    secret = secrets.token_urlsafe(32)
+    while secret.startswith("-"):
+        secret = secrets.token_urlsafe(32)
+    print(secret)
 
 
 def cmd_set(args: argparse.Namespace, target: Target) -> None:
     _check_app_key(args)
     data = dump_value(args.value)  # stored as a string, as the key-value CLI did
+    if len(data) > target.settings.max_value_size:
+        raise CommandError(
+            f"the value is {len(data)} bytes pickled; "
+            f"max_value_size is {target.settings.max_value_size}"
+        )
 
     def edit(apps: AppData) -> bool:
         keys = apps.setdefault(args.app, {})
@@ -235,113 +262,6 @@ def cmd_salvage(args: argparse.Namespace, target: Target) -> None:
 
 
 # -- argument parsing -----------------------------------------------------------------
-
-
-def _store_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    """The options naming the store; accepted before or after the command."""
-
-    def default(value: Any) -> Any:
-        return value if defaults else argparse.SUPPRESS
-
-    where = parser.add_argument_group("which store")
-    where.add_argument(
-        "--config",
-        metavar="FILE.ini",
-        default=default(None),
-        help="use the session filter of this ini",
-    )
-    where.add_argument(
-        "--section",
-        default=default(None),
-        help="the ini section, when it has several session filters",
-    )
-    where.add_argument(
-        "--backend",
-        metavar="NAME",
-        default=default(None),
-        help="memory, pickle, sqlite, redis, sql or module:Class",
-    )
-    where.add_argument(
-        "--option",
-        action="append",
-        default=default([]),
-        metavar="KEY=VALUE",
-        help="a backend option (repeat)",
-    )
-    where.add_argument(
-        "--secret",
-        default=default(None),
-        help="the secret (default: the ini's, or $SESSIONSTORE_SECRET)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", default=default(False), help="machine-readable output"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sessionstore", description="Serve a PasteDeploy site, or manage stored sessions."
-    )
-    _store_options(parser, defaults=True)
-    common = argparse.ArgumentParser(add_help=False)
-    _store_options(common, defaults=False)
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    class _Commands:
-        @staticmethod
-        def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-            parents = [] if name in ("serve", "secret") else [common]
-            return subparsers.add_parser(name, parents=parents, **kwargs)
-
-    commands = _Commands()
-
-    serve = commands.add_parser("serve", help="serve an ini file with waitress")
-    serve.add_argument("config_file", metavar="CONFIG.ini")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--app", default="main", help="the [app:NAME] or pipeline to serve")
-    serve.add_argument("--quiet", action="store_true", help="no access log")
-    serve.add_argument(
-        "--stats",
-        action="store_true",
-        help="serve the session counters as JSON at /__sessionstore__/stats",
-    )
-
-    commands.add_parser("list", help="list stored sessions, one per line (streamed)")
-    commands.add_parser("show", help="show one session and its stores").add_argument("session_id")
-    for name, help_text in (
-        ("get", "print one value"),
-        ("set", "store a string value"),
-        ("del", "delete one key"),
-    ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("-s", "--session", required=True, metavar="ID")
-        sub.add_argument("-n", "--store-name", "--app", dest="app", required=True, metavar="APP")
-        sub.add_argument("-k", "--key", required=True)
-        if name == "set":
-            sub.add_argument("-V", "--value", required=True)
-        if name == "get":
-            sub.add_argument(
-                "--raw", action="store_true", help="write a str's or bytes' own bytes, not repr()"
-            )
-    commands.add_parser("destroy", help="delete one session").add_argument("session_id")
-    purge = commands.add_parser("purge", help="delete expired sessions")
-    purge.add_argument("--all", action="store_true", help="delete every session")
-    commands.add_parser("stats", help="count sessions")
-    migrate = commands.add_parser("migrate", help="copy every session to another backend")
-    migrate.add_argument("--to", required=True, metavar="NAME")
-    migrate.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE")
-    commands.add_parser("check", help="verify every record and the file (exit 1 if damaged)")
-    salvage = commands.add_parser("salvage", help="copy every readable session to another store")
-    salvage.add_argument("--to", required=True, metavar="NAME")
-    salvage.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE")
-    of = commands.add_parser("sessions-of", help="list the live sessions of a user")
-    of.add_argument("user")
-    logout = commands.add_parser("logout-user", help="destroy every session of a user")
-    logout.add_argument("user")
-    logout.add_argument("--keep", metavar="ID", help="a session id to keep")
-    commands.add_parser("secret", help="print a fresh random secret for an ini")
-    return parser
 
 
 def cmd_sessions_of(args: argparse.Namespace, target: Target) -> None:

@@ -3,9 +3,13 @@
 The store comes from the sessionstore filter section of an ini file (found
 the way PasteDeploy would: ``use = egg:sessionstore#session``, or the demo's
 own section when it holds a secret) or from ``--backend NAME --option
-KEY=VALUE``.  A command never creates a store: a file-backed store that does
-not exist is an error naming it.  The secret, when a command needs one, comes
-from ``--secret``, ``SESSIONSTORE_SECRET`` or the ini, in that order.
+KEY=VALUE``.  A section is read as PasteDeploy reads it: ``[filter:NAME]`` or
+``[filter-app:NAME]`` (its ``next`` line names the application), ``set NAME =
+VALUE`` lines change the globals, not the filter, and ``get KEY = NAME`` takes
+a value from ``[DEFAULT]``.  A command never creates a store: a file-backed
+store that does not exist is an error naming it.  The secret, when a command
+needs one, comes from ``--secret``, the ini or ``SESSIONSTORE_SECRET``, in
+that order: the ini's is the one its site signs with.
 
 :meth:`Target.change` edits a session by compare-and-swap, keeping its
 expiry and user binding, and writes nothing when the edit changed nothing.
@@ -64,8 +68,9 @@ def read_ini(path: str, section: str | None = None) -> dict[str, str]:
 
     filters = [s for s in parser.sections() if is_session(s)]
     if section:
-        # "--section session" finds [filter:session] too.
-        found = [s for s in (section, f"filter:{section}") if parser.has_section(s)]
+        # "--section session" finds [filter:session] and [filter-app:session] too.
+        names = (section, f"filter:{section}", f"filter-app:{section}")
+        found = [s for s in names if parser.has_section(s)]
         if not found:
             known = ", ".join(f"[{s}]" for s in filters) or "none"
             raise CommandError(f"{path} has no section [{section}] (its session filters: {known})")
@@ -78,10 +83,35 @@ def read_ini(path: str, section: str | None = None) -> dict[str, str]:
         raise CommandError(f"{path} has no [filter:...] section using egg:sessionstore#session")
     if len(filters) > 1:
         raise CommandError(f"{path} has several session filters; pick one with --section")
+    return _filter_settings(parser, filters[0], path)
+
+
+def _filter_settings(parser: configparser.ConfigParser, section: str, path: str) -> dict[str, str]:
+    """The keys PasteDeploy would hand the filter's factory, interpolated."""
     # Like PasteDeploy, pass the section's own keys only ([DEFAULT] is global).
     own = configparser.ConfigParser(default_section="\0", interpolation=None)
     own.read(path, encoding="utf-8")
-    return {key: parser.get(filters[0], key) for key in own.options(filters[0]) if key != "use"}
+    skip = {"use", "next"} if section.startswith("filter-app:") else {"use"}
+    result = {}
+    for key in own.options(section):
+        if key in skip or key.startswith("set "):
+            continue  # "set NAME = VALUE" changes the globals, not this filter
+        try:
+            if key.startswith("get "):
+                value = parser.get(configparser.DEFAULTSECT, parser.get(section, key).strip())
+                key = key[4:].strip()
+            else:
+                value = parser.get(section, key)
+        except configparser.InterpolationError:
+            # Its message quotes the value, which may be the secret.
+            raise CommandError(
+                f"{path}: [{section}] {key}: a % must be written %% "
+                "(or %(name)s, to use a [DEFAULT] value)"
+            ) from None
+        except (KeyError, configparser.NoOptionError):
+            raise CommandError(f"{path}: [{section}] {key}: no such [DEFAULT] value") from None
+        result[key] = value
+    return result
 
 
 def pairs(values: Sequence[str], flag: str) -> dict[str, str]:
@@ -118,19 +148,22 @@ class Target:
     """The backend (and the secret, when known) that a command works on."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        secret = args.secret or os.environ.get("SESSIONSTORE_SECRET")
+        secret = args.secret
+        #: The ini's settings (the limits on what ``set`` may store).
+        self.settings = Settings.from_mapping({"secret": _PLACEHOLDER})
         if args.config:
             conf = read_ini(args.config, args.section)
             name = conf.pop("backend", "sqlite")
             options = {k[8:]: v for k, v in conf.items() if k.startswith("backend.")}
             settings = {k: v for k, v in conf.items() if not k.startswith("backend.")}
             secret = secret or settings.get("secret")
-            if settings:  # validate (a placeholder when no secret is known yet)
-                Settings.from_mapping({**settings, "secret": secret or _PLACEHOLDER})
+            # Validated, with a placeholder when no secret is known yet.
+            self.settings = Settings.from_mapping({**settings, "secret": secret or _PLACEHOLDER})
         elif args.backend:
             name, options = args.backend, pairs(args.option, "--option")
         else:
             raise CommandError("name a store with --config FILE.ini or --backend NAME")
+        secret = secret or os.environ.get("SESSIONSTORE_SECRET")
         if args.command in ("check", "salvage"):  # they read the files themselves
             self.backend = backend_class(name).from_options(options, busy_timeout=5.0)
         else:
@@ -163,20 +196,26 @@ class Target:
             apps = {app: keys for app, keys in apps.items() if keys}
             if apps == {app: keys for app, keys in before.items() if keys}:
                 return result  # nothing changed: write nothing, not even a new version
+            payload = self._codec().dumps(
+                apps,
+                expiry,
+                record.session_id,
+                record.created_at,
+                record.expires_at,
+                decoded.binding,
+            )
+            if len(payload) > self.settings.max_session_size:
+                raise CommandError(
+                    f"that would make session {session_id} {len(payload)} bytes; "
+                    f"max_session_size is {self.settings.max_session_size}"
+                )
             new = Record(
                 record.session_id,
                 record.version + 1,
                 record.created_at,
                 record.accessed_at,
                 record.expires_at,
-                self._codec().dumps(
-                    apps,
-                    expiry,
-                    record.session_id,
-                    record.created_at,
-                    record.expires_at,
-                    decoded.binding,
-                ),
+                payload,
                 record.user,
             )
             if self.backend.compare_and_swap(session_id, record.version, new):
