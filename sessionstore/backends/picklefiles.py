@@ -277,9 +277,10 @@ class LogFiles:
         self._corrupt = None
         self._file_id = None  # the next sync indexes the new file
         log.error(
-            "%s; it is kept as %s and a new file holds the %d sessions that could be read "
-            "(%d left out: a later change of theirs was in a damaged stretch)",
-            error,
+            "%s; it is set aside, unchanged, as %s, and a new file holds the %d sessions "
+            "that could be read (%d left out: a later change of theirs was in a damaged "
+            "stretch)",
+            getattr(error, "damage", error),
             aside,
             len(records),
             left_out,

@@ -355,11 +355,12 @@ class LogReader:
             raise ValueError(f"unknown frame kind {frame[0]!r:.40}")
 
     def _fail(self, seen: tuple[int, int, int, int], offset: int, reason: str) -> NoReturn:
+        damage = f"session file {self.filename} is damaged at byte {offset}: {reason}"
         error = BackendError(
-            f"session file {self.filename} is damaged at byte {offset}: {reason}; "
-            "it is left untouched (see `sessionstore check` and `salvage`)"
+            damage + "; it is left untouched (see `sessionstore check` and `salvage`)"
         )
         error.offset = offset  # type: ignore[attr-defined]
+        error.damage = damage  # type: ignore[attr-defined]  # without what happens next
         self._corrupt = (seen, error)
         self._reset_index(self._file_id)
         raise error
