@@ -35,7 +35,9 @@ class Session(SessionData):
 
     __slots__ = (
         "_manager",
-        "_environ",
+        "_cookie_header",
+        "_agent",
+        "_address",
         "_loaded",
         "_cookie",
         "_record",
@@ -54,7 +56,12 @@ class Session(SessionData):
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
         self._manager = manager
-        self._environ = environ
+        # What the session needs of the request, taken now: holding the
+        # environ, which holds the session, would make each request a
+        # reference cycle left to the garbage collector.
+        self._cookie_header = environ.get("HTTP_COOKIE")
+        self._agent = environ.get("HTTP_USER_AGENT")
+        self._address = environ.get("REMOTE_ADDR")
         self._loaded = False
         self._cookie: CookieId | None = None
         self._record: Record | None = None
@@ -127,8 +134,10 @@ class Session(SessionData):
         :meth:`regenerate`); ``None`` unbinds.
 
         Committed like any write and kept through ``regenerate()``.  The
-        user agent and address of this request are kept with the binding
-        for :meth:`SessionMiddleware.sessions_of`.
+        user agent and address of this request, as it reached the middleware
+        (a middleware that takes ``REMOTE_ADDR`` from a proxy's headers goes
+        outside it), are kept with the binding for
+        :meth:`SessionMiddleware.sessions_of`.
         """
         if user_id is not None and not (isinstance(user_id, str) and 0 < len(user_id) <= 255):
             raise ValueError("bind_user() takes a user id of 1 to 255 characters, or None")
@@ -136,11 +145,10 @@ class Session(SessionData):
         if user_id is None:
             binding = None
         else:
-            environ = self._environ
             binding = Binding(
                 user_id,
-                str(environ.get("HTTP_USER_AGENT", ""))[:256],
-                str(environ.get("REMOTE_ADDR", ""))[:64],
+                str(self._agent or "")[:256],
+                str(self._address or "")[:64],
                 self._manager.clock(),
             )
             same = self._binding
@@ -228,7 +236,7 @@ class Session(SessionData):
         if self._loaded:
             return
         self._loaded = True
-        header = self._environ.get("HTTP_COOKIE")
+        header = self._cookie_header
         if not header:
             return
         manager = self._manager

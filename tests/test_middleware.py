@@ -428,3 +428,48 @@ def test_a_clock_or_chance_that_is_not_a_function_fails_at_start_up(name):
 
     with pytest.raises(ConfigurationError, match=f"^{name} = 5: expected a function"):
         SessionMiddleware(lambda e, s: [], secret="x" * 40, backend="memory", **{name: 5})
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "pickle"])
+def test_a_request_leaves_no_reference_cycle_behind(tmp_path, backend):
+    """What a request allocated is freed when it ends, not at the next
+    run of the garbage collector (a cycle per request cost ~15% of a write)."""
+    import gc
+
+    from .apps import make_app
+
+    app = make_app(backend, None if backend == "memory" else str(tmp_path / "s"))
+    paths = ["/write", "/read", "/append", "/id", "/regenerate", "/destroy"]
+    cookie = ""
+
+    def request(path):
+        nonlocal cookie
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": "key=k&value=v",
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "HTTP_COOKIE": cookie,
+        }
+        headers = []
+        body = app(environ, lambda status, h, exc_info=None: headers.extend(h))
+        b"".join(body)
+        if hasattr(body, "close"):
+            body.close()
+        for name, value in headers:
+            if name == "Set-Cookie":
+                cookie = value.split(";")[0]
+
+    request("/write")  # imports, caches and the store's first file are made now
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            for path in paths:
+                request(path)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+        app.close()
