@@ -39,13 +39,23 @@ def held(path):
         os.close(fd)
 
 
-def test_a_read_of_what_another_process_appended_needs_no_lock(tmp_path):
+@pytest.fixture
+def pair(tmp_path):
+    """A writer and a reader (whose lock waits give up after 50 ms) of one
+    store, both having seen its first record."""
     path = tmp_path / "sessions.dat"
     writer = opened(path)
     first = make_record()
     writer.add(first)
     reader = opened(path, busy_timeout=0.05)
     assert reader.get(first.session_id) == first
+    yield path, writer, reader, first
+    reader.close()
+    writer.close()
+
+
+def test_a_read_of_what_another_process_appended_needs_no_lock(pair):
+    path, writer, reader, first = pair
     later = make_record()
     writer.add(later)
     with held(path):
@@ -56,21 +66,14 @@ def test_a_read_of_what_another_process_appended_needs_no_lock(tmp_path):
             reader.compare_and_swap(later.session_id, later.version, None)
     assert reader.compare_and_swap(later.session_id, later.version, None)
     assert writer.get(later.session_id) is None
-    reader.close()
-    writer.close()
 
 
-def test_an_append_being_written_is_left_to_the_locked_sync(tmp_path, caplog):
+def test_an_append_being_written_is_left_to_the_locked_sync(pair, caplog):
     """Half a frame at the end, as another process's append in progress
     looks: an unlocked read applies the whole frames before it, logs
     nothing and notes nothing to cut, and leaves the read to the locked
     path; once the append is whole, it is read."""
-    path = tmp_path / "sessions.dat"
-    writer = opened(path)
-    first = make_record()
-    writer.add(first)
-    reader = opened(path, busy_timeout=0.05)
-    assert reader.get(first.session_id) == first
+    path, writer, reader, _ = pair
     before, partial = make_record(), make_record()
     writer.add(before)
     frame = picklelog.encode_put(partial)
@@ -87,17 +90,10 @@ def test_an_append_being_written_is_left_to_the_locked_sync(tmp_path, caplog):
         assert reader.get(partial.session_id) == partial
     assert caplog.records == []
     assert reader.count() == 3
-    reader.close()
-    writer.close()
 
 
-def test_damage_seen_without_the_lock_is_reported_under_it_and_left_untouched(tmp_path):
-    path = tmp_path / "sessions.dat"
-    writer = opened(path)
-    first = make_record()
-    writer.add(first)
-    reader = opened(path, busy_timeout=0.05)
-    assert reader.get(first.session_id) == first
+def test_damage_seen_without_the_lock_is_reported_under_it_and_left_untouched(pair):
+    path, _, reader, first = pair
     after = make_record()
     damaged = bytearray(picklelog.encode_put(make_record()))
     damaged[20] ^= 0xFF  # a bad CRC, with a whole frame after it: damage
@@ -111,8 +107,6 @@ def test_damage_seen_without_the_lock_is_reported_under_it_and_left_untouched(tm
     with pytest.raises(BackendError, match="damaged at byte"):
         reader.get(after.session_id)
     assert path.stat().st_size == size
-    reader.close()
-    writer.close()
 
 
 def _open_fds():
