@@ -4,7 +4,9 @@ The file is an append-only log of frames (format and crash rules in
 :mod:`sessionstore.backends.picklelog`).  A commit appends one frame, so its
 cost does not grow with the number of sessions.  When dead frames outweigh
 live ones the log is compacted in the background, other processes waiting only
-for the final rename (:mod:`sessionstore.backends.picklecompact`).  Temporary
+for the final rename (:mod:`sessionstore.backends.picklecompact`), then
+following to the new file with the index they have while the new one loads
+in the background (:mod:`sessionstore.backends.picklebridge`).  Temporary
 files left by a killed compaction are removed when a store is set up.
 
 Memory does not grow with the records: a process keeps only where each
@@ -68,6 +70,7 @@ from typing import Any, Literal
 from ..config import as_bool, as_filename
 from ..errors import BackendError
 from .base import Backend, Record
+from .picklebridge import Bridge, Following
 from .picklecompact import Compaction
 from .picklefiles import Handle, read_record, remember
 from .pickleindex import OffsetIndex
@@ -79,7 +82,7 @@ from .picklesync import LogReader
 log = logging.getLogger("sessionstore")
 
 
-class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
+class PickleBackend(FileLock, LogReader, Following, Compaction, Purge, Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
     options = {"filename": as_filename, "fsync": as_bool}
@@ -122,6 +125,11 @@ class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
         #: (file id, offset, index, handle) as of the last time the lock was
         #: released: what reads use without any lock while the file has not grown.
         self._view: tuple[tuple[int, int] | None, int, OffsetIndex, Handle | None] | None = None
+        #: A compaction's new log followed with the old log's index while its
+        #: own loads (:mod:`~sessionstore.backends.picklebridge`): the index
+        #: holds ``offset - shift`` for a frame of the new log.
+        self._bridge: Bridge | None = None
+        self._shift = 0
 
     # -- Backend ------------------------------------------------------------------------
 
@@ -154,6 +162,8 @@ class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        if self._pid == os.getpid():
+            self._wait_for_bridge()  # (its loader would hold the files open)
         compactor = self._compactor
         if compactor is not None and self._pid == os.getpid():
             compactor.join()  # let it finish: it would open the files again
@@ -191,7 +201,9 @@ class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
         frames = [encode_put(r) for r in records]
         data = b"".join(frames)
         self._append(data)
-        position = self._offset - len(data)  # (the file may have just been made)
+        # (The file may have just been made; offsets are the old log's while
+        # following a compaction: see picklebridge.)
+        position = self._offset - len(data) - self._shift
         assert self._handle is not None
         put, handle = self._index.put, self._handle
         for record, frame in zip(records, frames, strict=True):
@@ -206,7 +218,7 @@ class PickleBackend(FileLock, LogReader, Compaction, Purge, Backend):
         """``_put_records([record])``, for the swap of every write request."""
         data = encode_put(record)
         self._append(data)
-        position = self._offset - len(data)  # (the file may have just been made)
+        position = self._offset - len(data) - self._shift  # (as in _put_records)
         assert self._handle is not None
         self._index.put(record.session_id, position, record.expires_at, record.user)
         remember(self._handle, position, record)

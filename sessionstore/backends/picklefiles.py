@@ -52,11 +52,17 @@ class Handle:
     reading without the lock keeps the file it looked up open, whatever
     another thread reopens meanwhile.  ``cache`` maps offsets to records."""
 
-    __slots__ = ("fd", "cache")
+    __slots__ = ("fd", "cache", "before", "split", "shift")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.cache: dict[int, Record] = {}
+        #: A compaction's new log followed without its index yet
+        #: (:mod:`~sessionstore.backends.picklebridge`): offsets below
+        #: ``split`` are read from the old log ``before``, the others at
+        #: ``offset + shift`` of this file.
+        self.before: Handle | None = None
+        self.split = self.shift = 0
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError):
@@ -89,17 +95,23 @@ def read_record(handle: Handle, offset: int, session_id: str | None, filename: s
     record = handle.cache.get(offset)
     if record is not None and session_id in (None, record.session_id):
         return record
+    fd, at = handle.fd, offset
+    if handle.before is not None:  # (following a compaction: see Handle)
+        if offset < handle.split:
+            fd = handle.before.fd
+        else:
+            at = offset + handle.shift
     try:
-        frame = picklelog.read_frame(handle.fd, offset)
+        frame = picklelog.read_frame(fd, at)
         if frame[0] != "put":
-            raise Damaged(offset, f"a {frame[0]!r:.20} frame where a record should be")
+            raise Damaged(at, f"a {frame[0]!r:.20} frame where a record should be")
         record = picklelog.record_of(frame)
         if session_id is not None and record.session_id != session_id:
-            raise Damaged(offset, "the frame holds another session")
+            raise Damaged(at, "the frame holds another session")
     except (Damaged, ValueError, DamagedRecord, OSError) as exc:
         shown = session_id or "(unknown id)"
-        log.error("%s: session %s unreadable at byte %d: %s", filename, shown, offset, exc)
-        raise DamagedRecord(shown, f"unreadable at byte {offset} of {filename} ({exc})") from exc
+        log.error("%s: session %s unreadable at byte %d: %s", filename, shown, at, exc)
+        raise DamagedRecord(shown, f"unreadable at byte {at} of {filename} ({exc})") from exc
     remember(handle, offset, record)
     return record
 

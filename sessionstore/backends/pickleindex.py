@@ -33,8 +33,11 @@ live index without copying them: ``frozen`` holds merges off meanwhile.
 
 Memory per worker at 1,000,000 sessions (``benchmarks/scale.py --fleet``):
 68-75 MB RSS, of which ~32 MB are these arrays and ~27 MB the interpreter
-and its modules.  A process following a compaction reads the new index into
-these arrays (:meth:`OffsetIndex.retire`), never holding two at once.
+and its modules.  A process following a compaction holds two for a moment:
+its old index, which it keeps using, and the new one, loaded in the
+background (:mod:`~sessionstore.backends.picklebridge`); one that cannot
+follow that way reads the new index into these arrays
+(:meth:`OffsetIndex.retire`).
 
 **On disk**: the index file, written by compaction and refreshed in the
 background: :mod:`~sessionstore.backends.pickleindexfile`.

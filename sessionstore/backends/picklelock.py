@@ -51,6 +51,7 @@ class FileLock:
     _handle: Handle | None
     _due: str | None
     _compacting: bool
+    _bridge: Any
 
     if TYPE_CHECKING:
 
@@ -137,6 +138,7 @@ class FileLock:
         self._lock_fd = None
         self._handle = None  # the parent's stays open in the parent
         self._file_id = None
+        self._bridge = None  # (its loader thread is the parent's)
 
     def _open_lock(self) -> None:
         path = self.filename + ".lock"

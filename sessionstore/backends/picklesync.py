@@ -14,7 +14,10 @@ to read (a new file, or many new frames) it leaves to
 the lock is taken again.  What it notices, and what it does:
 
 * frames appended by others: applied (read in chunks of 1 MiB);
-* a new file at the path (at start-up, after a compaction by anyone, or a
+* a compaction (by another process) of the file indexed: followed with the
+  index we have, the new one loading in the background
+  (:mod:`~sessionstore.backends.picklebridge`), when sure of it;
+* a new file at the path (at start-up, after a compaction otherwise, or a
   file replaced): the index file ``<log>.index`` is loaded if it verifies
   for this file, and only the log after the bytes it covers is read; else the
   whole log is read (the reason logged);
@@ -91,10 +94,14 @@ class LogReader:
     _pending: tuple[tuple[int, int] | None, tuple[str, int] | None, int] | None
     _view: Any
     _purge: Any
+    _shift: int  # (see picklebridge)
+    _bridge: Any
 
     if TYPE_CHECKING:
 
         def _load_index(self, st: os.stat_result, spare: Base | None = None) -> bool: ...
+        def _bridge_to(self) -> bool: ...
+        def _cross(self) -> None: ...
 
     @property
     def _fd(self) -> int | None:
@@ -145,6 +152,9 @@ class LogReader:
             return
         except OSError as exc:
             raise BackendError(f"cannot read {self.filename}", exc) from exc
+        bridge = self._bridge
+        if bridge is not None and bridge.result is not None:
+            self._cross()  # the new index loaded in the background: in place
         seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if (
             defer_new
@@ -161,6 +171,8 @@ class LogReader:
         if file_id != self._file_id:
             if defer_new and self._file_id is not None:
                 raise NewFile
+            if self._bridge_to():
+                return  # a compaction of our file, followed with our index
             previous, before, count = self._pending or (
                 self._file_id,
                 self._lineage,
@@ -218,6 +230,7 @@ class LogReader:
 
     def _reset_index(self, file_id: tuple[int, int] | None) -> None:
         self._file_id = file_id
+        self._shift, self._bridge = 0, None
         self._offset = self._indexed = 0
         self._mark = None
         self._index = OffsetIndex()
@@ -238,6 +251,7 @@ class LogReader:
             self._view = self._purge = None
             retire(self._handle)
             self._handle = None
+        self._shift, self._bridge = 0, None
         try:
             fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
             self._writable = True
@@ -344,7 +358,8 @@ class LogReader:
     def _apply(self, frame: tuple[Any, ...], start: int, size: int) -> None:
         if frame[0] == "put":
             record = picklelog.record_of(frame)
-            self._index.put(record.session_id, start, record.expires_at, record.user)
+            # (at an offset of the old log's, while bridged: see picklebridge)
+            self._index.put(record.session_id, start - self._shift, record.expires_at, record.user)
             self._put_bytes += size
             self._put_frames += 1
         elif frame[0] == "del" and len(frame) == 2 and isinstance(frame[1], str):

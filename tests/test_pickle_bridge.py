@@ -1,0 +1,229 @@
+"""Following another process's compaction before its index is loaded
+(``sessionstore/backends/picklebridge.py``): real files, a real second process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from sessionstore.backends import picklebridge
+from sessionstore.backends.picklefile import PickleBackend
+from sessionstore.testing import make_record
+
+from .conftest import ROOT
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from sessionstore.backends.picklefile import PickleBackend
+    backend = PickleBackend(sys.argv[1])
+    backend.setup()
+    for line in sys.stdin:
+        word, *ids = line.split()
+        if word == "compact":
+            backend.compact()
+        elif word == "empty":
+            backend.delete_all()
+        for session_id in ids:
+            if word == "del":
+                assert backend.delete(session_id) == 1
+                continue
+            record = backend.get(session_id)
+            new = record._replace(version=record.version + 1, payload=b"child")
+            assert backend.compare_and_swap(session_id, record.version, new)
+        print("ok", flush=True)
+    backend.close()
+    """
+)
+
+
+class Child:
+    """Another process on the store, one command at a time."""
+
+    def __init__(self, path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def __call__(self, word, records=()):
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(" ".join([word, *(r.session_id for r in records)]) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "ok\n"
+
+    def close(self):
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        assert self.proc.wait(60) == 0
+        self.proc.stdout.close()
+
+
+def opened(path):
+    backend = PickleBackend(str(path))
+    backend.setup()
+    return backend
+
+
+def compacted(path, count):
+    backend = opened(path)
+    records = [make_record(payload=b"p" * 200) for _ in range(count)]
+    for record in records:
+        backend.add(record)
+    backend.compact()
+    backend.close()
+    return records
+
+
+def bumped(record):
+    return record._replace(version=record.version + 1, payload=b"child")
+
+
+@pytest.fixture
+def held_loader(monkeypatch):
+    """The loader of the new index waits until the event is set."""
+    release = threading.Event()
+    real = picklebridge.Following._load_behind
+
+    def load_behind(self, bridge):
+        assert release.wait(60)
+        real(self, bridge)
+
+    monkeypatch.setattr(picklebridge.Following, "_load_behind", load_behind)
+    yield release
+    release.set()
+
+
+def test_a_process_that_has_not_loaded_the_new_index_commits_and_loses_nothing(
+    tmp_path, held_loader
+):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 400)
+    follower = opened(path)
+    assert follower.get(records[0].session_id) == records[0]
+    child = Child(path)
+    child("put", records[:20])  # before the compaction: the follower has not read them
+    child("del", records[20:30])
+    child("compact")
+    child("put", records[:5])  # in the new log
+    expected = {r.session_id: r for r in records[30:]}
+    expected.update({r.session_id: bumped(r) for r in records[:20]})
+    expected.update({r.session_id: bumped(bumped(r)) for r in records[:5]})
+
+    # The follower reads through its old index, and the new log after it.
+    for record in records[:40]:
+        assert follower.get(record.session_id) == expected.get(record.session_id)
+    assert follower._bridge is not None and follower._bridge.result is None  # noqa: SLF001
+    # Its commits are compare-and-swaps against the latest record of either file.
+    one = expected[records[1].session_id]
+    mine = one._replace(version=one.version + 1, payload=b"follower")
+    assert not follower.compare_and_swap(one.session_id, one.version - 1, mine)
+    assert follower.compare_and_swap(one.session_id, one.version, mine)
+    assert follower.compare_and_swap(records[40].session_id, 1, None)
+    assert not follower.compare_and_swap(records[25].session_id, 1, None)  # deleted by the child
+    new = make_record()
+    follower.add(new)
+    expected[one.session_id] = mine
+    del expected[records[40].session_id]
+    expected[new.session_id] = new
+    follower._handle.cache.clear()  # noqa: SLF001 - read back from the files, not memory
+    assert follower.get_all() == expected
+    assert follower.count() == len(expected)
+    assert follower._bridge is not None  # noqa: SLF001 - still not loaded
+
+    # The other process sees them, and commits on top of them.
+    child("put", [records[1], new])
+    expected[one.session_id] = bumped(mine)
+    expected[new.session_id] = bumped(new)
+    assert follower.get(one.session_id) == bumped(mine)
+
+    # Loaded: the next locked operation puts the new index in place.
+    held_loader.set()
+    follower._wait_for_bridge()  # noqa: SLF001
+    assert follower.count() == len(expected)
+    assert follower._bridge is None and follower._shift == 0  # noqa: SLF001
+    assert follower._indexed > 0  # noqa: SLF001 - from the compaction's index file
+    assert follower.get_all() == expected
+    follower.compact()  # from the new index, with nothing lost
+    child("put", [records[2]])
+    expected[records[2].session_id] = bumped(expected[records[2].session_id])
+    child.close()
+    assert follower.get_all() == expected
+    follower.close()
+    fresh = opened(path)
+    assert fresh.get_all() == expected
+    fresh.close()
+
+
+def test_a_purge_while_following_deletes_only_what_expired(tmp_path, held_loader):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 100)
+    expiring = [make_record(expires_at=1_000.0) for _ in range(10)]
+    follower = opened(path)
+    for record in expiring:
+        follower.add(record)
+    child = Child(path)
+    child("compact")
+    child("put", expiring[:3])  # still expired, now in the new log
+    assert follower.get(records[0].session_id) == records[0]
+    assert follower._bridge is not None  # noqa: SLF001
+    assert follower.delete_expired(now=2_000.0) == 10
+    child.close()
+    held_loader.set()
+    assert follower.get_all() == {r.session_id: r for r in records}
+    follower.close()
+
+
+def test_a_new_index_that_cannot_be_loaded_is_loaded_the_usual_way(tmp_path, held_loader, caplog):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    follower = opened(path)
+    assert follower.get(records[0].session_id) == records[0]
+    child = Child(path)
+    child("put", records[:3])
+    child("compact")
+    child.close()
+    os.unlink(f"{path}.index")
+    assert follower.get(records[1].session_id) == bumped(records[1])
+    assert follower._bridge is not None  # noqa: SLF001
+    held_loader.set()
+    follower._wait_for_bridge()  # noqa: SLF001
+    with caplog.at_level("INFO", "sessionstore"):
+        assert follower.count() == 300
+    assert "the new index was not loaded" in caplog.text
+    assert follower._bridge is None  # noqa: SLF001
+    expected = {r.session_id: r for r in records}
+    expected.update({r.session_id: bumped(r) for r in records[:3]})
+    assert follower.get_all() == expected
+    follower.close()
+
+
+@pytest.mark.parametrize("how", ["emptied", "compacted-twice"])
+def test_a_new_file_that_is_not_one_compaction_of_ours_is_loaded_at_once(tmp_path, how):
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 200)
+    follower = opened(path)
+    assert follower.get(records[0].session_id) == records[0]
+    child = Child(path)
+    if how == "emptied":
+        child("empty")
+        expected = {}
+    else:
+        child("compact")
+        child("put", records[:2])
+        child("compact")
+        expected = {r.session_id: r for r in records}
+        expected.update({r.session_id: bumped(r) for r in records[:2]})
+    child.close()
+    assert follower.get(records[1].session_id) == expected.get(records[1].session_id)
+    assert follower._bridge is None  # noqa: SLF001
+    assert follower.get_all() == expected
+    follower.close()
