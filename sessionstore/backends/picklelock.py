@@ -9,8 +9,9 @@ file or a long stretch of new frames found then is read with the lock let go
 and taken again.  A child process after ``fork`` opens descriptors of its own.
 
 Waiting for a busy lock is a blocking flock on a descriptor of its own, in a
-thread of its own, given up after ``busy_timeout`` (:class:`_Wait`): the
-kernel wakes waiters when the lock is let go, where polling missed turns.
+thread of its own, given up after ``busy_timeout``
+(:mod:`~sessionstore.backends.flockwait`): the kernel wakes waiters when the
+lock is let go, where polling missed turns.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BusyRetry
+from .flockwait import FlockWait
 from .picklefiles import Handle
 from .pickleindex import OffsetIndex
 from .picklesync import NewFile
@@ -155,8 +157,9 @@ class FileLock:
 
     def _flock(self, operation: int) -> None:
         """Wait for the lock, up to ``busy_timeout``, in the kernel's queue
-        of waiters (:class:`_Wait`), which wakes a waiter when the lock is
-        let go; polling left a waiter asleep while others took turns.
+        of waiters (:class:`~.flockwait.FlockWait`), which wakes a waiter
+        when the lock is let go; polling left a waiter asleep while others
+        took turns.
         Measured with 4 processes taking turns on 2 cores: the longest wait
         16-23 ms, against 40-78 ms polling every 2 ms at most."""
         assert self._lock_fd is not None
@@ -168,7 +171,7 @@ class FileLock:
         if self._holding:  # (a conversion: only our own descriptor can make it)
             return self._poll(operation)
         try:
-            wait = _Wait(self.filename + ".lock", operation)
+            wait = FlockWait(self.filename + ".lock", operation)
         except OSError:  # (no descriptor to spare: poll)
             return self._poll(operation)
         if not wait.done(self.busy_timeout):
@@ -189,53 +192,3 @@ class FileLock:
                     raise BusyRetry(f"{self.filename} stayed locked") from None
                 time.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
-
-
-class _Wait:
-    """A blocking flock with a timeout: flock has none, so the wait is made
-    on a descriptor of its own (a lock belongs to the open file description)
-    in a thread of its own.  Got in time, the descriptor becomes the
-    process's lock descriptor; given up, the thread lets go of the lock as
-    soon as it gets it and closes the descriptor, so a wait given up never
-    leaves the lock held (``tests/test_pickle_unlocked.py``)."""
-
-    __slots__ = ("fd", "_operation", "_guard", "_state", "_ended")
-
-    def __init__(self, path: str, operation: int) -> None:
-        self.fd = open_nofollow(path, os.O_RDONLY)
-        self._operation = operation
-        self._guard = threading.Lock()
-        self._state = "waiting"  # then "got", "failed" or "given up"
-        self._ended = threading.Event()
-        thread = threading.Thread(target=self._run, name="sessionstore-lock", daemon=True)
-        thread.start()
-
-    def _run(self) -> None:
-        try:
-            fcntl.flock(self.fd, self._operation)
-            state = "got"
-        except OSError:
-            state = "failed"
-        with self._guard:
-            if self._state == "given up":
-                self._close()
-                return
-            self._state = state
-        self._ended.set()
-
-    def done(self, timeout: float) -> bool:
-        """Whether the lock is ours within ``timeout`` seconds."""
-        self._ended.wait(timeout)
-        with self._guard:
-            if self._state == "got":
-                return True
-            if self._state == "failed":
-                self._close()
-            else:
-                self._state = "given up"  # the thread lets go of it
-            return False
-
-    def _close(self) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(self.fd, fcntl.LOCK_UN)  # (a forked child may share it)
-        os.close(self.fd)
