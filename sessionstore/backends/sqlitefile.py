@@ -25,6 +25,9 @@ connection is closed by ``close()``, also on a failed ``setup()``.
   unnoticed.  Reads do not look (the ``stat`` was a tenth of a request's
   cost): until a thread's next write, it may read the deleted file's last
   state.
+* Writers take turns on a lock the kernel hands over
+  (:mod:`~sessionstore.backends.sqlitequeue`), not in SQLite's busy
+  handler, which sleeps up to 100 ms between tries.
 * A store in a read-only place opens read-only (``mode=ro``, or
   ``immutable=1`` when not even the ``-shm`` file can be made) and serves
   reads; writes fail with a :class:`BackendError`.
@@ -48,6 +51,7 @@ from collections.abc import Iterator
 
 from ..errors import BackendError, BusyRetry
 from .base import Backend
+from .sqlitequeue import WriterQueue
 
 log = logging.getLogger("sessionstore")
 
@@ -107,6 +111,8 @@ class SqliteFile(Backend):
         self._wal_due = _WAL_CHECK_EVERY
         self._wal_checks = 0
         self.read_only = False
+        #: Every write statement takes a turn (None for ``:memory:``).
+        self._writers = None if self._memory else WriterQueue(filename, busy_timeout)
 
     def _create(self, conn: sqlite3.Connection) -> None:
         """Make the schema (the backend's)."""
@@ -211,6 +217,21 @@ class SqliteFile(Backend):
             self.read_only = True
             return conn
         raise BackendError(f"cannot open the SQLite database {self.filename}")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A connection for this thread, during this process's turn to write."""
+        writers = self._writers
+        if writers is None:
+            with self._conn() as conn:
+                yield conn
+            return
+        writers.acquire()
+        try:
+            with self._conn() as conn:
+                yield conn
+        finally:
+            writers.release()
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -343,6 +364,8 @@ class SqliteFile(Backend):
         for conn in connections:
             conn.close()
         self._local = threading.local()
+        if self._writers is not None:
+            self._writers.close()
 
     def __del__(self) -> None:
         # Dropped without close() (a middleware nobody closed): close the
