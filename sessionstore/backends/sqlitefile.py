@@ -73,6 +73,8 @@ _WAL_RETRY_EVERY = 4
 #: holding SQLite's checkpoint lock can win the write lock it waits for:
 #: saturating writers starved it, and the WAL grew to 122 MB meanwhile.
 _WAL_STALL = 32 << 20
+#: How long a checkpoint waits for readers to move on (milliseconds).
+_CHECKPOINT_WAIT_MS = 10
 _WAL_PAUSE = 0.25
 
 
@@ -313,12 +315,20 @@ class SqliteFile(Backend):
                 return
         log.debug("WAL checkpoint of %s postponed (%d bytes)", self.filename, size)
 
-    @staticmethod
-    def _checkpoint(conn: sqlite3.Connection, mode: str) -> tuple[int, int]:
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> tuple[int, int]:
         """Run a checkpoint: whether it was cut short, and the WAL's frames
-        (-1 when another connection's checkpoint was running)."""
+        (-1 when another connection's checkpoint was running).
+
+        It runs during this process's turn to write, so it waits for readers
+        at most :data:`_CHECKPOINT_WAIT_MS` (SQLite's busy handler sleeps up
+        to 100 ms at a time, and every writer would wait with it); one cut
+        short is tried again a few writes later."""
         try:
-            busy, frames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_WAIT_MS}")
+            try:
+                busy, frames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except sqlite3.OperationalError:
             return 1, 0
         return busy, frames
