@@ -8,8 +8,6 @@ import fcntl
 import logging
 import os
 import threading
-import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -19,6 +17,8 @@ from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.errors import BusyRetry
 from sessionstore.testing import make_record
 
+from .locks import flock_held, until
+
 
 def opened(path, busy_timeout=5.0):
     backend = PickleBackend(str(path), busy_timeout=busy_timeout)
@@ -26,17 +26,9 @@ def opened(path, busy_timeout=5.0):
     return backend
 
 
-@contextmanager
 def held(path):
-    """The store's lock, held exclusively by another open file (as another
-    process holding it would)."""
-    fd = os.open(f"{path}.lock", os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    """The store's lock, held exclusively as another process would hold it."""
+    return flock_held(f"{path}.lock")
 
 
 @pytest.fixture
@@ -113,14 +105,6 @@ def _open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-def _until(condition, seconds=5.0):
-    """Wait for ``condition`` (a state, not a time), up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
-
-
 def test_a_busy_lock_is_waited_for_in_the_kernel_and_handed_over(tmp_path):
     path = tmp_path / "sessions.dat"
     backend = opened(path)
@@ -132,7 +116,7 @@ def test_a_busy_lock_is_waited_for_in_the_kernel_and_handed_over(tmp_path):
             target=lambda: done.append(backend.compare_and_swap(record.session_id, 1, None))
         )
         swap.start()
-        _until(lambda: any(t.name == "sessionstore-lock" for t in threading.enumerate()))
+        until(lambda: any(t.name == "sessionstore-lock" for t in threading.enumerate()))
         assert done == []
     swap.join(5)
     assert done == [True]
@@ -153,11 +137,11 @@ def test_a_wait_given_up_leaves_the_lock_free_and_no_descriptor_behind(tmp_path)
     # The thread that waited takes the lock now and lets go of it at once.
     fd = os.open(f"{path}.lock", os.O_RDWR)
     try:
-        _until(lambda: _try_lock(fd))
+        until(lambda: _try_lock(fd))
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-    _until(lambda: _open_fds() == before)
+    until(lambda: _open_fds() == before)
     assert backend.compare_and_swap(record.session_id, 1, None)
     backend.close()
 

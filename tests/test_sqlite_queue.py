@@ -3,17 +3,17 @@ hands over, instead of sleeping in SQLite's busy handler."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from sessionstore.backends.sqlite import SqliteBackend
 from sessionstore.errors import BusyRetry
 from sessionstore.testing import in_forked_child, make_record
+
+from .locks import flock_held, until
 
 
 def opened(path, busy_timeout=5.0):
@@ -22,24 +22,9 @@ def opened(path, busy_timeout=5.0):
     return backend
 
 
-@contextmanager
 def turn_held(path):
-    """The turn to write, held by another open file (as another process would)."""
-    fd = os.open(f"{path}.writers", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _until(condition, seconds=5.0):
-    """Wait for ``condition`` (a state, not a time), up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
+    """The turn to write, held as another process would hold it."""
+    return flock_held(f"{path}.writers")
 
 
 def test_a_writer_waits_for_its_turn_and_reads_do_not(tmp_path):
@@ -73,7 +58,7 @@ def test_a_waiting_writer_is_handed_the_turn_when_it_is_let_go(tmp_path):
         )
         swap.start()
         # Waiting in the kernel's queue, in a thread of its own.
-        _until(lambda: any(t.name == "sessionstore-lock" for t in threading.enumerate()))
+        until(lambda: any(t.name == "sessionstore-lock" for t in threading.enumerate()))
         assert done == []
     swap.join(5)
     assert done == [True] and backend.get(record.session_id) is None
