@@ -12,9 +12,10 @@
   visitor, logged, and left in the file for ``sessionstore check``.
 * :class:`LogFiles`: appends (under the exclusive lock: a torn tail left by
   a crash is cut first, only when ``_sync`` saw it as such; a failed append
-  cuts its own partial frame), temporary files ``.<name>.*.compact.tmp`` (flocked while
-  in use, so :meth:`LogFiles.remove_orphans` removes only those of dead
-  processes), a new log renamed over the old one (created, emptied, set
+  cuts its own partial frame), temporary files ``.<name>.*.compact.tmp``
+  (flocked while in use, and made under another name until locked, so
+  :meth:`LogFiles.remove_orphans` removes only those of dead processes), a
+  new log renamed over the old one (created, emptied, set
   aside, compacted), and a damaged log set aside under
   ``<name>.damaged-<time>-<pid>`` with every byte kept.
 """
@@ -45,6 +46,8 @@ log = logging.getLogger("sessionstore")
 ORIGIN = struct.Struct(">QQQQ")  # dev, inode, base, tail_at: fixed size
 #: Records kept per open file, by offset.
 _CACHE = 2048
+#: The name a temporary file has until it is locked (see ``LogFiles._temp``).
+_FRESH = ".compact.new"
 
 
 class Handle:
@@ -198,9 +201,20 @@ class LogFiles:
     # -- replacing -------------------------------------------------------------------
 
     def _temp(self) -> tuple[int, str]:
+        """A new temporary file, locked (which tells remove_orphans() it is
+        in use) before it has the name remove_orphans() looks for: another
+        process starting up deleted it between mkstemp() and flock()."""
         directory, name = os.path.split(self.filename)
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".compact.tmp", dir=directory)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # tells remove_orphans() it is in use
+        fd, fresh = tempfile.mkstemp(prefix=f".{name}.", suffix=_FRESH, dir=directory)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            temp = fresh[: -len(_FRESH)] + ".compact.tmp"
+            os.rename(fresh, temp)  # (the lock goes with the file)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(fresh)
+            raise
         return fd, temp
 
     def _temps(self) -> Iterator[str]:
@@ -208,8 +222,14 @@ class LogFiles:
         yield from glob.glob(os.path.join(glob.escape(directory), f".{name}.*.compact.tmp"))
 
     def remove_orphans(self) -> list[str]:
-        """Delete the temporary files of compactions whose process died."""
+        """Delete the temporary files of compactions whose process died (one
+        that died between making and locking its file: an hour later)."""
         removed = [temp for temp in self._temps() if not in_use(temp, remove=True)]
+        directory, name = os.path.split(self.filename)
+        for fresh in glob.glob(os.path.join(glob.escape(directory), f".{name}.*{_FRESH}")):
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(fresh).st_mtime > 3600 and not in_use(fresh, True):
+                    removed.append(fresh)
         if removed:
             log.warning("%s: removed %d unfinished compactions", self.filename, len(removed))
         return removed
