@@ -280,6 +280,11 @@ class PickleBackend(FileLock, LogReader, Following, Compaction, Purge, Backend):
             return False  # a merge moved entries meanwhile: ask again, with the mutex
         if offset is None:
             return None
+        if offset >= view[1]:
+            # Indexed after this view was taken, by a thread following a
+            # compaction (its offsets past the old file's end are in the new
+            # file, which this view's handle does not read): ask again.
+            return False
         handle = view[3]
         assert handle is not None
         return read_record(handle, offset, session_id, self.filename)
