@@ -137,6 +137,12 @@ class LogReader:
         ``defer_new``, raise :class:`NewFile` instead of reading a new file,
         or a long stretch of new frames (:meth:`_catch_up` reads them
         without the lock)."""
+        bridge = self._bridge
+        if bridge is not None and bridge.result is not None:
+            # The new index loaded in the background: in place, before the
+            # look at the file (the loader saw it up to an offset that a
+            # look taken before might not reach: "rewritten in place").
+            self._cross()
         try:
             st = os.stat(self.filename, follow_symlinks=False)
         except FileNotFoundError:
@@ -152,9 +158,6 @@ class LogReader:
             return
         except OSError as exc:
             raise BackendError(f"cannot read {self.filename}", exc) from exc
-        bridge = self._bridge
-        if bridge is not None and bridge.result is not None:
-            self._cross()  # the new index loaded in the background: in place
         seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if (
             defer_new
