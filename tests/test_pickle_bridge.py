@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -227,3 +228,42 @@ def test_a_new_file_that_is_not_one_compaction_of_ours_is_loaded_at_once(tmp_pat
     assert follower._bridge is None  # noqa: SLF001
     assert follower.get_all() == expected
     follower.close()
+
+
+def test_an_offset_past_the_file_a_lock_free_read_saw_is_asked_again_not_read(tmp_path):
+    """A thread following a compaction indexes frames of the new log in the
+    index a lock-free read of the old file may be using: such an offset lies
+    past that file's end, and reading it there would report damage."""
+    path = tmp_path / "sessions.dat"
+    backend = PickleBackend(str(path))
+    backend.setup()
+    record = make_record()
+    backend.add(record)
+    assert backend.get(record.session_id) == record  # (the lock-free view is made)
+    view = backend._view  # noqa: SLF001
+    st = os.stat(path)
+    view[2].put(record.session_id, view[1] + 100, record.expires_at, record.user)
+    assert backend._current(st, record.session_id) is False  # noqa: SLF001 - the locked path
+    backend.close()
+
+
+def test_a_compactions_temporary_file_is_never_taken_for_an_orphan(tmp_path):
+    """Its file is locked before it has the name set-up looks for; a file
+    left under the first name (a process killed between the two) goes after
+    an hour."""
+    path = tmp_path / "sessions.dat"
+    backend = PickleBackend(str(path))
+    backend.setup()
+    fd, temp = backend._temp()  # noqa: SLF001 - as a compaction starts
+    young = tmp_path / ".sessions.dat.abc.compact.new"
+    old = tmp_path / ".sessions.dat.def.compact.new"
+    young.write_bytes(b"")
+    old.write_bytes(b"")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    other = PickleBackend(str(path))
+    other.setup()  # removes orphans
+    assert os.path.exists(temp) and young.exists() and not old.exists()
+    other.close()
+    os.close(fd)
+    os.unlink(temp)
+    backend.close()
