@@ -224,7 +224,10 @@ class Compaction(IndexFiles, LogFiles):
             self._thaw(snapshot)
             raise
         try:
-            with os.fdopen(fd, "r+b") as out:
+            # The descriptor outlives the file object: its lock must hold
+            # until the file is renamed or removed, or a process starting up
+            # would take it for an orphan.
+            with os.fdopen(fd, "r+b", closefd=False) as out:
                 origin, lineage = self._origin((0, 0, 0, 0), snapshot.lineage)
                 out.write(encode(picklelog.HEADER) + origin)
                 new, put_bytes, mark = copy_live(state, base, snapshot.handle.fd, out)
@@ -278,7 +281,8 @@ class Compaction(IndexFiles, LogFiles):
         finally:
             self._thaw(snapshot)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+                os.unlink(temp)  # (gone if renamed)
+            os.close(fd)
 
     def _synced_to(self, snapshot: Snapshot) -> int:
         """Where the frames of the snapshot's file end, as far as we know

@@ -275,7 +275,9 @@ class LogFiles:
             raise BackendError(f"cannot write a new {self.filename}", exc) from exc
         origin, lineage = self._origin((0, 0, 0, 0))
         try:
-            with os.fdopen(fd, "wb") as out:
+            # The descriptor (and its lock) stays open until the rename: a
+            # process starting up takes an unlocked temporary file for an orphan.
+            with os.fdopen(fd, "wb", closefd=False) as out:
                 out.write(encode(picklelog.HEADER) + origin)
                 out.write(frames)
                 out.flush()
@@ -288,6 +290,8 @@ class LogFiles:
             if isinstance(exc, BackendError):
                 raise
             raise BackendError(f"cannot write a new {self.filename}", exc) from exc
+        finally:
+            os.close(fd)
         # The index of the file replaced is of no use now (derived data): a
         # process opening the new file would otherwise take it for one being
         # replaced by a compaction and read the log holding the lock.
@@ -328,11 +332,19 @@ def in_use(temp: str, remove: bool = False) -> bool:
         return True  # gone, or not ours to judge
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # Unlocked, but perhaps because it was just renamed over the log
+        # (a compaction done): then it is no temporary file any more.
+        opened = os.fstat(fd)
+        now = os.stat(temp, follow_symlinks=False)
+        if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
+            return True
+    except (BlockingIOError, FileNotFoundError):
         return True
     finally:
         os.close(fd)
     if remove:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(temp)
+        except FileNotFoundError:
+            return True  # (someone else's now)
     return False
