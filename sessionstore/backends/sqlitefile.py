@@ -14,11 +14,10 @@ connection is closed by ``close()``, also on a failed ``setup()``.
   checkpoint every 200 writes, their fsyncs cost 5 us a write, a tenth of an
   SQLite write request).  ``journal_size_limit`` caps what a reset leaves
   behind.  A ``TRUNCATE`` cut short is tried again
-  :data:`_WAL_RETRY_EVERY` writes later, not 200; and past 32 MiB a writer
-  that finds another process's checkpoint running pauses for it (at most
-  250 ms), because saturating writers otherwise starve that checkpoint of
-  the write lock.  ``benchmarks/scale.py --wal 60`` measures it: 36-41 MB
-  under 4 saturating writers (50-122 MB before the retry and the pause).
+  :data:`_WAL_RETRY_EVERY` writes later, not 200.  Checkpoints run during a
+  process's turn to write (below), so the other writers cannot starve one of
+  the write lock.  ``benchmarks/scale.py --wal 60`` measures it: 39 MB under
+  4 saturating writers (50-122 MB before the retry and the turns).
 * The file is ``stat``-ed before each write: a database deleted or replaced
   under a running process is logged as an error and every connection is
   reopened on the file now at that path, never written to a deleted inode
@@ -45,7 +44,6 @@ import os
 import sqlite3
 import stat
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 
@@ -68,14 +66,8 @@ _WAL_PASSIVE_EVERY = 5
 #: After a TRUNCATE checkpoint found another one running (SQLite answers
 #: busy at once then, without waiting), look again this many writes later.
 _WAL_RETRY_EVERY = 4
-#: Past this a writer that found another connection's checkpoint running
-#: pauses (up to :data:`_WAL_PAUSE` s, in steps of 2 ms) so that the one
-#: holding SQLite's checkpoint lock can win the write lock it waits for:
-#: saturating writers starved it, and the WAL grew to 122 MB meanwhile.
-_WAL_STALL = 32 << 20
 #: How long a checkpoint waits for readers to move on (milliseconds).
 _CHECKPOINT_WAIT_MS = 10
-_WAL_PAUSE = 0.25
 
 
 def _narrow_mode(path: str) -> None:
@@ -294,30 +286,12 @@ class SqliteFile(Backend):
             mode = "PASSIVE"
         else:
             return
-        busy, frames = self._checkpoint(conn, mode)
-        if not busy or mode == "PASSIVE":
-            return
-        self._wal_due = _WAL_RETRY_EVERY  # the next try comes sooner
-        waited = 0.0
-        while frames < 0 and size > _WAL_STALL and waited < _WAL_PAUSE:
-            # Another connection's checkpoint holds SQLite's checkpoint lock,
-            # waiting for the write lock that the other writers keep taking.
-            time.sleep(0.002)
-            waited += 0.002
-            try:
-                size = os.path.getsize(self.filename + "-wal")
-            except OSError:
-                return
-            if size <= _WAL_TRUNCATE:
-                return
-            busy, frames = self._checkpoint(conn, mode)
-            if not busy:
-                return
-        log.debug("WAL checkpoint of %s postponed (%d bytes)", self.filename, size)
+        if self._checkpoint(conn, mode) and mode == "TRUNCATE":
+            self._wal_due = _WAL_RETRY_EVERY  # cut short: the next try comes sooner
+            log.debug("WAL checkpoint of %s postponed (%d bytes)", self.filename, size)
 
-    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> tuple[int, int]:
-        """Run a checkpoint: whether it was cut short, and the WAL's frames
-        (-1 when another connection's checkpoint was running).
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> int:
+        """Run a checkpoint: whether it was cut short.
 
         It runs during this process's turn to write, so it waits for readers
         at most :data:`_CHECKPOINT_WAIT_MS` (SQLite's busy handler sleeps up
@@ -326,12 +300,12 @@ class SqliteFile(Backend):
         try:
             conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_WAIT_MS}")
             try:
-                busy, frames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                busy = int(conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0])
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except sqlite3.OperationalError:
-            return 1, 0
-        return busy, frames
+            return 1
+        return busy
 
     def _failure(self, exc: sqlite3.Error) -> BackendError | BusyRetry:
         message = str(exc).lower()
