@@ -150,7 +150,7 @@ class Target:
     def __init__(self, args: argparse.Namespace) -> None:
         secret = args.secret
         #: The ini's settings (the limits on what ``set`` may store).
-        self.settings = Settings.from_mapping({"secret": _PLACEHOLDER})
+        self.settings: Settings
         if args.config:
             conf = read_ini(args.config, args.section)
             name = conf.pop("backend", "sqlite")
@@ -161,6 +161,7 @@ class Target:
             self.settings = Settings.from_mapping({**settings, "secret": secret or _PLACEHOLDER})
         elif args.backend:
             name, options = args.backend, pairs(args.option, "--option")
+            self.settings = Settings.from_mapping({"secret": _PLACEHOLDER})  # the defaults
         else:
             raise CommandError("name a store with --config FILE.ini or --backend NAME")
         secret = secret or os.environ.get("SESSIONSTORE_SECRET")
