@@ -217,16 +217,15 @@ class LogFiles:
             raise
         return fd, temp
 
-    def _temps(self) -> Iterator[str]:
+    def _temps(self, suffix: str = ".compact.tmp") -> Iterator[str]:
         directory, name = os.path.split(self.filename)
-        yield from glob.glob(os.path.join(glob.escape(directory), f".{name}.*.compact.tmp"))
+        yield from glob.glob(os.path.join(glob.escape(directory), f".{name}.*{suffix}"))
 
     def remove_orphans(self) -> list[str]:
         """Delete the temporary files of compactions whose process died (one
         that died between making and locking its file: an hour later)."""
         removed = [temp for temp in self._temps() if not in_use(temp, remove=True)]
-        directory, name = os.path.split(self.filename)
-        for fresh in glob.glob(os.path.join(glob.escape(directory), f".{name}.*{_FRESH}")):
+        for fresh in self._temps(_FRESH):
             with contextlib.suppress(OSError):
                 if time.time() - os.stat(fresh).st_mtime > 3600 and not in_use(fresh, True):
                     removed.append(fresh)
