@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from .backends import pickleindexfile, picklelog
 from .backends.base import Backend, Record, checked_record
 from .backends.picklefile import PickleBackend
+from .backends.picklehandle import open_log
 from .backends.pickleindex import key_of
 from .backends.sqlite import SqliteBackend
 from .errors import BackendError, SessionStoreError
@@ -79,7 +80,7 @@ def _describe(backend: Backend) -> str:
 
 def _pickle_records(backend: PickleBackend, report: Report) -> Iterator[Record]:
     try:
-        fd = os.open(backend.filename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_log(backend.filename, os.O_RDONLY)  # (held: never cut while read)
     except FileNotFoundError as exc:
         raise BackendError(f"cannot read {backend.filename}: no such file") from exc
     except OSError as exc:

@@ -21,6 +21,7 @@ from .conftest import ROOT
 CHILD = textwrap.dedent(
     """
     import sys
+    from sessionstore.backends import picklehandle
     from sessionstore.backends.picklefile import PickleBackend
     backend = PickleBackend(sys.argv[1])
     backend.setup()
@@ -30,6 +31,8 @@ CHILD = textwrap.dedent(
             backend.compact()
         elif word == "empty":
             backend.delete_all()
+        elif word == "settle":  # what it let go of is closed
+            picklehandle.settle()
         for session_id in ids:
             if word == "del":
                 assert backend.delete(session_id) == 1

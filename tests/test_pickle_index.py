@@ -375,7 +375,7 @@ def test_a_process_opening_between_the_two_renames_waits_for_the_lock(
     real_publish = picklecompact.Compaction._publish
     seen = []
 
-    def publish(self, temp):
+    def publish(self, temp, fd):
         if self is writer:
             before = read_so_far()
             reader._catch_up()  # noqa: SLF001 - the old log, still its file
@@ -383,7 +383,7 @@ def test_a_process_opening_between_the_two_renames_waits_for_the_lock(
             seen.append(read_so_far() - before)
             # Another process starting up now leaves the files being written alone.
             assert PickleBackend(str(path)).remove_orphans() == []
-        real_publish(self, temp)
+        real_publish(self, temp, fd)
 
     monkeypatch.setattr(picklecompact.Compaction, "_publish", publish)
     with caplog.at_level("INFO", "sessionstore"):
@@ -548,13 +548,16 @@ def test_requests_while_an_index_is_written_change_nothing_it_covers(tmp_path, m
         real_write_index(out, base, bound, meta)
 
     monkeypatch.setattr(pickleindexfile, "write_index", write_index)
+    later = [r._replace(version=r.version + 1) for r in records[200:210]]
+    for record in later:  # the log grows past the compaction's index
+        assert backend.compare_and_swap(record.session_id, record.version - 1, record)
     with backend._mutex:  # noqa: SLF001 - as _start_due() does
         snapshot = backend._snapshot()  # noqa: SLF001
     backend._refresh_quietly(snapshot)  # noqa: SLF001 - the background job, here
     with pickleindexfile.open_index(f"{path}.index") as source:
         meta, _, _ = pickleindexfile.read_meta(source)
     assert meta.covered == snapshot.offset < path.stat().st_size
-    expected = _expected(records, new)
+    expected = {**_expected(records, new), **{r.session_id: r for r in later}}
     assert backend.get_all() == expected
     backend.close()
     fresh = opened(path)
@@ -589,10 +592,10 @@ def test_a_process_that_waited_for_the_lock_loads_the_new_index_without_it(tmp_p
             waiting.set()
         real_flock(self, operation)
 
-    def publish(self, temp):
+    def publish(self, temp, fd):
         locked.set()  # the compaction holds the lock
         assert waiting.wait(10)  # the reader is past its catch-up, at the lock
-        real_publish(self, temp)
+        real_publish(self, temp, fd)
 
     def load_index(self, st, spare=None):
         if self is reader:

@@ -63,11 +63,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError
 from . import picklelog
-from .picklefiles import ORIGIN, Handle, retire
+from .picklefiles import ORIGIN
+from .picklehandle import Handle, open_log, retire
 from .pickleindex import OffsetIndex
 from .pickleindexfile import BadIndex, Meta, open_index, read_index
 from .picklelog import FRAME, MAX_FRAME
-from .safefiles import open_nofollow
 
 log = logging.getLogger("sessionstore")
 
@@ -186,7 +186,7 @@ class Following:
                 self._read_frames(os.fstat(old.fd), (0, 0, 0, 0))
             if self._offset != size or not self._mark_holds():
                 return False
-            fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
+            fd = open_log(self.filename, os.O_RDWR | os.O_APPEND)
         except (OSError, BackendError):
             return False  # (a read-only file: the usual way)
         try:
@@ -201,7 +201,7 @@ class Following:
         split, mark = self._offset, self._mark
         token, generation = self._lineage
         # Sure of the mapping: the file at the path, read through our index.
-        handle = Handle(fd)
+        handle = Handle(fd, gentle=True)
         handle.before, handle.split, handle.shift = old, split, shift
         self._handle = handle
         self._writable, self._private = True, False  # (made private at the first write)
@@ -302,7 +302,7 @@ class Following:
         self._indexed = covered
         self._shift = 0
         self._view = self._purge = None
-        self._handle = Handle(os.dup(handle.fd))
+        self._handle = handle.again()
         retire(handle)  # the old log is let go of in the background
 
     def _wait_for_bridge(self) -> None:

@@ -65,7 +65,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..errors import BackendError
 from . import picklelog
 from .picklecopy import Tail, copy_live, copy_range
-from .picklefiles import Handle, LogFiles, in_use
+from .picklefiles import LogFiles, in_use
+from .picklehandle import Handle
 from .pickleindex import OffsetIndex
 from .pickleindexfile import BadIndex, IndexFiles, Meta, open_index, read_meta
 from .picklelog import Damaged, encode
@@ -270,7 +271,7 @@ class Compaction(IndexFiles, LogFiles):
                     # between finds an index of another file: it waits
                     # for the lock and looks again).
                     self._rename_index(index_temp)
-                    self._publish(temp)
+                    self._publish(temp, out.fileno())
                     # Our index is the new one; the frames copied under
                     # the lock are read by the next sync, like anyone else's.
                     self._index = index

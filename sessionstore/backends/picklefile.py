@@ -72,7 +72,8 @@ from ..errors import BackendError
 from .base import Backend, Record
 from .picklebridge import Bridge, Following
 from .picklecompact import Compaction
-from .picklefiles import Handle, read_record, remember
+from .picklefiles import read_record, remember
+from .picklehandle import Handle
 from .pickleindex import OffsetIndex
 from .picklelock import FileLock
 from .picklelog import encode, encode_put

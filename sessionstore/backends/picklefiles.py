@@ -1,12 +1,8 @@
 """The pickle log's files: open handles, records read from them, temporary files, renames.
 
-* :class:`Handle`: an open log file shared by the threads of a process.  A
-  thread reading without the lock keeps the handle it looked up (and so the
-  file) open, whatever another thread reopens meanwhile; a replaced log's
-  last descriptor is closed in a thread of its own (freeing a 300 MB file's
-  blocks took 137 ms, measured: not in a request's time).  Each handle keeps
-  the last 2,048 records read or written, by offset (a frame at an offset of
-  a file never changes).
+* Each :class:`~.picklehandle.Handle` (an open log) keeps the last 2,048
+  records read or written, by offset (a frame at an offset of a file never
+  changes).
 * :func:`read_record`: one record, read with one ``pread`` and checked (CRC,
   frame kind, id); a record that fails is a :class:`DamagedRecord` for its
   visitor, logged, and left in the file for ``sessionstore check``.
@@ -27,10 +23,8 @@ import fcntl
 import glob
 import logging
 import os
-import queue
 import struct
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -38,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BackendError, DamagedRecord
 from . import picklelog
 from .base import Record
+from .picklehandle import Handle
 from .picklelog import Damaged, encode, encode_put
 from .safefiles import make_private
 
@@ -48,48 +43,6 @@ ORIGIN = struct.Struct(">QQQQ")  # dev, inode, base, tail_at: fixed size
 _CACHE = 2048
 #: The name a temporary file has until it is locked (see ``LogFiles._temp``).
 _FRESH = ".compact.new"
-
-
-class Handle:
-    """An open log file, closed when the last holder lets go of it: a thread
-    reading without the lock keeps the file it looked up open, whatever
-    another thread reopens meanwhile.  ``cache`` maps offsets to records."""
-
-    __slots__ = ("fd", "cache", "before", "split", "shift")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.cache: dict[int, Record] = {}
-        #: A compaction's new log followed without its index yet
-        #: (:mod:`~sessionstore.backends.picklebridge`): offsets below
-        #: ``split`` are read from the old log ``before``, the others at
-        #: ``offset + shift`` of this file.
-        self.before: Handle | None = None
-        self.split = self.shift = 0
-
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-_retired: queue.SimpleQueue[Handle] = queue.SimpleQueue()
-_closer: tuple[int, threading.Thread] | None = None
-
-
-def retire(handle: Handle) -> None:
-    """Let go of ``handle`` in a thread of its own (see the module docstring)."""
-    global _closer
-    if _closer is None or _closer[0] != os.getpid():
-        thread = threading.Thread(target=_close_retired, name="sessionstore-close", daemon=True)
-        _closer = (os.getpid(), thread)
-        thread.start()
-    _retired.put(handle)
-
-
-def _close_retired() -> None:
-    while True:
-        handle = _retired.get()
-        del handle  # closed here, unless a reader still holds it
 
 
 def read_record(handle: Handle, offset: int, session_id: str | None, filename: str) -> Record:
@@ -233,8 +186,9 @@ class LogFiles:
             log.warning("%s: removed %d unfinished compactions", self.filename, len(removed))
         return removed
 
-    def _publish(self, temp: str) -> None:
-        """Rename the fsynced ``temp`` over the log, then follow it."""
+    def _publish(self, temp: str, fd: int) -> None:
+        """Rename the fsynced ``temp`` (open as ``fd``, exclusively locked)
+        over the log, then follow it."""
         # Whoever puts a file at the path without our lock (an operator
         # restoring a backup) must not lose it to a rename: look first.  (A
         # window of microseconds remains; Python has no renameat2 exchange.)
@@ -244,6 +198,9 @@ class LogFiles:
                 if (st.st_dev, st.st_ino) != self._file_id:
                     raise BackendError(f"{self.filename} was replaced meanwhile: not renamed over")
         os.replace(temp, self.filename)
+        # A log now: held shared, like any open log (an exclusive lock
+        # would keep those opening it waiting until we close it).
+        fcntl.flock(fd, fcntl.LOCK_SH)
         if self.fsync:
             dir_fd = os.open(os.path.dirname(self.filename), os.O_RDONLY)
             try:
@@ -282,7 +239,7 @@ class LogFiles:
                 out.flush()
                 # Always fsync here: the rename must never publish an empty file.
                 os.fsync(out.fileno())
-            self._publish(temp)
+            self._publish(temp, fd)
         except (OSError, BackendError) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import picklelog
-from .picklefiles import Handle, retire
+from .picklehandle import Handle, retire
 from .pickleindex import Base, OffsetIndex
 from .picklelog import FrameUnpickler
 

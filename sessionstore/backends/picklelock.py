@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BusyRetry
 from .flockwait import FlockWait
-from .picklefiles import Handle
+from .picklehandle import Handle
 from .pickleindex import OffsetIndex
 from .picklesync import NewFile
 from .safefiles import make_private, open_nofollow

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BackendError
 from .base import Record
-from .picklefiles import Handle
+from .picklehandle import Handle
 from .pickleindex import OffsetIndex
 
 #: Expired sessions deleted per lock hold by an unlimited delete_expired().

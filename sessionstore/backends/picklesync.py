@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ..errors import BackendError
 from . import picklelog
 from .base import Record
-from .picklefiles import Handle, read_record, retire
+from .picklefiles import read_record
+from .picklehandle import Handle, open_log, retire
 from .pickleindex import Base, OffsetIndex
 from .picklelog import FRAME, MAX_FRAME, Damaged
-from .safefiles import open_nofollow
 
 log = logging.getLogger("sessionstore")
 
@@ -256,18 +256,18 @@ class LogReader:
             self._handle = None
         self._shift, self._bridge = 0, None
         try:
-            fd = open_nofollow(self.filename, os.O_RDWR | os.O_APPEND)
+            fd = open_log(self.filename, os.O_RDWR | os.O_APPEND)
             self._writable = True
             self._private = False  # made private at the first write
         except BackendError:
             raise
         except OSError as exc:
             try:  # a read-only file or place: reads still work
-                fd = open_nofollow(self.filename, os.O_RDONLY)
+                fd = open_log(self.filename, os.O_RDONLY)
             except OSError:
                 raise BackendError(f"cannot open {self.filename}", exc) from exc
             self._writable = False
-        self._handle = Handle(fd)
+        self._handle = Handle(fd, gentle=True)
 
     # -- the log ------------------------------------------------------------------------
 
