@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -270,3 +271,31 @@ def test_a_compactions_temporary_file_is_never_taken_for_an_orphan(tmp_path):
     os.close(fd)
     os.unlink(temp)
     backend.close()
+
+
+def test_processes_following_a_compaction_load_its_index_one_at_a_time(tmp_path):
+    """Every process loads the new index after a compaction; at once, four
+    of them left the requests of a two-core machine waiting for a CPU.  A
+    loader waits while another process holds its turn at the index file."""
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    follower = opened(path)
+    assert follower.get(records[0].session_id) == records[0]
+    child = Child(path)
+    child("compact")
+    child.close()
+    other = os.open(f"{path}.index", os.O_RDONLY)  # another process's turn
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert follower.get(records[1].session_id) == records[1]  # served meanwhile
+        bridge = follower._bridge  # noqa: SLF001
+        assert bridge is not None and bridge.thread is not None
+        bridge.thread.join(0.3)
+        assert bridge.thread.is_alive() and bridge.result is None
+    finally:
+        os.close(other)  # its turn is over
+    bridge.thread.join(10)
+    assert not isinstance(bridge.result, Exception) and bridge.result is not None
+    assert follower.get_all() == {r.session_id: r for r in records}
+    assert follower._bridge is None  # noqa: SLF001 - crossed to the loaded index
+    follower.close()

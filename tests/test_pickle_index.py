@@ -3,6 +3,7 @@ compaction that other processes commit through (real processes)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -680,3 +681,38 @@ def test_a_process_following_a_compaction_reads_the_new_index_into_its_arrays(
     assert reader.get_all() == {r.session_id: r for r in [*records[100:], *new]}
     reader.close()
     writer.close()
+
+
+def test_a_background_index_writer_leaves_the_index_to_a_process_already_at_it(tmp_path):
+    """Two or three processes wrote the same 32 MB index at once when the log
+    grew: one that finds another at the index file writes nothing."""
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    backend = opened(path)
+    later = [r._replace(version=r.version + 1) for r in records[:10]]
+    for record in later:  # the log grows past the compaction's index
+        assert backend.compare_and_swap(record.session_id, record.version - 1, record)
+
+    def refresh():
+        with backend._mutex:  # noqa: SLF001 - as _start_due() does
+            snapshot = backend._snapshot()  # noqa: SLF001
+        backend._refresh_quietly(snapshot)  # noqa: SLF001 - the background job, here
+        with pickleindexfile.open_index(f"{path}.index") as source:
+            return pickleindexfile.read_meta(source)[0].covered
+
+    before = os.stat(f"{path}.index").st_ino
+    other = os.open(f"{path}.index", os.O_RDONLY)  # another process at it
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert refresh() < path.stat().st_size
+        assert os.stat(f"{path}.index").st_ino == before
+    finally:
+        os.close(other)
+    assert refresh() == path.stat().st_size
+    backend.close()
+    fresh = opened(path)
+    assert fresh.get_all() == {
+        **{r.session_id: r for r in records},
+        **{r.session_id: r for r in later},
+    }
+    fresh.close()

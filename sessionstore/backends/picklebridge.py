@@ -66,7 +66,7 @@ from . import picklelog
 from .picklefiles import ORIGIN
 from .picklehandle import Handle, open_log, retire
 from .pickleindex import OffsetIndex
-from .pickleindexfile import BadIndex, Meta, open_index, read_index
+from .pickleindexfile import TURN_WAIT, BadIndex, Meta, open_index, read_index, take_turn
 from .picklelog import FRAME, MAX_FRAME
 
 log = logging.getLogger("sessionstore")
@@ -265,6 +265,7 @@ class Following:
                 return None
 
             with open_index(self.filename + ".index") as source:
+                take_turn(source.fileno(), TURN_WAIT)  # (one loader at a time)
                 meta, index = read_index(source, check)
             offset, mark = index_frames(fd, index, meta.covered, os.fstat(fd).st_size)
             bridge.result = (index, offset, mark or meta.mark, meta.covered)

@@ -68,7 +68,7 @@ from .picklecopy import Tail, copy_live, copy_range
 from .picklefiles import LogFiles, in_use
 from .picklehandle import Handle
 from .pickleindex import OffsetIndex
-from .pickleindexfile import BadIndex, IndexFiles, Meta, open_index, read_meta
+from .pickleindexfile import BadIndex, IndexFiles, Meta, open_index, read_meta, take_turn
 from .picklelog import Damaged, encode
 
 log = logging.getLogger("sessionstore")
@@ -333,14 +333,22 @@ class Compaction(IndexFiles, LogFiles):
         try:
             meta = Meta(*(snapshot.lineage or ("", 0)), snapshot.file_id[1], snapshot.offset,
                         snapshot.mark, snapshot.put_bytes, snapshot.put_frames)  # fmt: skip
-            with (
-                self._old_index_kept(),
-                self._index_file(snapshot.state, meta, snapshot.bound) as temp,
-                self._locked(exclusive=False),
-            ):
-                if self._file_id == snapshot.file_id:
-                    self._rename_index(temp)
-                    self._indexed = max(self._indexed, snapshot.offset)
+            with self._old_index_kept() as old:
+                # Another process at the index file (writing a new one, or
+                # loading it): not two at once (see pickleindexfile).
+                if old is not None and not take_turn(old, 0):
+                    return
+                if old is not None:
+                    with self._mutex:  # (another process's, covering as much, meanwhile)
+                        if self._index_is_recent(self._offset - snapshot.offset):
+                            return
+                with (
+                    self._index_file(snapshot.state, meta, snapshot.bound) as temp,
+                    self._locked(exclusive=False),
+                ):
+                    if self._file_id == snapshot.file_id:
+                        self._rename_index(temp)
+                        self._indexed = max(self._indexed, snapshot.offset)
         except (BackendError, OSError):
             log.warning("could not write the index of %s", self.filename, exc_info=True)
             with self._mutex:
