@@ -15,6 +15,7 @@ Run by hand; the figures vary with the machine, so compare within one run.
 
     python benchmarks/scale.py --fleet [--sessions 1000,1000000] [--workers 4]
                                [--seconds 20] [--kinds pickle,sqlite] [--dir DIR]
+                               [--slowest N]
 
 The issue-14 targets: for each store size, WORKERS fresh processes open the
 store and commit (read + compare-and-swap of a random session, as fast as they
@@ -26,7 +27,9 @@ the compaction and the purge took and the longest commit during each, and
 errors.  Targets: open <= 1 s, RSS <=
 100 MB, longest <= 100 ms, 0 errors at 1,000,000; median at 1,000,000 <= 1.5x
 the median at 1,000.  Stores are filled afresh for each run, in DIR (default
-a temporary directory).
+a temporary directory).  ``--slowest N`` lists the N slowest commits under
+each row, with when each started (seconds from the compaction's start) and
+in which phase: where to look first when the longest misses its target.
 
     python benchmarks/scale.py --wal 60 [--workers 4]
 
@@ -42,6 +45,7 @@ import random
 import sys
 import tempfile
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Not this folder on the path: its http.py would hide the standard library's.
@@ -188,7 +192,9 @@ def worker(kind: str, path: str, size: int, seconds: float) -> None:
               sys.stdout)  # fmt: skip
 
 
-def fleet_run(kind: str, path: str, size: int, workers: int, seconds: float) -> dict[str, float]:
+def fleet_run(
+    kind: str, path: str, size: int, workers: int, seconds: float, slow: int = 0
+) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path + ".done")
     procs = [
@@ -227,7 +233,15 @@ def fleet_run(kind: str, path: str, size: int, workers: int, seconds: float) -> 
             default=0.0,
         )
 
+    # The slowest commits, each with when it started: seconds from the
+    # compaction's start, and the worker's pid order.
+    slowest = sorted(
+        (c, t - c - begin, n)
+        for n, r in enumerate(results)
+        for c, t in zip(r["costs"], r["stamps"], strict=True)
+    )[len(costs) - slow :]
     return {
+        "slowest": slowest,
         "open_s": max(r["open"] for r in results),
         "rss_mb": max(r["rss"] for r in results),
         "median_us": statistics.median(costs) * 1e6,
@@ -262,7 +276,7 @@ def fleet(args: argparse.Namespace) -> None:
                         os.unlink(extra)
                 fast_fill(kind, path, size)
                 open(path + ".filled", "w").close()
-            r = fleet_run(kind, path, size, args.workers, args.seconds)
+            r = fleet_run(kind, path, size, args.workers, args.seconds, args.slowest)
             print(
                 f"{kind:<8}{size:>10,}{r['open_s']:>8.2f}{r['rss_mb']:>8.0f}"
                 f"{r['median_us']:>11.0f}{r['p999_ms']:>10.1f}{r['max_ms']:>8.1f}"
@@ -271,6 +285,13 @@ def fleet(args: argparse.Namespace) -> None:
                 flush=True,
             )
             os.unlink(path + ".filled")  # the purge changed it: fill afresh next time
+            for cost, at, worker_no in reversed(r["slowest"]):
+                phase = (
+                    "compaction" if 0 <= at < r["compact_s"]
+                    else "purge" if 0 <= at - r["compact_s"] < r["purge_s"]
+                    else "before" if at < 0 else "after"
+                )  # fmt: skip
+                print(f"    {cost * 1e3:7.1f} ms at {at:+7.2f} s ({phase}), worker {worker_no}")
 
 
 def wal_worker(path: str, seconds: float) -> None:
@@ -325,6 +346,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--kinds", default="pickle,sqlite")
     parser.add_argument("--dir", help="keep the filled --fleet stores here")
+    parser.add_argument(
+        "--slowest", type=int, default=0, help="--fleet: list the N slowest commits, and when"
+    )
     parser.add_argument("--wal", type=float, help="seconds of the SQLite WAL run")
     args = parser.parse_args()
     if args.fleet:
