@@ -8,16 +8,16 @@ connection is closed by ``close()``, also on a failed ``setup()``.
   checkpoints are off: under busy writers every commit of every process
   attempted one and they collided, so none reset the WAL (241 MB in 4 s with
   4 writers).  Instead every :data:`_WAL_CHECK_EVERY` writes a process looks
-  at the WAL's size: past 16 MiB it runs a ``TRUNCATE`` checkpoint, and past
-  1 MiB a passive one every 1,000 of its writes (a WAL that restarts keeps its
-  file size, so the size cannot tell how much is new; with a passive
-  checkpoint every 200 writes, their fsyncs cost 5 us a write, a tenth of an
-  SQLite write request).  ``journal_size_limit`` caps what a reset leaves
-  behind.  A ``TRUNCATE`` cut short is tried again
-  :data:`_WAL_RETRY_EVERY` writes later, not 200.  Checkpoints run during a
-  process's turn to write (below), so the other writers cannot starve one of
-  the write lock.  ``benchmarks/scale.py --wal 60`` measures it: 39 MB under
-  4 saturating writers (50-122 MB before the retry and the turns).
+  at the WAL's size: past 1 MiB it asks for a passive checkpoint, which a
+  thread of its own runs outside any turn to write
+  (:mod:`~sessionstore.backends.sqlitecheckpoint`: run in a turn, each held
+  every writer up 5-50 ms at 1,000,000 sessions); past 16 MiB (the passive
+  ones fell behind) it runs a ``TRUNCATE`` checkpoint during its turn to
+  write (below), so that the other writers cannot starve it of the write
+  lock.  ``journal_size_limit`` caps what a reset leaves behind.  A
+  ``TRUNCATE`` cut short is tried again :data:`_WAL_RETRY_EVERY` writes
+  later, not 200.  ``benchmarks/scale.py --wal 60`` measures it: 38 MB
+  under 4 saturating writers (50-122 MB before the retry and the turns).
 * The file is ``stat``-ed before each write: a database deleted or replaced
   under a running process is logged as an error and every connection is
   reopened on the file now at that path, never written to a deleted inode
@@ -49,6 +49,7 @@ from collections.abc import Iterator
 
 from ..errors import BackendError, BusyRetry
 from .base import Backend
+from .sqlitecheckpoint import Checkpointer
 from .sqlitequeue import WriterQueue
 
 log = logging.getLogger("sessionstore")
@@ -56,13 +57,11 @@ log = logging.getLogger("sessionstore")
 WAL_LIMIT = 64 << 20
 #: Checkpoints are ours, not SQLite's automatic ones (which, once the WAL
 #: outgrows 1,000 pages, every commit of every process attempts, colliding
-#: so that none completes): a passive one past 1 MiB, a TRUNCATE past 16 MiB.
+#: so that none completes): a passive one (in the background) past 1 MiB, a
+#: TRUNCATE past 16 MiB.
 _WAL_PASSIVE = 1 << 20
 _WAL_TRUNCATE = 16 << 20
 _WAL_CHECK_EVERY = 200
-#: A passive checkpoint every this many checks (1,000 writes of a process):
-#: each one that copies pages costs an fsync of the database, ~1 ms here.
-_WAL_PASSIVE_EVERY = 5
 #: After a TRUNCATE checkpoint found another one running (SQLite answers
 #: busy at once then, without waiting), look again this many writes later.
 _WAL_RETRY_EVERY = 4
@@ -103,7 +102,7 @@ class SqliteFile(Backend):
         self._identity: tuple[int, int] | None = None  # the file's (dev, inode)
         self._generation = 0  # bumped when the file at the path changes
         self._wal_due = _WAL_CHECK_EVERY
-        self._wal_checks = 0
+        self._checkpointer = Checkpointer(filename)
         self.read_only = False
         #: Every write statement takes a turn (None for ``:memory:``).
         self._writers = None if self._memory else WriterQueue(filename, busy_timeout)
@@ -270,23 +269,22 @@ class SqliteFile(Backend):
         return conn
 
     def _wrote(self, conn: sqlite3.Connection) -> None:
-        """Keep the WAL bounded: a TRUNCATE checkpoint once it outgrows the limit."""
+        """Keep the WAL bounded: a passive checkpoint asked for past 1 MiB, a
+        TRUNCATE one in our turn past 16 MiB."""
         self._wal_due -= 1  # threads may race here: a check more or less
         if self._wal_due > 0 or self._memory:
             return
         self._wal_due = _WAL_CHECK_EVERY
-        self._wal_checks += 1
         try:
             size = os.path.getsize(self.filename + "-wal")
         except OSError:
             return
-        if size > _WAL_TRUNCATE:
-            mode = "TRUNCATE"
-        elif size > _WAL_PASSIVE and not self._wal_checks % _WAL_PASSIVE_EVERY:
-            mode = "PASSIVE"
-        else:
+        if size <= _WAL_PASSIVE:
             return
-        if self._checkpoint(conn, mode) and mode == "TRUNCATE":
+        if size <= _WAL_TRUNCATE:
+            self._checkpointer.request()  # in the background, not in our turn
+            return
+        if self._checkpoint(conn, "TRUNCATE"):
             self._wal_due = _WAL_RETRY_EVERY  # cut short: the next try comes sooner
             log.debug("WAL checkpoint of %s postponed (%d bytes)", self.filename, size)
 
@@ -322,6 +320,7 @@ class SqliteFile(Backend):
         self._connections = []
         self._identity = None
         self._generation = 0
+        self._checkpointer = Checkpointer(self.filename)  # (the parent's thread is not ours)
 
     def _check_size(self, conn: sqlite3.Connection) -> None:
         """Milliseconds at any size: the file holds the pages its header declares
@@ -340,6 +339,7 @@ class SqliteFile(Backend):
             )
 
     def close(self) -> None:
+        self._checkpointer.stop()
         with self._lock:
             connections, self._connections = self._connections, []
             if self._shared is not None:

@@ -1,0 +1,55 @@
+"""Passive WAL checkpoints run in a thread of each process's own, outside the
+writers' turns (``sessionstore/backends/sqlitecheckpoint.py``): real files."""
+
+from __future__ import annotations
+
+import threading
+
+from sessionstore.backends import sqlitefile
+from sessionstore.backends.sqlitecheckpoint import Checkpointer
+from sessionstore.testing import make_record
+
+from .locks import until
+from .test_sqlite_queue import opened, turn_held
+
+
+def fill(backend, count):
+    for _ in range(count):
+        backend.add(make_record(payload=b"x" * 2000))
+
+
+def test_a_passive_checkpoint_needs_no_turn_to_write(tmp_path):
+    path = tmp_path / "sessions.db"
+    backend = opened(path)
+    fill(backend, 100)
+    before = path.stat().st_size  # the rows are in the WAL
+    with turn_held(path):  # another process is writing
+        Checkpointer(str(path)).checkpoint()
+        assert path.stat().st_size > before + 100 * 2000  # copied into the database
+    assert backend.count() == 100
+    backend.close()
+
+
+def test_a_growing_wal_is_checkpointed_in_the_background(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlitefile, "_WAL_CHECK_EVERY", 25)
+    monkeypatch.setattr(sqlitefile, "_WAL_PASSIVE", 16 << 10)
+    monkeypatch.setattr(sqlitefile, "_WAL_TRUNCATE", 1 << 30)  # never in a turn
+    path = tmp_path / "sessions.db"
+    backend = opened(path)
+    before = path.stat().st_size
+    fill(backend, 100)
+    until(lambda: path.stat().st_size > before + 50 * 2000)
+    assert backend._checkpointer.runs >= 1  # noqa: SLF001
+    backend.close()
+    names = [t.name for t in threading.enumerate()]
+    assert "sessionstore-checkpoint" not in names  # close() ended the thread
+
+
+def test_a_checkpoint_never_makes_a_deleted_database_again(tmp_path):
+    path = tmp_path / "sessions.db"
+    backend = opened(path)
+    fill(backend, 5)
+    backend.close()
+    path.unlink()
+    Checkpointer(str(path)).checkpoint()
+    assert not path.exists()
