@@ -5,7 +5,7 @@ leaves a waiter asleep while others take turns: the kernel wakes a blocked
 waiter as soon as the lock is let go.  :class:`FlockWait` makes the blocking
 call in a thread of its own, on a descriptor of its own, so the caller can
 give up after ``busy_timeout``.  Used by the pickle backend's file lock and
-by SQLite's queue of writers.
+by SQLite's queue of writers, through :func:`take` and :func:`open_lock_file`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import fcntl
 import os
 import threading
 
-from .safefiles import open_nofollow
+from ..errors import BackendError
+from .safefiles import make_private, open_nofollow
 
 
 class FlockWait:
@@ -66,3 +67,35 @@ class FlockWait:
         with contextlib.suppress(OSError):
             fcntl.flock(self.fd, fcntl.LOCK_UN)  # (a forked child may share it)
         os.close(self.fd)
+
+
+def open_lock_file(path: str) -> int:
+    """A descriptor of the lock file ``path``, made (mode 0600) if missing;
+    read-only where it cannot be written (a flock needs no right to write).
+    Raises :class:`OSError` when it can be neither."""
+    try:
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    except BackendError:
+        raise  # (a symbolic link)
+    except OSError:
+        return open_nofollow(path, os.O_RDONLY)
+    make_private(fd, path)
+    return fd
+
+
+def take(fd: int, path: str, operation: int, timeout: float) -> int | None:
+    """Take the flock ``operation`` on ``fd`` (a descriptor of ``path``): at
+    once when free, else waiting in the kernel's queue up to ``timeout``.
+    The descriptor that holds it, which after a wait is the waiter's own
+    (``fd`` is closed then, holding nothing); None if the time ran out.
+    Raises :class:`OSError` when no waiter can be made (no descriptor left)."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        pass
+    wait = FlockWait(path, operation)
+    if not wait.done(timeout):
+        return None
+    os.close(fd)
+    return wait.fd

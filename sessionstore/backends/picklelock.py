@@ -1,7 +1,9 @@
 """The pickle backend's file lock: taking it, syncing under it, waiting for it.
 
-A flock on the stable file ``<filename>.lock`` (never on the log, which a
-compaction renames a new file over), shared to read and exclusive to write,
+A flock on the stable file ``<filename>.lock`` (not on the log, which a
+compaction renames a new file over, and whose own shared flock only says
+who reads it: :mod:`~sessionstore.backends.picklehandle`), shared to read
+and exclusive to write,
 held with the process's mutex (threads of one process share the lock's open
 file description, so they take turns on the mutex first).  Taking it syncs
 the index with the file (:mod:`~sessionstore.backends.picklesync`); a new
@@ -25,11 +27,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BusyRetry
-from .flockwait import FlockWait
+from .flockwait import open_lock_file, take
 from .picklehandle import Handle
 from .pickleindex import OffsetIndex
 from .picklesync import NewFile
-from .safefiles import make_private, open_nofollow
 
 #: The longest wait between two tries of a busy lock when waiting in the
 #: kernel's queue cannot be done (see ``FileLock._flock``).
@@ -144,16 +145,10 @@ class FileLock:
 
     def _open_lock(self) -> None:
         path = self.filename + ".lock"
-        try:
-            self._lock_fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
-            make_private(self._lock_fd, path)
-        except BackendError:
-            raise
-        except OSError:
-            try:  # a read-only place: reads still work, writes will fail
-                self._lock_fd = open_nofollow(path, os.O_RDONLY)
-            except OSError as exc:
-                raise BackendError(f"cannot open the lock file {path}", exc) from exc
+        try:  # (read-only in a read-only place: reads still work, writes fail)
+            self._lock_fd = open_lock_file(path)
+        except OSError as exc:
+            raise BackendError(f"cannot open the lock file {path}", exc) from exc
 
     def _flock(self, operation: int) -> None:
         """Wait for the lock, up to ``busy_timeout``, in the kernel's queue
@@ -163,21 +158,15 @@ class FileLock:
         Measured with 4 processes taking turns on 2 cores: the longest wait
         16-23 ms, against 40-78 ms polling every 2 ms at most."""
         assert self._lock_fd is not None
-        try:
-            fcntl.flock(self._lock_fd, operation | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
         if self._holding:  # (a conversion: only our own descriptor can make it)
             return self._poll(operation)
         try:
-            wait = FlockWait(self.filename + ".lock", operation)
+            held = take(self._lock_fd, self.filename + ".lock", operation, self.busy_timeout)
         except OSError:  # (no descriptor to spare: poll)
             return self._poll(operation)
-        if not wait.done(self.busy_timeout):
+        if held is None:
             raise BusyRetry(f"{self.filename} stayed locked")
-        os.close(self._lock_fd)  # (it holds nothing)
-        self._lock_fd = wait.fd
+        self._lock_fd = held
 
     def _poll(self, operation: int) -> None:
         assert self._lock_fd is not None

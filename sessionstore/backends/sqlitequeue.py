@@ -30,8 +30,7 @@ import os
 import threading
 
 from ..errors import BusyRetry
-from .flockwait import FlockWait
-from .safefiles import make_private, open_nofollow
+from .flockwait import open_lock_file, take
 
 
 class WriterQueue:
@@ -71,28 +70,16 @@ class WriterQueue:
             self._mutex.release()
 
     def _lock(self, fd: int) -> None:
-        try:  # the usual case: free at once
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        wait = FlockWait(self.path, fcntl.LOCK_EX)
-        if not wait.done(self.busy_timeout):
+        held = take(fd, self.path, fcntl.LOCK_EX, self.busy_timeout)
+        if held is None:
             raise BusyRetry(f"{self.path}: other processes kept the turn to write")
-        os.close(fd)  # (it holds nothing; the waiter's descriptor holds the lock)
-        self._fd = wait.fd
+        self._fd = held
 
     def _open(self) -> None:
         try:
-            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+            self._fd = open_lock_file(self.path)
         except OSError:
-            try:  # a flock needs no right to write
-                self._fd = open_nofollow(self.path, os.O_RDONLY)
-            except OSError:
-                self._absent = True  # a read-only place: nothing is written there
-            return
-        make_private(fd, self.path)
-        self._fd = fd
+            self._absent = True  # a read-only place: nothing is written there
 
     def _after_fork(self) -> None:
         # The parent's descriptor (and the lock it may hold) stays the parent's.
