@@ -193,7 +193,7 @@ def _regenerated(session: Session, record: Record) -> None:
 
 
 def _committed(session: Session, record: Record) -> None:
-    session._manager.counters.thread.counts["commits"] += 1
+    next(session._manager.counters.commits)
     if session._expiry_changed:
         session._send_cookie = True  # the cookie's Max-Age follows the expiry
     session._record = record

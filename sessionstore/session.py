@@ -282,7 +282,7 @@ class Session(SessionData):
         for cookie, record, decoded in live:
             self._cookie = cookie
             self._adopt(record, decoded)
-            manager.counters.thread.counts["requests"] += 1
+            next(manager.counters.requests)
             # What an older secret signed is re-signed with the newest before
             # the response leaves, so the old secret can be retired.
             self._stale_secret = decoded.stale or cookie.stale_secret
