@@ -201,7 +201,7 @@ def _committed(session: Session, record: Record) -> None:
     session._base = session._apps
     session._apps = dict(session._apps)  # writes copy inner dicts, not this one
     session._size = len(record.payload)
-    session._log = ChangeLog()
+    session._log.clear()
     session._expiry_changed = False
     session._binding_changed = False
     session._stale_secret = False  # signed with the newest secret just now
