@@ -7,13 +7,15 @@ replays this log on the fresh data instead of writing back the stale snapshot.
 Per application the log holds an ``empty()`` flag and, per key, the
 operations in the order they were made:
 
-* ``Set(data)``: the pickled value; replay stores the same bytes.
+* a set, kept as its pickled value itself (``bytes``, no wrapper: a named
+  tuple made per write cost more than the rest of the write's logging);
+  replay stores the same bytes.
 * ``Delete``: replay removes the key (absent already is fine).
 * ``Update(fn, default)``: replay applies ``fn`` again to the fresh value, so
   two concurrent ``update()`` calls on one key compose instead of one
   overwriting the other.
 
-A ``Set`` or ``Delete`` makes the earlier operations on that key irrelevant,
+A set or ``Delete`` makes the earlier operations on that key irrelevant,
 and ``empty()`` makes every earlier operation of the application irrelevant,
 so they are dropped: a key's list only ever starts with one of them, followed
 by updates.
@@ -38,10 +40,6 @@ from .payload import AppData, dump_value, load_value
 ALL: Any = None
 
 
-class Set(NamedTuple):
-    data: bytes
-
-
 class Delete(NamedTuple):
     pass
 
@@ -51,7 +49,7 @@ class Update(NamedTuple):
     default: Any
 
 
-Op = Set | Delete | Update
+Op = bytes | Delete | Update  # bytes: a set of that value
 DELETE = Delete()
 
 
@@ -108,8 +106,8 @@ class AppChanges:
         values = {} if self.cleared else dict(fresh)
         for key, ops in self.ops.items():
             for op in ops:
-                if isinstance(op, Set):
-                    values[key] = op.data
+                if type(op) is bytes:
+                    values[key] = op
                 elif isinstance(op, Update):
                     values[key] = apply_update(app, key, op.fn, op.default, values.get(key))[1]
                 else:
@@ -221,7 +219,6 @@ __all__ = [
     "AppChanges",
     "ChangeLog",
     "Delete",
-    "Set",
     "Update",
     "UpdateFailed",
     "apply_update",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from . import commit as protocol
-from .changes import DELETE, ChangeLog, Op, Set, Update, apply_update, changed_since
+from .changes import DELETE, ChangeLog, Op, Update, apply_update, changed_since
 from .errors import ConcurrentUpdate
 from .payload import AppData
 
@@ -89,7 +89,7 @@ class SessionData:
             self._check_size(app, key, data)  # raises, naming the limit
         values = self._apps[app] if app in self._log.apps else self._writable(app)
         is_new = key not in values
-        self._log.record(app, key, tuple.__new__(Set, (data,)))  # Set(data), minus a frame
+        self._log.record(app, key, data)  # a set
         values[key] = data
         self._size = size
         return is_new
@@ -140,7 +140,7 @@ class SessionData:
                 if key in (self._apps.get(app) or {}):
                     self._change(app, key, DELETE, None)
             else:
-                self._change(app, key, Set(data), data)
+                self._change(app, key, data, data)
         if self._dirty():
             protocol.commit(cast("Session", self), strict)
 
