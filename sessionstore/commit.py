@@ -228,7 +228,7 @@ def _catch_up(
         manager.counters.add("conflicts")
         raise SessionEnded(old.session_id)
     decoded = manager.payloads.decode(fresh)
-    fresh_apps = decoded.apps
+    fresh_apps = decoded[0]
     if strict is not None:
         view = strict.log_before.replay(fresh_apps)
         conflicts = changed_since(strict.seen, view)

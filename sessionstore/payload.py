@@ -46,7 +46,7 @@ import itertools
 import math
 import os
 import pickle
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from .errors import DamagedRecord
 
@@ -125,14 +125,11 @@ class Binding(NamedTuple):
     bound_at: float
 
 
-class Decoded(NamedTuple):
-    """A verified payload."""
-
-    apps: AppData
-    expiry: float | None
-    binding: Binding | None
-    #: An older secret signed it: re-sign before the response leaves.
-    stale: bool
+#: A verified payload: ``(apps, expiry, binding, stale)``, ``stale`` when an
+#: older secret signed it (re-sign before the response leaves).  A plain
+#: tuple, unpacked where it is used: one is made on every write, and a named
+#: tuple costs several times more to make, to free and to read.
+Decoded: TypeAlias = "tuple[AppData, float | None, Binding | None, bool]"
 
 
 class PayloadCodec:
@@ -165,7 +162,7 @@ class PayloadCodec:
                 memo.clear()
             memo[session_id] = (
                 payload,
-                tuple.__new__(Decoded, (apps, expiry, binding, False)),  # no Python __new__
+                (apps, expiry, binding, False),
                 created_at,
                 expires_at,
             )
@@ -182,8 +179,8 @@ class PayloadCodec:
 
     def loads(self, record: Record) -> tuple[AppData, float | None]:
         """Verify then unpickle; a bad payload is a :class:`DamagedRecord`."""
-        decoded = self.decode(record)
-        return decoded.apps, decoded.expiry
+        apps, expiry, _, _ = self.decode(record)
+        return apps, expiry
 
     def decode(self, record: Record) -> Decoded:
         """Verify then unpickle everything; a bad payload is a :class:`DamagedRecord`."""
@@ -232,7 +229,7 @@ class PayloadCodec:
             if not (isinstance(binding, tuple) and len(binding) == 4):
                 raise DamagedRecord(session_id, "malformed user binding")
             binding = Binding(*binding)
-        return Decoded(apps, expiry, binding, stale)
+        return (apps, expiry, binding, stale)
 
 
 def dump_value(value: Any) -> bytes:

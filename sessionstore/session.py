@@ -259,12 +259,10 @@ class Session(SessionData):
             except DamagedRecord as exc:
                 self._damaged(exc)
                 continue
-            if manager.deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
+            _, expiry, _, _ = decoded
+            if manager.deadline(record.created_at, record.accessed_at, expiry) <= now:
                 continue  # expired under the current settings
-            if (
-                decoded.expiry is None
-                and now - cookie.signed_at > manager.settings.signature_max_age
-            ):
+            if expiry is None and now - cookie.signed_at > manager.settings.signature_max_age:
                 # An old signature: good only for a session given an explicit
                 # expiry (set_expiry(), "remember me"), until that expiry.
                 continue
@@ -285,7 +283,8 @@ class Session(SessionData):
             next(manager.counters.requests)
             # What an older secret signed is re-signed with the newest before
             # the response leaves, so the old secret can be retired.
-            self._stale_secret = decoded.stale or cookie.stale_secret
+            _, _, _, stale = decoded
+            self._stale_secret = stale or cookie.stale_secret
             self._send_cookie = cookie.stale_secret
 
     def _damaged(self, exc: DamagedRecord) -> None:
@@ -298,19 +297,20 @@ class Session(SessionData):
         """Build on ``record`` from now on; ``apps`` is the view (its data
         with this request's changes replayed; by default its data as is).
         What this request changed of the expiry and the binding stays."""
+        base, expiry, binding, _ = decoded
         self._record = record
-        self._base = decoded.apps
+        self._base = base
         # The view's size: the record's, plus what replayed changes add.
         self._size = len(record.payload)
         if apps is None:
-            apps = dict(decoded.apps)  # writes copy the inner dicts
+            apps = dict(base)  # writes copy the inner dicts
         else:
-            self._size += _delta(decoded.apps, apps)
+            self._size += _delta(base, apps)
         self._apps = apps
         if not self._expiry_changed:
-            self._expiry = decoded.expiry
+            self._expiry = expiry
         if not self._binding_changed:
-            self._binding = decoded.binding
+            self._binding = binding
 
     def _starting(self) -> None:
         """The first write of a session not stored yet draws its id."""
