@@ -115,7 +115,7 @@ class SessionData:
         values = self._writable(app)
         self._size -= sum(len(key) + len(data) for key, data in values.items())
         values.clear()
-        self._log.of(app).clear()
+        self._log.empty(app)
 
     def _set_values(self, app: str, writes: dict[str, bytes | None], seen: Any) -> None:
         """Write ``writes`` (None: delete) and commit now; with ``seen``
