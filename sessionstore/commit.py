@@ -198,8 +198,7 @@ def _committed(session: Session, record: Record) -> None:
         session._send_cookie = True  # the cookie's Max-Age follows the expiry
     session._record = record
     session._new_id = None
-    session._base = session._apps
-    session._apps = dict(session._apps)  # writes copy inner dicts, not this one
+    session._base = session._apps  # the next write copies it (SessionData._writable)
     session._size = len(record.payload)
     session._log.clear()
     session._expiry_changed = False

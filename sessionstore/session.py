@@ -303,7 +303,7 @@ class Session(SessionData):
         # The view's size: the record's, plus what replayed changes add.
         self._size = len(record.payload)
         if apps is None:
-            apps = dict(base)  # writes copy the inner dicts
+            apps = base  # the first write copies it (SessionData._writable)
         else:
             self._size += _delta(base, apps)
         self._apps = apps

@@ -66,8 +66,12 @@ class SessionData:
         if self._record is None and self._new_id is None:
             self._starting()
         if app not in self._log.apps:
-            # Copy on first write: _base keeps what was read.
-            self._apps[app] = dict(self._apps.get(app) or {})
+            # Copy on first write: _base keeps what was read.  The view is
+            # the data as read itself until then (after a load or a commit).
+            apps = self._apps
+            if apps is self._base:
+                apps = self._apps = dict(apps)
+            apps[app] = dict(apps.get(app) or {})
         return self._apps[app]
 
     def _change(self, app: str, key: str, op: Op, data: bytes | None) -> None:
