@@ -105,24 +105,24 @@ class CookieCodec:
         tried = 0
         for value in self._pairs.findall(cookie_header):
             value = value.rstrip(" \t")
-            if len(value) > 1 and value[0] == value[-1] == '"':
+            if value.endswith('"') and len(value) > 1 and value.startswith('"'):
                 value = value[1:-1]  # a quoted value (RFC 6265 allows DQUOTEs)
-            if value not in self._verified and _SIGNED_ID_RE.fullmatch(value) is None:
+            # A value whose signature verified once is remembered (only those:
+            # junk cannot fill the memo); its age is still checked every time.
+            known = self._verified.get(value)
+            if known is None and _SIGNED_ID_RE.fullmatch(value) is None:
                 continue  # junk: not counted, so it cannot hide the real cookie
             tried += 1
             if tried > MAX_CANDIDATES:
                 break
-            verified = self._verify(value)
-            if verified is not None:
-                found.append(verified)
+            if known is None:
+                known = self._verify(value)
+            if known is not None and known.signed_at <= self._clock():
+                found.append(known)
         return found
 
     def _verify(self, value: str) -> CookieId | None:
-        # A value whose signature verified once is remembered (only those: junk
-        # cannot fill the memo); its age is still checked on every request.
-        known = self._verified.get(value)
-        if known is not None:
-            return known if known.signed_at <= self._clock() else None
+        """The id ``value`` signs, remembered, or None when it does not verify."""
         found = self._verify_signature(value)
         if found is not None:
             if len(self._verified) >= _MEMO_SIZE:
