@@ -46,6 +46,7 @@ import itertools
 import math
 import os
 import pickle
+import struct
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from .errors import DamagedRecord
@@ -55,6 +56,9 @@ if TYPE_CHECKING:
 
 FORMAT = 2
 TOKEN_SIZE = 16
+#: A token's bytes: the process's random prefix, then the counter, big-endian
+#: (one call to pack them costs a third of to_bytes() and a concatenation).
+_pack_token = struct.Struct(f">{TOKEN_SIZE // 2}sQ").pack
 MAC_SIZE = 32
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _PURPOSE = b"sessionstore.payload.v1"  # the key derivation, not the format
@@ -77,7 +81,7 @@ class _Tokens:
 
     def __call__(self) -> bytes:
         # next() on an itertools.count is atomic: threads never share a value.
-        return self.prefix + next(self.counter).to_bytes(TOKEN_SIZE // 2, "big")
+        return _pack_token(self.prefix, next(self.counter))
 
 
 new_token = _Tokens()
@@ -153,7 +157,7 @@ class PayloadCodec:
     ) -> bytes:
         """Sign ``apps``, ``expiry`` and ``binding``, bound to the id and
         times of the record they will be stored in; remember the result."""
-        token = new_token.prefix + next(new_token.counter).to_bytes(TOKEN_SIZE // 2, "big")
+        token = _pack_token(new_token.prefix, next(new_token.counter))  # new_token(), inline
         plain = None if binding is None else tuple(binding)  # no class name in storage
         fields = (FORMAT, session_id, created_at, expires_at, expiry, token, plain, apps)
         body = pickle.dumps(fields, PROTOCOL)
