@@ -311,26 +311,22 @@ def _with_session_headers(
 
     A session cookie's ``Cache-Control`` replaces the application's, so no
     shared cache keeps a response that carries someone's session.
+    ``headers`` is the response's own copy (``start_response`` made it): it
+    is extended in place, not copied again, when nothing is left out.
     """
-    replace_cache = False
-    for name, _ in cookie_headers:  # (a loop: no generator on every request)
+    for name, _ in cookie_headers:  # (loops: no generator on every request)
         if name == "Cache-Control":
-            replace_cache = True
-    result = []
-    vary_cookie = False
+            headers = [header for header in headers if header[0].lower() != "cache-control"]
+            break
     for name, value in headers:
-        lower = name.lower()
-        if lower == "cache-control" and replace_cache:
-            continue
-        if lower == "vary" and any(
+        if name.lower() == "vary" and any(
             token.strip().lower() in ("cookie", "*") for token in value.split(",")
         ):
-            vary_cookie = True
-        result.append((name, value))
-    if not vary_cookie:
-        result.append(("Vary", "Cookie"))
-    result.extend(cookie_headers)
-    return result
+            break
+    else:
+        headers.append(("Vary", "Cookie"))
+    headers.extend(cookie_headers)
+    return headers
 
 
 def _shown_id(session: Session) -> str:
