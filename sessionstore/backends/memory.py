@@ -41,10 +41,7 @@ class MemoryBackend(Backend):
     def compare_and_swap(
         self, session_id: str, expected_version: int | None, record: Record | None
     ) -> bool:
-        # acquire() and release(), not a with block: its __enter__ and
-        # __exit__ lookups and calls cost twice the lock itself (every write).
-        self._lock.acquire()
-        try:
+        with self._lock:
             current = self._records.get(session_id)
             if (None if current is None else current.version) != expected_version:
                 return False
@@ -57,8 +54,6 @@ class MemoryBackend(Backend):
             else:
                 self._put(session_id, record)
             return True
-        finally:
-            self._lock.release()
 
     def get(self, session_id: str) -> Record | None:
         return self._records.get(session_id)
