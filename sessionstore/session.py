@@ -243,11 +243,12 @@ class Session(SessionData):
         now = manager.clock()
         live: list[tuple[CookieId, Record, Decoded]] = []
         for cookie in manager.cookies.read(header):
-            if live and any(cookie.session_id == found[0].session_id for found in live):
+            session_id = cookie.session_id
+            if live and any(session_id == found[0].session_id for found in live):
                 continue  # the same session twice: one candidate
-            self._loading = cookie.session_id
+            self._loading = session_id
             try:
-                record = manager.backend.get(cookie.session_id)
+                record = manager.backend.get(session_id)
             except DamagedRecord as exc:
                 self._damaged(exc)
                 continue
