@@ -7,13 +7,15 @@ replays this log on the fresh data instead of writing back the stale snapshot.
 Per application the log holds an ``empty()`` flag and, per key, the
 operations in the order they were made:
 
-* ``Set(data)``: the pickled value; replay stores the same bytes.
+* a set, kept as its pickled value itself (``bytes``, no wrapper: a named
+  tuple made per write cost more than the rest of the write's logging);
+  replay stores the same bytes.
 * ``Delete``: replay removes the key (absent already is fine).
 * ``Update(fn, default)``: replay applies ``fn`` again to the fresh value, so
   two concurrent ``update()`` calls on one key compose instead of one
   overwriting the other.
 
-A ``Set`` or ``Delete`` makes the earlier operations on that key irrelevant,
+A set or ``Delete`` makes the earlier operations on that key irrelevant,
 and ``empty()`` makes every earlier operation of the application irrelevant,
 so they are dropped: a key's list only ever starts with one of them, followed
 by updates.
@@ -38,10 +40,6 @@ from .payload import AppData, dump_value, load_value
 ALL: Any = None
 
 
-class Set(NamedTuple):
-    data: bytes
-
-
 class Delete(NamedTuple):
     pass
 
@@ -51,7 +49,7 @@ class Update(NamedTuple):
     default: Any
 
 
-Op = Set | Delete | Update
+Op = bytes | Delete | Update  # bytes: a set of that value
 DELETE = Delete()
 
 
@@ -84,75 +82,65 @@ def apply_update(
         raise UpdateFailed(app, key, f"its result is not picklable ({exc})") from exc
 
 
-class AppChanges:
-    """One application's part of the log."""
+def _replay(app: str, ops: dict[str, list[Op]], values: dict[str, bytes]) -> dict[str, bytes]:
+    """``ops`` (one application's) applied to ``values``, in place."""
+    for key, key_ops in ops.items():
+        for op in key_ops:
+            if type(op) is bytes:
+                values[key] = op
+            elif isinstance(op, Update):
+                values[key] = apply_update(app, key, op.fn, op.default, values.get(key))[1]
+            else:
+                values.pop(key, None)
+    return values
 
-    __slots__ = ("cleared", "ops")
 
-    def __init__(self) -> None:
-        self.cleared = False
-        self.ops: dict[str, list[Op]] = {}
-
-    def clear(self) -> None:
-        self.cleared = True
-        self.ops.clear()
-
-    def copy(self) -> AppChanges:
-        clone = AppChanges()
-        clone.cleared = self.cleared
-        clone.ops = {key: list(ops) for key, ops in self.ops.items()}
-        return clone
-
-    def replay(self, app: str, fresh: dict[str, bytes]) -> dict[str, bytes]:
-        """These changes applied to ``fresh`` (which is not modified)."""
-        values = {} if self.cleared else dict(fresh)
-        for key, ops in self.ops.items():
-            for op in ops:
-                if isinstance(op, Set):
-                    values[key] = op.data
-                elif isinstance(op, Update):
-                    values[key] = apply_update(app, key, op.fn, op.default, values.get(key))[1]
-                else:
-                    values.pop(key, None)
-        return values
-
-    def overwrites(self) -> list[str | None]:
-        """Keys whose stored value this log replaces without replaying a
-        function on it (``None`` stands for the whole application)."""
-        found: list[str | None] = [None] if self.cleared else []
-        found.extend(key for key, ops in self.ops.items() if not isinstance(ops[0], Update))
-        return found
+_NO_APPS: frozenset[str] = frozenset()
 
 
 class ChangeLog:
-    """Per application, what this request changed and what it read."""
+    """Per application, what this request changed and what it read.
 
-    __slots__ = ("apps", "reads")
+    Plain dicts, no object per application, and a shared empty frozenset
+    until an application is emptied: a log is filled on every write
+    request, and each object made there costs more than the rest of the
+    logging.
+    """
+
+    __slots__ = ("apps", "emptied", "reads")
 
     def __init__(self) -> None:
-        self.apps: dict[str, AppChanges] = {}
+        #: app -> key -> its operations, for every application changed.
+        self.apps: dict[str, dict[str, list[Op]]] = {}
+        #: Applications emptied (``empty()``) before the operations they hold.
+        self.emptied = _NO_APPS
         #: app -> keys read, or ALL when the whole application was read.
         self.reads: dict[str, set[str] | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.apps)
 
-    def of(self, app: str) -> AppChanges:
-        changes = self.apps.get(app)
-        if changes is None:
-            changes = self.apps[app] = AppChanges()
-        return changes
+    def clear(self) -> None:
+        """Forget every change and read (after a commit): cheaper than a new log."""
+        self.apps = {}
+        self.emptied = _NO_APPS
+        self.reads = {}
+
+    def empty(self, app: str) -> None:
+        """Record ``empty()`` of ``app``: its earlier operations are dropped."""
+        self.apps[app] = {}
+        self.emptied = self.emptied | {app}
 
     def record(self, app: str, key: str, op: Op) -> None:
         """Add ``op`` on ``key`` of ``app``: an update joins the key's list,
         a set or delete replaces it."""
-        changes = self.apps.get(app)
-        if changes is None:
-            changes = self.apps[app] = AppChanges()
-        if type(op) is Update and key in changes.ops:
-            changes.ops[key].append(op)
+        ops = self.apps.get(app)
+        if ops is None:
+            ops = self.apps[app] = {}
+        if type(op) is Update and key in ops:
+            ops[key].append(op)
         else:
-            changes.ops[key] = [op]
+            ops[key] = [op]
 
     def read(self, app: str, key: str | None) -> None:
         """Remember a read of ``key`` (``None``: of the whole application)."""
@@ -169,28 +157,42 @@ class ChangeLog:
 
     def snapshot(self) -> ChangeLog:
         clone = ChangeLog()
-        clone.apps = {app: changes.copy() for app, changes in self.apps.items()}
+        clone.apps = {
+            app: {key: list(key_ops) for key, key_ops in ops.items()}
+            for app, ops in self.apps.items()
+        }
+        clone.emptied = self.emptied  # immutable: shared
         clone.reads = {app: (None if k is None else set(k)) for app, k in self.reads.items()}
         return clone
 
     def replay(self, fresh: AppData) -> AppData:
-        """This request's changes applied to another request's data."""
+        """This request's changes applied to another request's data (which
+        is not modified)."""
         apps = dict(fresh)
-        for app, changes in self.apps.items():
-            apps[app] = changes.replay(app, fresh.get(app) or {})
+        for app, ops in self.apps.items():
+            values = {} if app in self.emptied else dict(fresh.get(app) or {})
+            apps[app] = _replay(app, ops, values)
         return apps
+
+    def overwrites(self, app: str) -> list[str | None]:
+        """Keys of ``app`` whose stored value this log replaces without
+        replaying a function on it (``None`` stands for the whole application)."""
+        found: list[str | None] = [None] if app in self.emptied else []
+        ops = self.apps.get(app) or {}
+        found.extend(key for key, key_ops in ops.items() if not isinstance(key_ops[0], Update))
+        return found
 
     def lost_updates(self, base: AppData, fresh: AppData) -> list[tuple[str, str | None]]:
         """Keys this request read, then overwrote, that another request
         changed in between (``(app, None)``: an ``empty()``)."""
         found: list[tuple[str, str | None]] = []
-        for app, changes in self.apps.items():
+        for app in self.apps:
             if app not in self.reads:
                 continue
             read = self.reads[app]
             then = base.get(app) or {}
             now = fresh.get(app) or {}
-            for key in changes.overwrites():
+            for key in self.overwrites(app):
                 if key is None:
                     # empty(): every key read (or any, after a whole read) counts.
                     keys = set(then) | set(now) if read is None else read
@@ -213,10 +215,8 @@ def changed_since(
 __all__ = [
     "ALL",
     "DELETE",
-    "AppChanges",
     "ChangeLog",
     "Delete",
-    "Set",
     "Update",
     "UpdateFailed",
     "apply_update",

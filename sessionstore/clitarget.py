@@ -190,8 +190,8 @@ class Target:
         expiry and user binding stay as they are."""
         for _ in range(20):
             record = self.record(session_id)
-            decoded = self._codec().decode(record)
-            apps, expiry = dict(decoded.apps), decoded.expiry
+            stored, expiry, binding, _ = self._codec().decode(record)
+            apps = dict(stored)
             before = {app: dict(keys) for app, keys in apps.items()}
             result = edit(apps)
             apps = {app: keys for app, keys in apps.items() if keys}
@@ -203,7 +203,7 @@ class Target:
                 record.session_id,
                 record.created_at,
                 record.expires_at,
-                decoded.binding,
+                binding,
             )
             if len(payload) > self.settings.max_session_size:
                 raise CommandError(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -42,7 +42,6 @@ class Response:
 
     __slots__ = (
         "manager",
-        "settings",
         "session",
         "environ",
         "server_start_response",
@@ -65,7 +64,6 @@ class Response:
         start_response: StartResponse,
     ) -> None:
         self.manager = manager
-        self.settings = manager.settings
         self.session = session
         self.environ = environ
         self.server_start_response = start_response
@@ -108,14 +106,15 @@ class Response:
 
     def finish(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
         iterator: Iterator[bytes] | None = None
-        buffered: list[bytes] = []
+        buffered: Sequence[bytes] = ()  # (no list made for the usual response)
         early = self.sent  # the application used write(): headers are gone
         if self.status is None:
             # A generator application calls start_response on its first step.
             iterator = iter(app_iter)
+            buffered = chunks = []
             try:
                 for chunk in iterator:
-                    buffered.append(chunk)
+                    chunks.append(chunk)
                     if self.status is not None:
                         break
             except BaseException:
@@ -150,6 +149,7 @@ class Response:
         session = self.session
         headers = self.headers
         if session._loaded:
+            cookie_headers: Sequence[tuple[str, str]] = ()  # usually: the cookie stands
             if not self.failed and 0 < self.code < 500:  # self.ok(), inline
                 if session._dirty():
                     try:
@@ -161,17 +161,13 @@ class Response:
                     self._touch()  # a commit refreshes the clock by itself
                 if session._send_cookie or session._clear_cookie:
                     cookie_headers = session._cookie_headers(self.is_secure())
-                else:
-                    cookie_headers = []  # the usual case: the cookie stands
-            else:
-                cookie_headers = []
             headers = _with_session_headers(headers, cookie_headers)
         self.sent = True
         session._late = True
         self.server_write = self.server_start_response(self.status, headers, self.exc_info)
 
     def is_secure(self) -> bool:
-        secure = self.settings.secure
+        secure = self.manager.settings.secure
         if secure == "auto":
             return bool(self.environ.get("wsgi.url_scheme") == "https")
         return bool(secure)
@@ -188,7 +184,7 @@ class Response:
 
     def replace(self, exc: SessionStoreError) -> None:
         """Answer with an error instead of the application's response."""
-        status, headers, body = _error_response(exc, self.settings, _shown_id(self.session))
+        status, headers, body = _error_response(exc, self.manager.settings, _shown_id(self.session))
         counters = self.manager.counters
         if isinstance(exc, BusyRetry):
             counters.add("busy")
@@ -250,7 +246,7 @@ class Body:
         response: Response,
         app_iter: Iterable[bytes],
         iterator: Iterator[bytes] | None,
-        buffered: list[bytes],
+        buffered: Sequence[bytes],
     ) -> None:
         self._response = response
         self._app_iter = app_iter
@@ -305,32 +301,28 @@ def _close(app_iter: Iterable[bytes]) -> None:
 
 
 def _with_session_headers(
-    headers: list[tuple[str, str]], cookie_headers: list[tuple[str, str]]
+    headers: list[tuple[str, str]], cookie_headers: Sequence[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     """The app's headers plus ``Vary: Cookie`` and the session's cookie headers.
 
     A session cookie's ``Cache-Control`` replaces the application's, so no
     shared cache keeps a response that carries someone's session.
+    ``headers`` is the response's own copy (``start_response`` made it): it
+    is extended in place, not copied again, when nothing is left out.
     """
-    replace_cache = False
-    for name, _ in cookie_headers:  # (a loop: no generator on every request)
+    for name, _ in cookie_headers:  # (loops: no generator on every request)
         if name == "Cache-Control":
-            replace_cache = True
-    result = []
-    vary_cookie = False
+            headers = [header for header in headers if header[0].lower() != "cache-control"]
+            break
     for name, value in headers:
-        lower = name.lower()
-        if lower == "cache-control" and replace_cache:
-            continue
-        if lower == "vary" and any(
+        if name.lower() == "vary" and any(
             token.strip().lower() in ("cookie", "*") for token in value.split(",")
         ):
-            vary_cookie = True
-        result.append((name, value))
-    if not vary_cookie:
-        result.append(("Vary", "Cookie"))
-    result.extend(cookie_headers)
-    return result
+            break
+    else:
+        headers.append(("Vary", "Cookie"))
+    headers.extend(cookie_headers)
+    return headers
 
 
 def _shown_id(session: Session) -> str:

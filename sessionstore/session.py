@@ -243,11 +243,12 @@ class Session(SessionData):
         now = manager.clock()
         live: list[tuple[CookieId, Record, Decoded]] = []
         for cookie in manager.cookies.read(header):
-            if live and any(cookie.session_id == found[0].session_id for found in live):
+            session_id = cookie.session_id
+            if live and any(session_id == found[0].session_id for found in live):
                 continue  # the same session twice: one candidate
-            self._loading = cookie.session_id
+            self._loading = session_id
             try:
-                record = manager.backend.get(cookie.session_id)
+                record = manager.backend.get(session_id)
             except DamagedRecord as exc:
                 self._damaged(exc)
                 continue
@@ -259,12 +260,10 @@ class Session(SessionData):
             except DamagedRecord as exc:
                 self._damaged(exc)
                 continue
-            if manager.deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
+            _, expiry, _, _ = decoded
+            if manager.deadline(record.created_at, record.accessed_at, expiry) <= now:
                 continue  # expired under the current settings
-            if (
-                decoded.expiry is None
-                and now - cookie.signed_at > manager.settings.signature_max_age
-            ):
+            if expiry is None and now - cookie.signed_at > manager.settings.signature_max_age:
                 # An old signature: good only for a session given an explicit
                 # expiry (set_expiry(), "remember me"), until that expiry.
                 continue
@@ -282,10 +281,11 @@ class Session(SessionData):
         for cookie, record, decoded in live:
             self._cookie = cookie
             self._adopt(record, decoded)
-            manager.counters.thread.counts["requests"] += 1
+            next(manager.counters.requests)
             # What an older secret signed is re-signed with the newest before
             # the response leaves, so the old secret can be retired.
-            self._stale_secret = decoded.stale or cookie.stale_secret
+            _, _, _, stale = decoded
+            self._stale_secret = stale or cookie.stale_secret
             self._send_cookie = cookie.stale_secret
 
     def _damaged(self, exc: DamagedRecord) -> None:
@@ -298,19 +298,20 @@ class Session(SessionData):
         """Build on ``record`` from now on; ``apps`` is the view (its data
         with this request's changes replayed; by default its data as is).
         What this request changed of the expiry and the binding stays."""
+        base, expiry, binding, _ = decoded
         self._record = record
-        self._base = decoded.apps
+        self._base = base
         # The view's size: the record's, plus what replayed changes add.
         self._size = len(record.payload)
         if apps is None:
-            apps = dict(decoded.apps)  # writes copy the inner dicts
+            apps = base  # the first write copies it (SessionData._writable)
         else:
-            self._size += _delta(decoded.apps, apps)
+            self._size += _delta(base, apps)
         self._apps = apps
         if not self._expiry_changed:
-            self._expiry = decoded.expiry
+            self._expiry = expiry
         if not self._binding_changed:
-            self._binding = decoded.binding
+            self._binding = binding
 
     def _starting(self) -> None:
         """The first write of a session not stored yet draws its id."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from . import commit as protocol
-from .changes import DELETE, ChangeLog, Op, Set, Update, apply_update, changed_since
+from .changes import DELETE, ChangeLog, Op, Update, apply_update, changed_since
 from .errors import ConcurrentUpdate
 from .payload import AppData
 
@@ -66,8 +66,12 @@ class SessionData:
         if self._record is None and self._new_id is None:
             self._starting()
         if app not in self._log.apps:
-            # Copy on first write: _base keeps what was read.
-            self._apps[app] = dict(self._apps.get(app) or {})
+            # Copy on first write: _base keeps what was read.  The view is
+            # the data as read itself until then (after a load or a commit).
+            apps = self._apps
+            if apps is self._base:
+                apps = self._apps = dict(apps)
+            apps[app] = dict(apps.get(app) or {})
         return self._apps[app]
 
     def _change(self, app: str, key: str, op: Op, data: bytes | None) -> None:
@@ -89,7 +93,7 @@ class SessionData:
             self._check_size(app, key, data)  # raises, naming the limit
         values = self._apps[app] if app in self._log.apps else self._writable(app)
         is_new = key not in values
-        self._log.record(app, key, tuple.__new__(Set, (data,)))  # Set(data), minus a frame
+        self._log.record(app, key, data)  # a set
         values[key] = data
         self._size = size
         return is_new
@@ -115,7 +119,7 @@ class SessionData:
         values = self._writable(app)
         self._size -= sum(len(key) + len(data) for key, data in values.items())
         values.clear()
-        self._log.of(app).clear()
+        self._log.empty(app)
 
     def _set_values(self, app: str, writes: dict[str, bytes | None], seen: Any) -> None:
         """Write ``writes`` (None: delete) and commit now; with ``seen``
@@ -140,7 +144,7 @@ class SessionData:
                 if key in (self._apps.get(app) or {}):
                     self._change(app, key, DELETE, None)
             else:
-                self._change(app, key, Set(data), data)
+                self._change(app, key, data, data)
         if self._dirty():
             protocol.commit(cast("Session", self), strict)
 

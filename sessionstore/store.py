@@ -208,11 +208,10 @@ class Store:
 
     flush = empty
 
-    def __getitem__(self, key: str) -> Any:
-        return self.get(key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.set(key, value)
+    # get() and set() themselves, not methods calling them: one Python call
+    # less on every ``store[key]`` (set()'s return value is dropped).
+    __getitem__ = get
+    __setitem__ = set
 
     def __delitem__(self, key: str) -> None:
         self.delete(key)

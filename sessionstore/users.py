@@ -66,15 +66,14 @@ def list_user(
         if record.is_tombstone or record.is_expired(now):
             continue
         try:
-            decoded = payloads.decode(record)
+            _, expiry, binding, _ = payloads.decode(record)
         except DamagedRecord as exc:
             log.error("%s; not listed for its user", exc)
             damaged += 1
             continue
-        binding = decoded.binding
         if binding is None or binding.user != user:
             continue  # the index is a hint; the signed payload decides
-        if deadline and deadline(record.created_at, record.accessed_at, decoded.expiry) <= now:
+        if deadline and deadline(record.created_at, record.accessed_at, expiry) <= now:
             continue
         found.append(
             UserSession(

@@ -126,6 +126,31 @@ def test_exception_in_app_commits_nothing(client):
     assert client.backend.count() == 0
 
 
+def test_writes_a_failed_request_made_are_not_what_the_next_request_reads(client):
+    """Writes made after the session was loaded, or after a commit(), then
+    abandoned by an exception, leave the stored data as it was, for this
+    process too (it remembers what it last stored and read)."""
+    client.run(write)
+
+    def commit_then_fail(session):
+        session.store("a")["k"] = "committed"
+        session.commit()
+        session.store("a")["k"] = "abandoned"
+        session.store("b")["x"] = 1
+        raise RuntimeError("app failed")
+
+    def write_then_fail(session):
+        session.store("a").empty()
+        session.store("c")["y"] = 2
+        raise RuntimeError("app failed")
+
+    for failing in (commit_then_fail, write_then_fail):
+        with pytest.raises(RuntimeError):
+            client.run(failing)
+        stored = client.run(lambda s: (s.apps(), s.store("a").items()))[0]
+        assert stored == (["a"], [("k", "committed")])
+
+
 @pytest.mark.parametrize("status", ["500 Internal Server Error", "503 Service Unavailable"])
 def test_5xx_response_commits_nothing(client, status):
     client.run(write)
