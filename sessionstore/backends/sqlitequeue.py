@@ -51,7 +51,8 @@ class WriterQueue:
         (then :class:`BusyRetry`)."""
         if self._pid != os.getpid():
             self._after_fork()
-        if not self._mutex.acquire(timeout=self.busy_timeout):
+        # (Untimed first: the usual case, free, costs a third of a timed one.)
+        if not self._mutex.acquire(False) and not self._mutex.acquire(timeout=self.busy_timeout):
             raise BusyRetry(f"{self.path}: another thread kept the turn to write")
         try:
             if self._fd is None and not self._absent:
