@@ -8,8 +8,8 @@ saturating writers); run during a writer's turn
 the machine that long, three times a second.  A ``PASSIVE`` checkpoint
 needs no turn: it copies what is committed while writers go on appending.
 So each process asks its :class:`Checkpointer` for one, and a thread of its
-own runs it on a connection opened for it (the file at the path then, even
-one replaced meanwhile) while the requests go on.  Asks that come while one
+own runs it on a connection of its own (opened again when the file at the
+path was replaced) while the requests go on.  Asks that come while one
 runs are one more checkpoint, not a queue.  Once a checkpoint has copied the
 whole WAL, the next write starts it again from its beginning, so the WAL
 stays small; the writers' ``TRUNCATE`` (:mod:`~sessionstore.backends.sqlitefile`)
@@ -64,26 +64,48 @@ class Checkpointer:
 
     def _run(self) -> None:
         wake = self._wake
-        while True:
-            wake.wait()
-            wake.clear()
-            if self._stopping:
-                return
-            self.checkpoint()
+        opened: tuple[sqlite3.Connection, tuple[int, int]] | None = None
+        try:
+            while True:
+                wake.wait()
+                wake.clear()
+                if self._stopping:
+                    return
+                opened = self.checkpoint(opened)
+        finally:
+            if opened is not None:
+                opened[0].close()
 
-    def checkpoint(self) -> None:
-        """One passive checkpoint, on a connection of its own."""
-        # mode=rw: a database deleted meanwhile is not made again here.
-        target = f"file:{urllib.parse.quote(os.path.abspath(self.filename))}?mode=rw"
+    def checkpoint(
+        self, opened: tuple[sqlite3.Connection, tuple[int, int]] | None = None
+    ) -> tuple[sqlite3.Connection, tuple[int, int]] | None:
+        """One passive checkpoint, on a connection of its own: ``opened``
+        (with the file's identity) if the file at the path is still that
+        one, else a new one.  The connection used, to pass next time (None
+        if there is no database at the path)."""
         try:
-            conn = sqlite3.connect(target, uri=True, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error:
-            return
+            st = os.stat(self.filename)
+        except OSError:
+            st = None
+        if opened is not None and (st is None or opened[1] != (st.st_dev, st.st_ino)):
+            opened[0].close()  # (replaced or deleted: the file at the path now)
+            opened = None
+        if st is None:
+            return None
+        if opened is None:
+            # mode=rw: a database deleted meanwhile is not made again here.
+            target = f"file:{urllib.parse.quote(os.path.abspath(self.filename))}?mode=rw"
+            try:
+                conn = sqlite3.connect(
+                    target, uri=True, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+            except sqlite3.Error:
+                return None
+            opened = (conn, (st.st_dev, st.st_ino))
         try:
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            opened[0].execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.runs += 1
         except sqlite3.Error as exc:  # (busy, or a file gone: the next ask tries again)
             log.debug("passive checkpoint of %s not done: %s", self.filename, exc)
-        finally:
-            conn.close()
+        return opened

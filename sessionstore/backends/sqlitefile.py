@@ -8,7 +8,8 @@ connection is closed by ``close()``, also on a failed ``setup()``.
   checkpoints are off: under busy writers every commit of every process
   attempted one and they collided, so none reset the WAL (241 MB in 4 s with
   4 writers).  Instead every :data:`_WAL_CHECK_EVERY` writes a process looks
-  at the WAL's size: past 1 MiB it asks for a passive checkpoint, which a
+  at the WAL's size: past 1 MiB it asks, every :data:`_WAL_PASSIVE_EVERY`
+  looks, for a passive checkpoint, which a
   thread of its own runs outside any turn to write
   (:mod:`~sessionstore.backends.sqlitecheckpoint`: run in a turn, each held
   every writer up 5-50 ms at 1,000,000 sessions); past 16 MiB (the passive
@@ -62,6 +63,10 @@ WAL_LIMIT = 64 << 20
 _WAL_PASSIVE = 1 << 20
 _WAL_TRUNCATE = 16 << 20
 _WAL_CHECK_EVERY = 200
+#: A passive checkpoint every this many checks (1,000 writes of a process):
+#: each costs a connection and an fsync of the database (as many
+#: instructions as ~10 write requests).
+_WAL_PASSIVE_EVERY = 5
 #: After a TRUNCATE checkpoint found another one running (SQLite answers
 #: busy at once then, without waiting), look again this many writes later.
 _WAL_RETRY_EVERY = 4
@@ -102,6 +107,7 @@ class SqliteFile(Backend):
         self._identity: tuple[int, int] | None = None  # the file's (dev, inode)
         self._generation = 0  # bumped when the file at the path changes
         self._wal_due = _WAL_CHECK_EVERY
+        self._wal_checks = 0
         self._checkpointer = Checkpointer(filename)
         self.read_only = False
         #: Every write statement takes a turn (None for ``:memory:``).
@@ -282,7 +288,9 @@ class SqliteFile(Backend):
         if size <= _WAL_PASSIVE:
             return
         if size <= _WAL_TRUNCATE:
-            self._checkpointer.request()  # in the background, not in our turn
+            self._wal_checks += 1
+            if not self._wal_checks % _WAL_PASSIVE_EVERY:
+                self._checkpointer.request()  # in the background, not in our turn
             return
         if self._checkpoint(conn, "TRUNCATE"):
             self._wal_due = _WAL_RETRY_EVERY  # cut short: the next try comes sooner
