@@ -69,6 +69,7 @@ from typing import Any, Literal
 
 from ..config import as_bool, as_filename
 from ..errors import BackendError
+from . import procid
 from .base import Backend, Record
 from .picklebridge import Bridge, Following
 from .picklecompact import Compaction
@@ -243,7 +244,7 @@ class PickleBackend(FileLock, LogReader, Following, Compaction, Purge, Backend):
         # it, the index is the file.  (The log only ever grows; compaction
         # renames a new file over it.)  Threads then never queue behind
         # another thread's system calls.
-        if self._pid == os.getpid() and self._view is not None:
+        if self._pid == procid.pid and self._view is not None:
             try:
                 st = os.stat(self.filename)
             except OSError:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BusyRetry
+from . import procid
 from .flockwait import open_lock_file, take
 from .picklehandle import Handle
 from .pickleindex import OffsetIndex
@@ -75,7 +76,7 @@ class FileLock:
         file; :meth:`_release` lets go.  (``_locked`` is the same as a
         context manager; the write path calls these two directly, a
         generator-based context manager costing more than the lock.)"""
-        if self._pid != os.getpid():
+        if self._pid != procid.pid:
             self._after_fork()
         self._mutex.acquire()
         try:

@@ -49,6 +49,7 @@ import urllib.parse
 from collections.abc import Iterator
 
 from ..errors import BackendError, BusyRetry
+from . import procid
 from .base import Backend
 from .sqlitecheckpoint import Checkpointer
 from .sqlitequeue import WriterQueue
@@ -250,7 +251,7 @@ class SqliteFile(Backend):
     def _thread_connection(self, check_file: bool = True) -> sqlite3.Connection:
         """This thread's connection; with ``check_file``, first make sure the
         file at the path is still the one opened (a ``stat``, 1.6 us)."""
-        if self._pid != os.getpid():
+        if self._pid != procid.pid:
             self._after_fork()
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)

@@ -30,6 +30,7 @@ import os
 import threading
 
 from ..errors import BusyRetry
+from . import procid
 from .flockwait import open_lock_file, take
 
 
@@ -49,7 +50,7 @@ class WriterQueue:
     def acquire(self) -> None:
         """Wait for this process's turn to write, up to ``busy_timeout``
         (then :class:`BusyRetry`)."""
-        if self._pid != os.getpid():
+        if self._pid != procid.pid:
             self._after_fork()
         # (Untimed first: the usual case, free, costs a third of a timed one.)
         if not self._mutex.acquire(False) and not self._mutex.acquire(timeout=self.busy_timeout):
