@@ -110,6 +110,7 @@ class SqliteFile(Backend):
         self._wal_due = _WAL_CHECK_EVERY
         self._wal_checks = 0
         self._checkpointer = Checkpointer(filename)
+        self._restarted_at = 0  # the checkpointer's runs at our last RESTART
         self.read_only = False
         #: Every write statement takes a turn (None for ``:memory:``).
         self._writers = None if self._memory else WriterQueue(filename, busy_timeout)
@@ -289,9 +290,17 @@ class SqliteFile(Backend):
         if size <= _WAL_PASSIVE:
             return
         if size <= _WAL_TRUNCATE:
+            checkpointer = self._checkpointer
+            if checkpointer.runs != self._restarted_at:
+                # A background checkpoint copied the bulk: what was written
+                # since is little, and a RESTART now starts the WAL again
+                # (with writers going on, a passive one never catches up,
+                # and every read searches a WAL that only grows).
+                self._restarted_at = checkpointer.runs
+                self._checkpoint(conn, "RESTART")
             self._wal_checks += 1
             if not self._wal_checks % _WAL_PASSIVE_EVERY:
-                self._checkpointer.request()  # in the background, not in our turn
+                checkpointer.request()  # in the background, not in our turn
             return
         if self._checkpoint(conn, "TRUNCATE"):
             self._wal_due = _WAL_RETRY_EVERY  # cut short: the next try comes sooner
@@ -330,6 +339,7 @@ class SqliteFile(Backend):
         self._identity = None
         self._generation = 0
         self._checkpointer = Checkpointer(self.filename)  # (the parent's thread is not ours)
+        self._restarted_at = 0
 
     def _check_size(self, conn: sqlite3.Connection) -> None:
         """Milliseconds at any size: the file holds the pages its header declares
