@@ -12,12 +12,16 @@ connection is closed by ``close()``, also on a failed ``setup()``.
   looks, for a passive checkpoint, which a
   thread of its own runs outside any turn to write
   (:mod:`~sessionstore.backends.sqlitecheckpoint`: run in a turn, each held
-  every writer up 5-50 ms at 1,000,000 sessions); past 16 MiB (the passive
-  ones fell behind) it runs a ``TRUNCATE`` checkpoint during its turn to
+  every writer up 5-50 ms at 1,000,000 sessions).  Writers going on, such a
+  checkpoint never finds the whole WAL copied, so the WAL would never start
+  again (and every read searches it): once one has run, the process's next
+  look runs a ``RESTART`` during its turn, which copies only what was
+  written since.  Past 16 MiB (the passive ones fell behind) it runs a
+  ``TRUNCATE`` checkpoint during its turn to
   write (below), so that the other writers cannot starve it of the write
   lock.  ``journal_size_limit`` caps what a reset leaves behind.  A
   ``TRUNCATE`` cut short is tried again :data:`_WAL_RETRY_EVERY` writes
-  later, not 200.  ``benchmarks/scale.py --wal 60`` measures it: 38 MB
+  later, not 200.  ``benchmarks/scale.py --wal 60`` measures it: 37 MB
   under 4 saturating writers (50-122 MB before the retry and the turns).
 * The file is ``stat``-ed before each write: a database deleted or replaced
   under a running process is logged as an error and every connection is
