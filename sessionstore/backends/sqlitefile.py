@@ -21,7 +21,7 @@ connection is closed by ``close()``, also on a failed ``setup()``.
   write (below), so that the other writers cannot starve it of the write
   lock.  ``journal_size_limit`` caps what a reset leaves behind.  A
   ``TRUNCATE`` cut short is tried again :data:`_WAL_RETRY_EVERY` writes
-  later, not 200.  ``benchmarks/scale.py --wal 60`` measures it: 37 MB
+  later, not 200.  ``benchmarks/scale.py --wal 60`` measures it: 39 MB
   under 4 saturating writers (50-122 MB before the retry and the turns).
 * The file is ``stat``-ed before each write: a database deleted or replaced
   under a running process is logged as an error and every connection is
@@ -68,10 +68,13 @@ WAL_LIMIT = 64 << 20
 _WAL_PASSIVE = 1 << 20
 _WAL_TRUNCATE = 16 << 20
 _WAL_CHECK_EVERY = 200
-#: A passive checkpoint every this many checks (1,000 writes of a process):
-#: each costs a connection and an fsync of the database (as many
-#: instructions as ~10 write requests).
-_WAL_PASSIVE_EVERY = 5
+#: A passive checkpoint every this many checks (400 writes of a process),
+#: each followed by a RESTART in the process's next turn.  Measured at
+#: 1,000,000 sessions with four saturating workers, every 200 / 400 / 1,000
+#: writes: longest commit 30-48 / 47-58 / 68-115 ms, WAL 28 / 39 / 37 MB;
+#: but the RESTART's sync of the database costs a single process's write
+#: requests 1.12-1.13 / 1.04-1.08 / 1.02-1.05 of 18627a4's overhead.
+_WAL_PASSIVE_EVERY = 2
 #: After a TRUNCATE checkpoint found another one running (SQLite answers
 #: busy at once then, without waiting), look again this many writes later.
 _WAL_RETRY_EVERY = 4
