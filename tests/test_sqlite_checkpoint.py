@@ -41,8 +41,8 @@ def test_a_growing_wal_is_checkpointed_in_the_background(tmp_path, monkeypatch):
     backend = opened(path)
     before = path.stat().st_size
     fill(backend, 100)
-    until(lambda: path.stat().st_size > before + 50 * 2000)
-    assert backend._checkpointer.runs >= 1  # noqa: SLF001
+    until(lambda: backend._checkpointer.runs >= 1)  # noqa: SLF001
+    assert path.stat().st_size > before + 25 * 2000  # (at least what preceded the ask)
     backend.close()
     names = [t.name for t in threading.enumerate()]
     assert "sessionstore-checkpoint" not in names  # close() ended the thread
