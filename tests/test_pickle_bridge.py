@@ -273,10 +273,11 @@ def test_a_compactions_temporary_file_is_never_taken_for_an_orphan(tmp_path):
     backend.close()
 
 
-def test_processes_following_a_compaction_load_its_index_one_at_a_time(tmp_path):
+def test_processes_following_a_compaction_load_its_index_one_at_a_time(tmp_path, monkeypatch):
     """Every process loads the new index after a compaction; at once, four
     of them left the requests of a two-core machine waiting for a CPU.  A
     loader waits while another process holds its turn at the index file."""
+    monkeypatch.setattr(picklebridge, "TURN_WAIT", 60.0)  # (however slow the machine)
     path = tmp_path / "sessions.dat"
     records = compacted(path, 300)
     follower = opened(path)
