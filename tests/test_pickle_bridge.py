@@ -300,3 +300,51 @@ def test_processes_following_a_compaction_load_its_index_one_at_a_time(tmp_path,
     assert follower.get_all() == {r.session_id: r for r in records}
     assert follower._bridge is None  # noqa: SLF001 - crossed to the loaded index
     follower.close()
+
+
+def test_an_index_loaded_while_a_sync_looks_at_the_file_is_no_file_rewritten(
+    tmp_path, held_loader, caplog
+):
+    """The loader indexes the new log up to its end as it finds it.  A sync
+    without the lock (as a process waiting for the lock runs one) that
+    looked at the file before the loader finished, then put the loaded index
+    in place, saw a file shorter than the index: "rewritten in place", and
+    its tails were never cut again.  The index goes in before the look."""
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    follower = opened(path)
+    assert follower.get(records[0].session_id) == records[0]
+    child = Child(path)
+    child("compact")
+    assert follower.get(records[1].session_id) == records[1]  # bridged
+    bridge = follower._bridge  # noqa: SLF001
+    assert bridge is not None and bridge.thread is not None
+    real_stat = os.stat
+    armed = [True]
+
+    def stat(target, *args, **kwargs):
+        found = real_stat(target, *args, **kwargs)
+        if armed[0] and os.fspath(target) == str(path):
+            armed[0] = False
+            child("put", records[2:6])  # appended after this look
+            held_loader.set()
+            bridge.thread.join(10)  # the loader indexed them too
+        return found
+
+    with caplog.at_level("INFO", "sessionstore"):
+        os.stat = stat
+        try:
+            with follower._mutex:  # noqa: SLF001 - what _catch_up() runs, without the lock
+                follower._sync()  # noqa: SLF001
+        finally:
+            os.stat = real_stat
+        assert follower.compare_and_swap(records[10].session_id, 1, bumped(records[10]))
+        expected = {r.session_id: r for r in records}
+        expected.update({r.session_id: bumped(r) for r in (*records[2:6], records[10])})
+        follower._handle.cache.clear()  # noqa: SLF001
+        assert follower.get_all() == expected
+    assert not armed[0]
+    assert "rewritten in place" not in caplog.text
+    assert follower._file_id not in follower._no_cut  # noqa: SLF001
+    child.close()
+    follower.close()
