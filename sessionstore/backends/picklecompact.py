@@ -295,9 +295,12 @@ class Compaction(IndexFiles, LogFiles):
 
     # -- the index file -----------------------------------------------------------------
 
-    def _index_is_recent(self, within: int = REFRESH) -> bool:
+    def _index_is_recent(self, within: int | None = None) -> bool:
         """Whether the index file at the path (another process's) covers
-        this file to within ``within`` bytes; notes what it covers."""
+        this file to within ``within`` bytes (:data:`REFRESH`, read when
+        called); notes what it covers."""
+        if within is None:
+            within = REFRESH
         try:
             with open_index(self.filename + ".index") as source:
                 meta, _, _ = read_meta(source)
