@@ -53,3 +53,17 @@ def test_a_forked_child_waits_for_the_sqlite_turn_its_parent_holds(tmp_path):
         writers.release()
     assert backend.get(record.session_id) == record
     backend.close()
+
+
+def test_a_forked_childs_first_purge_reads_its_own_files(tmp_path):
+    """A purge reads its candidates without the lock.  A child whose first
+    call was a purge read them through its parent's descriptors (deleting
+    nothing, or reading a log the parent was cutting): it opens its own."""
+    backend = PickleBackend(str(tmp_path / "sessions.dat"))
+    backend.setup()
+    for _ in range(500):
+        backend.add(make_record(expires_at=1.0))
+    assert backend.count() == 500
+    assert in_forked_child(lambda: backend.delete_expired(now=2.0, limit=100) == 100)
+    assert backend.count() == 400
+    backend.close()

@@ -129,9 +129,13 @@ _closer: tuple[int, threading.Thread] | None = None
 
 
 def _closing() -> queue.SimpleQueue[Handle | int | threading.Event]:
-    """The queue of this process's closing thread (started when first needed)."""
-    global _closer
+    """The queue of this process's closing thread (started when first needed;
+    a child after fork starts a queue of its own: what its parent had queued
+    is the parent's to close, and cut)."""
+    global _closer, _retired
     if _closer is None or _closer[0] != os.getpid():
+        if _closer is not None:
+            _retired = queue.SimpleQueue()
         thread = threading.Thread(target=_close_retired, name="sessionstore-close", daemon=True)
         _closer = (os.getpid(), thread)
         thread.start()

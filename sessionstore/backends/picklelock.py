@@ -48,6 +48,7 @@ class FileLock:
     _lock_fd: int | None
     _holding: bool
     _view: Any
+    _purge: Any
     _corrupt: Any
     _file_id: tuple[int, int] | None
     _offset: int
@@ -141,6 +142,7 @@ class FileLock:
         self._view = None
         self._lock_fd = None
         self._handle = None  # the parent's stays open in the parent
+        self._purge = None  # (a scan of the parent's handle)
         self._file_id = None
         self._bridge = None  # (its loader thread is the parent's)
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..errors import BackendError
+from . import procid
 from .base import Record
 from .picklehandle import Handle
 from .pickleindex import OffsetIndex
@@ -38,6 +39,7 @@ class Purge:
     _file_id: tuple[int, int] | None
     _handle: Handle | None
     _index: OffsetIndex
+    _pid: int
     _mutex: threading.RLock
     _purge: tuple[Iterator[tuple[int, float]], Handle | None] | None
 
@@ -53,7 +55,11 @@ class Purge:
         """Delete up to ``limit`` expired sessions (all when None): see the
         module docstring."""
         now = time.time() if now is None else now
-        if self._file_id is None:
+        # The candidates are read without the lock: from descriptors of this
+        # process's own (a child after fork reads its parent's otherwise, and
+        # holds none of the shared locks that keep a replaced log from being
+        # cut under it: picklehandle).  Taking the lock once opens them.
+        if self._file_id is None or self._pid != procid.pid:
             with self._locked(exclusive=False):
                 pass
         if limit is None:
