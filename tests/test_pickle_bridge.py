@@ -88,6 +88,18 @@ def compacted(path, count):
     return records
 
 
+def compacted_by_another(tmp_path):
+    """A store of 300 sessions that ``follower`` has open and read, and that
+    ``child``, another process, has just compacted."""
+    path = tmp_path / "sessions.dat"
+    records = compacted(path, 300)
+    follower = opened(path)
+    assert follower.get(records[0].session_id) == records[0]
+    child = Child(path)
+    child("compact")
+    return path, records, follower, child
+
+
 def bumped(record):
     return record._replace(version=record.version + 1, payload=b"child")
 
@@ -278,12 +290,7 @@ def test_processes_following_a_compaction_load_its_index_one_at_a_time(tmp_path,
     of them left the requests of a two-core machine waiting for a CPU.  A
     loader waits while another process holds its turn at the index file."""
     monkeypatch.setattr(picklebridge, "TURN_WAIT", 60.0)  # (however slow the machine)
-    path = tmp_path / "sessions.dat"
-    records = compacted(path, 300)
-    follower = opened(path)
-    assert follower.get(records[0].session_id) == records[0]
-    child = Child(path)
-    child("compact")
+    path, records, follower, child = compacted_by_another(tmp_path)
     child.close()
     other = os.open(f"{path}.index", os.O_RDONLY)  # another process's turn
     try:
@@ -310,12 +317,7 @@ def test_an_index_loaded_while_a_sync_looks_at_the_file_is_no_file_rewritten(
     looked at the file before the loader finished, then put the loaded index
     in place, saw a file shorter than the index: "rewritten in place", and
     its tails were never cut again.  The index goes in before the look."""
-    path = tmp_path / "sessions.dat"
-    records = compacted(path, 300)
-    follower = opened(path)
-    assert follower.get(records[0].session_id) == records[0]
-    child = Child(path)
-    child("compact")
+    path, records, follower, child = compacted_by_another(tmp_path)
     assert follower.get(records[1].session_id) == records[1]  # bridged
     bridge = follower._bridge  # noqa: SLF001
     assert bridge is not None and bridge.thread is not None
