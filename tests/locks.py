@@ -1,4 +1,5 @@
-"""Holding a store's lock file as another process would, and waiting for a state."""
+"""Stores set up for lock tests, their lock files held as another process would
+hold them, and waiting for a state."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager
+
+
+def set_up(backend_class, path, busy_timeout=5.0):
+    """A ``backend_class`` store at ``path``, set up."""
+    backend = backend_class(str(path), busy_timeout=busy_timeout)
+    backend.setup()
+    return backend
 
 
 @contextmanager

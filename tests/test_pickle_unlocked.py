@@ -17,13 +17,7 @@ from sessionstore.backends.picklefile import PickleBackend
 from sessionstore.errors import BusyRetry
 from sessionstore.testing import make_record
 
-from .locks import flock_held, until
-
-
-def opened(path, busy_timeout=5.0):
-    backend = PickleBackend(str(path), busy_timeout=busy_timeout)
-    backend.setup()
-    return backend
+from .locks import flock_held, set_up, until
 
 
 def held(path):
@@ -36,10 +30,10 @@ def pair(tmp_path):
     """A writer and a reader (whose lock waits give up after 50 ms) of one
     store, both having seen its first record."""
     path = tmp_path / "sessions.dat"
-    writer = opened(path)
+    writer = set_up(PickleBackend, path)
     first = make_record()
     writer.add(first)
-    reader = opened(path, busy_timeout=0.05)
+    reader = set_up(PickleBackend, path, busy_timeout=0.05)
     assert reader.get(first.session_id) == first
     yield path, writer, reader, first
     reader.close()
@@ -107,7 +101,7 @@ def _open_fds():
 
 def test_a_busy_lock_is_waited_for_in_the_kernel_and_handed_over(tmp_path):
     path = tmp_path / "sessions.dat"
-    backend = opened(path)
+    backend = set_up(PickleBackend, path)
     record = make_record()
     backend.add(record)
     done = []
@@ -128,7 +122,7 @@ def test_a_busy_lock_is_waited_for_in_the_kernel_and_handed_over(tmp_path):
 
 def test_a_wait_given_up_leaves_the_lock_free_and_no_descriptor_behind(tmp_path):
     path = tmp_path / "sessions.dat"
-    backend = opened(path, busy_timeout=0.05)
+    backend = set_up(PickleBackend, path, busy_timeout=0.05)
     record = make_record()
     backend.add(record)
     before = _open_fds()

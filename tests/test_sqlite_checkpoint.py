@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 
 from sessionstore.backends import sqlitefile
+from sessionstore.backends.sqlite import SqliteBackend
 from sessionstore.backends.sqlitecheckpoint import Checkpointer
 from sessionstore.testing import make_record
 
-from .locks import until
-from .test_sqlite_queue import opened, turn_held
+from .locks import set_up, until
+from .test_sqlite_queue import turn_held
 
 
 def fill(backend, count):
@@ -20,7 +21,7 @@ def fill(backend, count):
 
 def test_a_passive_checkpoint_needs_no_turn_to_write(tmp_path):
     path = tmp_path / "sessions.db"
-    backend = opened(path)
+    backend = set_up(SqliteBackend, path)
     fill(backend, 100)
     before = path.stat().st_size  # the rows are in the WAL
     with turn_held(path):  # another process is writing
@@ -38,7 +39,7 @@ def test_a_growing_wal_is_checkpointed_in_the_background(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlitefile, "_WAL_TRUNCATE", 1 << 30)  # never in a turn
     monkeypatch.setattr(sqlitefile, "_WAL_PASSIVE_EVERY", 1)
     path = tmp_path / "sessions.db"
-    backend = opened(path)
+    backend = set_up(SqliteBackend, path)
     before = path.stat().st_size
     fill(backend, 100)
     until(lambda: backend._checkpointer.runs >= 1)  # noqa: SLF001
@@ -50,7 +51,7 @@ def test_a_growing_wal_is_checkpointed_in_the_background(tmp_path, monkeypatch):
 
 def test_a_checkpoint_never_makes_a_deleted_database_again(tmp_path):
     path = tmp_path / "sessions.db"
-    backend = opened(path)
+    backend = set_up(SqliteBackend, path)
     fill(backend, 5)
     backend.close()
     path.unlink()
@@ -60,14 +61,14 @@ def test_a_checkpoint_never_makes_a_deleted_database_again(tmp_path):
 
 def test_a_checkpoint_follows_a_database_replaced_at_its_path(tmp_path):
     path = tmp_path / "sessions.db"
-    backend = opened(path)
+    backend = set_up(SqliteBackend, path)
     fill(backend, 5)
     checkpointer = Checkpointer(str(path))
     first = checkpointer.checkpoint()
     assert first is not None
     backend.close()
     path.unlink()  # replaced by a new store
-    backend = opened(path)
+    backend = set_up(SqliteBackend, path)
     fill(backend, 100)
     before = path.stat().st_size
     second = checkpointer.checkpoint(first)

@@ -13,13 +13,7 @@ from sessionstore.backends.sqlite import SqliteBackend
 from sessionstore.errors import BusyRetry
 from sessionstore.testing import in_forked_child, make_record
 
-from .locks import flock_held, until
-
-
-def opened(path, busy_timeout=5.0):
-    backend = SqliteBackend(str(path), busy_timeout=busy_timeout)
-    backend.setup()
-    return backend
+from .locks import flock_held, set_up, until
 
 
 def turn_held(path):
@@ -29,7 +23,7 @@ def turn_held(path):
 
 def test_a_writer_waits_for_its_turn_and_reads_do_not(tmp_path):
     path = tmp_path / "sessions.db"
-    backend = opened(path, busy_timeout=0.05)
+    backend = set_up(SqliteBackend, path, busy_timeout=0.05)
     record = make_record()
     backend.add(record)
     with turn_held(path):
@@ -46,7 +40,7 @@ def test_a_writer_waits_for_its_turn_and_reads_do_not(tmp_path):
 
 def test_a_waiting_writer_is_handed_the_turn_when_it_is_let_go(tmp_path):
     path = tmp_path / "sessions.db"
-    backend = opened(path)
+    backend = set_up(SqliteBackend, path)
     record = make_record()
     backend.add(record)
     done = []
@@ -71,7 +65,7 @@ def test_a_forked_child_takes_turns_with_its_parent(tmp_path):
     """A child shares its parent's descriptors, and a flock belongs to the
     open file: reusing the parent's would let both write at once."""
     path = tmp_path / "sessions.db"
-    backend = opened(path, busy_timeout=0.1)
+    backend = set_up(SqliteBackend, path, busy_timeout=0.1)
     record = make_record()
     backend.add(record)
     writers = backend._writers  # noqa: SLF001 - the parent's turn, held across the fork
