@@ -339,9 +339,9 @@ class Compaction(IndexFiles, LogFiles):
             with self._old_index_kept() as old:
                 # Another process at the index file (writing a new one, or
                 # loading it): not two at once (see pickleindexfile).
-                if old is not None and not take_turn(old, 0):
-                    return
                 if old is not None:
+                    if not take_turn(old, 0):
+                        return
                     with self._mutex:  # (another process's, covering as much, meanwhile)
                         if self._index_is_recent(self._offset - snapshot.offset):
                             return

@@ -43,6 +43,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from . import procid
 from .safefiles import open_nofollow
 
 if TYPE_CHECKING:
@@ -86,11 +87,11 @@ class _Open:
     __slots__ = ("fd", "gentle", "pid")
 
     def __init__(self, fd: int, gentle: bool) -> None:
-        self.fd, self.gentle, self.pid = fd, gentle, os.getpid()
+        self.fd, self.gentle, self.pid = fd, gentle, procid.pid
 
     def __del__(self) -> None:
         # (Not while the interpreter exits: no thread can start then.)
-        if self.gentle and self.pid == os.getpid() and not sys.is_finalizing():
+        if self.gentle and self.pid == procid.pid and not sys.is_finalizing():
             with contextlib.suppress(OSError):
                 if os.fstat(self.fd).st_nlink == 0:
                     _closing().put(self.fd)
@@ -133,11 +134,11 @@ def _closing() -> queue.SimpleQueue[Handle | int | threading.Event]:
     a child after fork starts a queue of its own: what its parent had queued
     is the parent's to close, and cut)."""
     global _closer, _retired
-    if _closer is None or _closer[0] != os.getpid():
+    if _closer is None or _closer[0] != procid.pid:
         if _closer is not None:
             _retired = queue.SimpleQueue()
         thread = threading.Thread(target=_close_retired, name="sessionstore-close", daemon=True)
-        _closer = (os.getpid(), thread)
+        _closer = (procid.pid, thread)
         thread.start()
     return _retired
 
@@ -173,9 +174,10 @@ def free_gently(fd: int) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # another holder: the last one cuts it
-        size = os.fstat(fd).st_size
-        if os.fstat(fd).st_nlink:
+        st = os.fstat(fd)
+        if st.st_nlink:
             return False  # (never a file with a name)
+        size = st.st_size
         while size > 0:
             size = max(0, size - FREE_STEP)
             os.ftruncate(fd, size)

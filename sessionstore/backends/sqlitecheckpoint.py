@@ -35,16 +35,14 @@ class Checkpointer:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         #: Checkpoints run (for tests and benchmarks).
         self.runs = 0
 
     def request(self) -> None:
-        """Ask for a checkpoint soon (started with the first ask)."""
-        if self._thread is None or self._pid != os.getpid():
-            self._pid = os.getpid()  # (a child after fork: a thread of its own)
+        """Ask for a checkpoint soon (started with the first ask).  (A child
+        after ``fork`` has a checkpointer of its own: SqliteFile._after_fork.)"""
+        if self._thread is None:  # (the first ask, or the first since stop())
             self._stopping = False
-            self._wake = threading.Event()
             self._thread = threading.Thread(
                 target=self._run, name="sessionstore-checkpoint", daemon=True
             )
@@ -54,7 +52,7 @@ class Checkpointer:
     def stop(self) -> None:
         """Let a running checkpoint finish, and end the thread."""
         thread = self._thread
-        if thread is None or self._pid != os.getpid():
+        if thread is None:
             return
         self._stopping = True
         self._wake.set()
