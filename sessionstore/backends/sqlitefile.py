@@ -284,8 +284,9 @@ class SqliteFile(Backend):
         return conn
 
     def _wrote(self, conn: sqlite3.Connection) -> None:
-        """Keep the WAL bounded: a passive checkpoint asked for past 1 MiB, a
-        TRUNCATE one in our turn past 16 MiB."""
+        """Keep the WAL bounded: past 1 MiB a passive checkpoint asked for
+        in the background, and a RESTART in our turn after each one; past
+        16 MiB a TRUNCATE in our turn."""
         self._wal_due -= 1  # threads may race here: a check more or less
         if self._wal_due > 0 or self._memory:
             return
