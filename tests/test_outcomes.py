@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 from webtest import TestApp
 
+from sessionstore.errors import BackendError
+
 from .apps import make_app
 from .proxy import FaultProxy
 from .test_servers import URLS, _proxied_url, kind_of, make_backend, options_for, server
@@ -48,7 +50,16 @@ def _proxied(server, busy: float):
     proxy = FaultProxy(urlsplit(URLS[name]).port or DEFAULT_PORTS[name])
     options = options_for(name, unique)
     options["url"] = _proxied_url(name, proxy.port)
-    app = make_app(kind_of(name), options=options, busy_timeout=busy, on_conflict="error")
+    for attempt in range(3):
+        try:
+            app = make_app(kind_of(name), options=options, busy_timeout=busy, on_conflict="error")
+            break
+        except BackendError:
+            # Start-up pings through the proxy within busy_timeout (a quarter
+            # second for the stall tests); on a loaded CI machine the first
+            # connect has missed that.  Start-up is not what these tests judge.
+            if attempt == 2:
+                raise
     direct = make_app(kind_of(name), options=options_for(name, unique))
     app.direct = direct  # the same store, around the proxy
     yield name, unique, proxy, app
