@@ -166,9 +166,9 @@ def test_regenerate_racing_with_a_write_keeps_the_write_and_the_old_id_dead(cloc
 
 @pytest.fixture
 def attempts(monkeypatch):
-    """The commit's attempts, in order, without the random wait before each
-    (up to 20 ms; about 0.45 s over the 50 attempts of a commit that keeps
-    losing, and nothing to do with what these tests check)."""
+    """The commit's lost attempts, in order, without the random wait after
+    each (up to 20 ms; about 0.45 s over the 50 attempts of a commit that
+    keeps losing, and nothing to do with what these tests check)."""
     from sessionstore import commit
 
     made: list[int] = []
@@ -199,7 +199,7 @@ def test_regenerate_that_keeps_losing_answers_503_and_leaves_the_session_alive(c
     assert "Set-Cookie" not in response.headers
     assert len(writes) > 1 and set(client.backend.get_all()) == {old_id}
     # Every attempt lost (the other client's commits each win at attempt 0).
-    assert [n for n in attempts if n] == list(range(1, MAX_ATTEMPTS))
+    assert attempts == list(range(1, MAX_ATTEMPTS + 1))
     dumped = client.run(lambda s: {a: dict(s.store(a).items()) for a in s.apps()})[0]
     assert dumped == {"a": {"x": "before"}, "b": {"n": writes[-1]}}
 
@@ -241,7 +241,34 @@ def test_a_commit_that_keeps_losing_answers_503_and_writes_nothing(clock, attemp
     dumped = client.run(lambda s: {a: dict(s.store(a).items()) for a in s.apps()})[0]
     assert len(writes) > 1 and dumped == {"a": {"x": "before"}, "b": {"n": writes[-1]}}
     # Every attempt lost (the other client's commits each win at attempt 0).
-    assert [n for n in attempts if n] == list(range(1, MAX_ATTEMPTS))
+    assert attempts == list(range(1, MAX_ATTEMPTS + 1))
+
+
+def test_a_lost_commit_reads_the_session_again_after_its_wait(clock, monkeypatch):
+    """Other commits made while a loser waits do not make it lose again: it
+    reads the session after the wait, not before (read before, its next
+    swap was stale by every commit of the wait, and four busy processes
+    made a commit lose 50 times in a row)."""
+    from sessionstore import commit
+
+    client = SessionClient(InterruptedUpdates(), clock=clock)
+    client.run(lambda s: s.store("a").set("n", 0))
+    other = SessionClient(client.backend, clock=clock, cookiejar=client.web.cookiejar)
+
+    def add_one(session):
+        session.store("a").update("n", lambda n: n + 1)
+
+    waits: list[int] = []
+
+    def wait_while_another_commits(attempt):
+        waits.append(attempt)
+        assert other.run(add_one)[1].status_int == 200
+
+    monkeypatch.setattr(commit, "backoff", wait_while_another_commits)
+    client.backend.hook = lambda: other.run(add_one)
+    assert client.run(add_one)[1].status_int == 200
+    assert waits == [1]  # lost once (to the hook's commit), then won
+    assert client.run(lambda s: s.store("a").get("n"))[0] == 3
 
 
 @pytest.mark.parametrize("on_conflict", ["merge", "error"])
