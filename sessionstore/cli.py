@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import maintenance, users
-from .backends import load_backend
+from .backends import backend_class, load_backend
 from .backends.base import Record
 from .cliparser import build_parser
 from .clitarget import CommandError, Target, pairs
@@ -51,6 +51,10 @@ def _meta(record: Record) -> dict[str, Any]:
     del meta["payload"]
     meta["size"] = len(record.payload)
     return meta
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -243,21 +247,34 @@ def cmd_migrate(args: argparse.Namespace, target: Target) -> None:
 def cmd_check(args: argparse.Namespace, target: Target) -> None:
     report = maintenance.check(target.backend, target.codec)
     verified = "verified" if target.codec else "read (no secret: payloads not verified)"
-    lines = [*report.problems, f"{report.sessions} sessions {verified} in {report.store}"]
-    lines += [f"note: {finding}" for finding in report.findings]
+    failed = len(report.damaged_sessions)
+    summary = f"{report.sessions - failed} sessions {verified} in {report.store}"
+    if failed:
+        summary += f", {_counted(failed, 'session')} failed verification"
+    lines = [*report.problems, summary, *(f"note: {finding}" for finding in report.findings)]
     _emit(args, report.as_dict(), "\n".join(lines))
     if not report.ok:
-        raise CommandError(f"{report.store} is damaged: {len(report.problems)} problems")
+        problems = _counted(len(report.problems), "problem")
+        raise CommandError(f"{report.store} is damaged: {problems}")
 
 
 def cmd_salvage(args: argparse.Namespace, target: Target) -> None:
-    destination = load_backend(args.to, pairs(args.to_option, "--to-option"))
+    options = pairs(args.to_option, "--to-option")
+    destination = backend_class(args.to.strip()).from_options(options, busy_timeout=5.0)
     try:
+        # Before the destination's set-up, which would open (and, for a
+        # damaged pickle file, set aside) the very store being salvaged.
+        if maintenance.same_store(target.backend, destination):
+            raise CommandError("salvage needs another destination than the store it reads")
+        load_backend(destination)
         report = maintenance.salvage(target.backend, destination, target.codec)
     finally:
         destination.close()
-    skipped = len(report.damaged_sessions)
-    lines = [*report.problems, f"copied {report.copied} sessions to {args.to}, {skipped} damaged"]
+    summary = f"copied {report.copied} sessions to {args.to}"
+    if report.problems:
+        problems = _counted(len(report.problems), "problem")
+        summary += f"; {problems} above: what they name was left out"
+    lines = [*report.problems, summary]
     _emit(args, report.as_dict(), "\n".join(lines))
 
 

@@ -131,6 +131,8 @@ def open_existing(name: str, options: dict[str, str]) -> Backend:
     mistyped name is an error naming it, not a new empty store listing nothing.
     """
     backend = backend_class(name.strip()).from_options(options, busy_timeout=5.0)
+    if hasattr(backend, "sets_aside"):
+        backend.sets_aside = False  # a damaged pickle file is reported, left as it is
     filename = getattr(backend, "filename", None)
     if isinstance(filename, str) and filename != ":memory:" and not os.path.exists(filename):
         raise CommandError(f"no session store at {filename}: no such file")

@@ -240,17 +240,19 @@ def check(backend: Backend, codec: PayloadCodec | None = None) -> Report:
     return report
 
 
-def _same_file(a: Backend, b: Backend) -> bool:
+def same_store(a: Backend, b: Backend) -> bool:
+    """Whether two backends name one store: the same file, or the same kind
+    of server store shown the same way (URL, table or prefix)."""
     names = [getattr(x, "filename", None) for x in (a, b)]
-    if None in names or ":memory:" in names:
-        return False
-    return os.path.realpath(str(names[0])) == os.path.realpath(str(names[1]))
+    if names[0] is not None and names[1] is not None and ":memory:" not in names:
+        return os.path.realpath(str(names[0])) == os.path.realpath(str(names[1]))
+    return type(a) is type(b) and names == [None, None] and repr(a) == repr(b)
 
 
 def salvage(source: Backend, destination: Backend, codec: PayloadCodec | None = None) -> Report:
     """Copy every readable (and, with a codec, verified) record of ``source``
     into ``destination``; damaged ones are reported, never copied."""
-    if _same_file(source, destination):
+    if same_store(source, destination):
         raise BackendError("salvage needs another destination than the store it reads")
     report = Report(_describe(source))
     for record in readable_records(source, report):

@@ -66,6 +66,45 @@ def test_check_passes_a_sound_store_and_names_a_damaged_record(tmp_path, kind):
     assert report["damaged_sessions"] == [bad.session_id]
     assert report["sessions"] == 4
     assert Path(path).read_bytes() == before  # the damaged record is kept
+    text = cli("--backend", kind, "--option", f"filename={path}", "check")
+    assert "3 sessions verified" in text.stdout
+    assert "1 session failed verification" in text.stdout
+    assert "damaged: 1 problem\n" in text.stderr
+
+
+def damaged_pickle_file(tmp_path):
+    """A pickle store of 10 sessions with one byte flipped in its middle,
+    and its bytes."""
+    path = store_with("pickle", tmp_path, [good_record() for _ in range(10)])
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    return path, bytes(data)
+
+
+@pytest.mark.parametrize("command", [["stats"], ["list"], ["purge"], ["destroy", "x" * 43]])
+def test_other_commands_report_a_damaged_pickle_file_and_leave_it_alone(tmp_path, command):
+    """Only a site's start-up sets a damaged file aside; a command names the
+    damage and changes nothing."""
+    path, data = damaged_pickle_file(tmp_path)
+    proc = cli("--backend", "pickle", "--option", f"filename={path}", *command)
+    assert proc.returncode == 1
+    assert f"{path} is damaged at byte" in proc.stderr and "sessionstore check" in proc.stderr
+    assert Path(path).read_bytes() == data
+    assert not [p.name for p in tmp_path.iterdir() if "damaged" in p.name]
+
+
+def test_salvage_into_the_store_it_reads_is_refused_before_touching_it(tmp_path):
+    path, data = damaged_pickle_file(tmp_path)
+    same = f"filename={tmp_path}/../{tmp_path.name}/sessions.dat"  # another spelling
+    proc = cli(
+        "--backend", "pickle", "--option", f"filename={path}",
+        "salvage", "--to", "pickle", "--to-option", same,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "another destination" in proc.stderr
+    assert Path(path).read_bytes() == data
+    assert not [p.name for p in tmp_path.iterdir() if "damaged" in p.name]
 
 
 @pytest.mark.parametrize("kind", ["pickle", "sqlite"])
@@ -125,7 +164,7 @@ def test_salvage_copies_every_readable_record_out_of_a_damaged_pickle_file(tmp_p
         "salvage", "--to", "sqlite", "--to-option", f"filename={out}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "copied 9 sessions to sqlite, 0 damaged" in proc.stdout
+    assert "copied 9 sessions to sqlite; 1 problem above" in proc.stdout
     assert Path(path).read_bytes() == bytes(data)  # read only, never set aside
     assert [p.name for p in tmp_path.iterdir() if "damaged" in p.name] == []
     copied = SqliteBackend(str(out))
@@ -253,3 +292,17 @@ def test_check_notes_an_index_file_that_disagrees_with_the_log(tmp_path):
     _rewrite_index(index, lambda i: i.bound.clear())  # the users forgotten
     (finding,) = _check_notes(path)
     assert "disagrees with the log (7 entries differ)" in finding
+
+
+def test_salvage_knows_one_server_store_by_its_address_and_prefix():
+    from sessionstore.backends.redis import RedisBackend
+    from sessionstore.maintenance import same_store
+
+    def redis(prefix, db=15):
+        return RedisBackend(f"redis://127.0.0.1:6379/{db}", prefix=prefix)  # (no connection yet)
+
+    assert same_store(redis("a:"), redis("a:"))
+    assert not same_store(redis("a:"), redis("b:"))
+    assert not same_store(redis("a:"), redis("a:", db=14))
+    assert not same_store(redis("a:"), PickleBackend("sessions.dat"))
+    assert not same_store(MemoryBackend(), MemoryBackend())

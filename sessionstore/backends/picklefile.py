@@ -52,7 +52,8 @@ Nothing is destroyed on a guess:
   ``<filename>.damaged-<time>`` (every byte kept), and a new file holding
   every readable record takes its place, so the site starts with the sessions
   that could be read.  A file that does not even start with our header is
-  refused (it may be someone else's file).
+  refused (it may be someone else's file), and so is a damaged one when
+  :attr:`~PickleBackend.sets_aside` is false (the command line).
 
 Files are opened with ``O_NOFOLLOW`` (a symlink at the store or lock path is
 refused) and made private (0600), with a warning when a wider mode was found.
@@ -88,6 +89,10 @@ class PickleBackend(FileLock, LogReader, Following, Compaction, Purge, Backend):
     """Sessions in a pickle file (``filename``, default ``sessions.dat``)."""
 
     options = {"filename": as_filename, "fsync": as_bool}
+    #: Whether :meth:`setup` sets a damaged file aside (a site starts with
+    #: what could be read) or refuses it with the :class:`BackendError` (the
+    #: command line: a command changes no file it was not asked to).
+    sets_aside = True
 
     def __init__(
         self, filename: str = "sessions.dat", *, fsync: bool = False, busy_timeout: float = 5.0
@@ -142,7 +147,7 @@ class PickleBackend(FileLock, LogReader, Following, Compaction, Purge, Backend):
             self.remove_orphans()
             return
         except BackendError as exc:
-            if self._corrupt is None or getattr(exc, "offset", 0) == 0:
+            if self._corrupt is None or getattr(exc, "offset", 0) == 0 or not self.sets_aside:
                 self.close()
                 raise  # not our file at all, or unreadable: refuse
         # Damaged frames after a valid header: set the file aside, under the
