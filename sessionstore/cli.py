@@ -334,6 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             COMMANDS[args.command](args, target)
         finally:
             target.backend.close()
+    except BrokenPipeError:
+        # The reader left (``list | head``): not an error of ours.  Later
+        # writes, at exit too, go nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (CommandError, SessionStoreError, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"sessionstore: error: {message}", file=sys.stderr)

@@ -365,3 +365,29 @@ def test_the_command_as_its_own_process_does_the_same(site, args):
         here.stdout,
         here.stderr,
     )
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path):
+    """``sessionstore list | head -1``: the closed pipe ends the command
+    quietly, without an error line."""
+    from sessionstore.backends.sqlite import SqliteBackend
+    from sessionstore.testing import make_record
+
+    path = str(tmp_path / "many.db")
+    store = SqliteBackend(path)
+    store.setup()
+    for _ in range(2000):  # ~250 KB of listing: more than a pipe holds
+        store.add(make_record())
+    store.close()
+    command = [sys.executable, "-m", "sessionstore.cli", "--backend", "sqlite"]
+    proc = subprocess.Popen(
+        [*command, "--option", f"filename={path}", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.readline().split()) > 1
+    proc.stdout.close()
+    assert proc.stderr.read() == b""
+    assert proc.wait(timeout=60) == 1
+    proc.stderr.close()
