@@ -111,7 +111,8 @@ def as_number(
     if not math.isfinite(number) or number < minimum:
         raise ConfigurationError(key, value, f"expected a number >= {minimum:g}")
     if number > maximum:
-        raise ConfigurationError(key, value, f"too large: at most {maximum:g}")
+        shown = f"{maximum:,.0f}" if float(maximum).is_integer() else f"{maximum:g}"
+        raise ConfigurationError(key, value, f"too large: at most {shown}")
     return number
 
 
@@ -366,7 +367,9 @@ class Settings:
         for key, value in values.items():
             if key not in known:
                 # The value is not shown: a misspelt "secret" holds a secret.
-                close = difflib.get_close_matches(key, known, n=1)
+                close = difflib.get_close_matches(key, known, n=3)
+                if "secret" in close and values.get("secret") is None:
+                    close = ["secret"]  # the likelier mistake: the missing one
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ConfigurationError(key, value, "unknown setting" + hint, hide=True)
         if "secret" not in values:

@@ -30,9 +30,9 @@ _PYTHON_ONLY = ("clock", "chance")
 
 
 def split_ini(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn a filter section into SessionMiddleware keyword arguments."""
-    if "secret" not in conf:
-        raise ConfigurationError("secret", None, "a secret is required")
+    """Turn a filter section into SessionMiddleware keyword arguments (a
+    missing secret is left to SessionMiddleware, which names a misspelt key,
+    ``secrte``, first)."""
     if "backend_options" in conf:
         # It would arrive as one string; each option has its own line.
         raise ConfigurationError(

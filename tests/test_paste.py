@@ -308,6 +308,12 @@ def test_a_misspelt_key_gets_a_hint():
         make(secrets=OLD)
 
 
+def test_a_misspelt_secret_in_the_ini_is_named_not_reported_missing(tmp_path):
+    with pytest.raises(ConfigurationError, match=r"did you mean secret\?") as info:
+        load(tmp_path, f"secrte = {GOOD}\nbackend = memory\n")
+    assert info.value.key == "secrte" and GOOD not in str(info.value)
+
+
 def test_no_secret_in_the_settings_repr():
     mw = make(secret=[GOOD, OLD])
     assert GOOD not in repr(mw.settings) and OLD not in repr(mw.settings)
