@@ -193,9 +193,7 @@ def backend(request, tmp_path, sql_tables):
     tmp_path, Redis on a key prefix of the test's own (deleted after), SQL
     servers on a table lent for the test (emptied after).  Without a server
     the test skips; with ``CI=true`` it fails."""
-    from sessionstore import BackendError, ConfigurationError
-
-    from .test_servers import _unavailable, drop_store, make_backend, options_for
+    from .test_servers import UNAVAILABLE, _unavailable, drop_store, make_backend, options_for
 
     name = request.param
     if name == "memory":
@@ -211,7 +209,7 @@ def backend(request, tmp_path, sql_tables):
         probe = make_backend(name, unique)
         try:
             probe.setup()
-        except (BackendError, ConfigurationError) as exc:
+        except UNAVAILABLE as exc:
             probe.close()
             _unavailable(name, exc)
         yield "redis", options_for(name, unique)

@@ -18,7 +18,7 @@ from sessionstore.testing import make_record
 from . import forked
 from .apps import make_app
 from .child import race_setup
-from .test_servers import URLS, _unavailable, make_backend, server
+from .test_servers import URLS, make_backend, server, set_up_or_skip
 
 pytestmark = pytest.mark.server
 
@@ -30,11 +30,7 @@ SECRET = "s-0123456789abcdefghijklmnopqrst"
 
 @pytest.fixture
 def redis_backend():
-    backend = make_backend("redis", secrets.token_hex(4))
-    try:
-        backend.setup()
-    except BackendError as exc:
-        _unavailable("redis", exc)
+    backend = set_up_or_skip("redis", make_backend("redis", secrets.token_hex(4)))
     yield backend
     backend.delete_all()
     backend.close()
@@ -160,10 +156,7 @@ def test_redis_prefix_is_literal_in_scans(shape):
     mine = RedisBackend(URLS["redis"], prefix=f"t-{unique}-{shape}")
     # A prefix the pattern would match if the special characters were live.
     lookalike = RedisBackend(URLS["redis"], prefix=f"t-{unique}-{shape.replace(':', 'Z:')}")
-    try:
-        mine.setup()
-    except BackendError as exc:
-        _unavailable("redis", exc)
+    set_up_or_skip("redis", mine)
     try:
         mine.add(make_record())
         lookalike.add(make_record())

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from webtest import TestApp
 
-from sessionstore import BackendError, ConfigurationError, SessionMiddleware
+from sessionstore import BackendError, BusyRetry, ConfigurationError, SessionMiddleware
 from sessionstore.testing import PersistentBackendContract, make_record
 
 from .apps import make_app
@@ -43,6 +43,11 @@ URLS = {
         "mysql+pymysql://root@127.0.0.1:3306/test",
     ),
 }
+
+
+#: What a backend's setup() raises when its server is not there: an
+#: unreachable server is busy (BusyRetry), a refused one a BackendError.
+UNAVAILABLE = (BackendError, BusyRetry, ConfigurationError)
 
 
 def _unavailable(name: str, exc: Exception):
@@ -127,16 +132,20 @@ class TablePool:
                 drop_store(make_backend(name, unique))
 
 
-def _set_up(name: str, unique: str):
-    """A backend of server ``name`` with its store made; skips (or, in CI,
+def set_up_or_skip(name: str, backend):
+    """``backend`` (of server ``name``) after its setup(); skips (or, in CI,
     fails) when the server is not reachable."""
-    backend = make_backend(name, unique)
     try:
         backend.setup()
-    except (BackendError, ConfigurationError) as exc:
+    except UNAVAILABLE as exc:
         backend.close()
         _unavailable(name, exc)
     return backend
+
+
+def _set_up(name: str, unique: str):
+    """A backend of server ``name`` with its store made (or a skip)."""
+    return set_up_or_skip(name, make_backend(name, unique))
 
 
 @pytest.fixture(params=["redis", "postgresql", "mysql"])
@@ -181,11 +190,7 @@ def test_two_server_processes_sharing_one_store_lose_no_write(server, two_server
 
 def test_session_expiry_sets_the_redis_ttl(clock):
     unique = secrets.token_hex(4)
-    backend = make_backend("redis", unique)
-    try:
-        backend.setup()
-    except BackendError as exc:
-        _unavailable("redis", exc)
+    backend = _set_up("redis", unique)
     from sessionstore.backends.redis import EXPIRY_GRACE
 
     web = TestApp(make_app("redis", options=options_for("redis", unique), timeout=600))
@@ -203,10 +208,7 @@ def test_postgresql_commits_wait_for_the_flush_only_with_fsync(fsync, expected):
     from sessionstore.backends.sql import SqlBackend
 
     backend = SqlBackend(URLS["postgresql"], table=f"sessions_{secrets.token_hex(4)}", fsync=fsync)
-    try:
-        backend.setup()
-    except BackendError as exc:
-        _unavailable("postgresql", exc)
+    set_up_or_skip("postgresql", backend)
     with backend._engine.connect() as conn:
         assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == expected
         backend.table.drop(conn)

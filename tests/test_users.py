@@ -8,7 +8,7 @@ import time
 import pytest
 from webtest import TestApp
 
-from sessionstore import BackendError, ConfigurationError, SessionMiddleware
+from sessionstore import SessionMiddleware
 
 from .conftest import Clock
 from .test_atomic import SECRET
@@ -178,13 +178,9 @@ def test_an_sqlite_table_from_before_the_user_index_is_migrated(tmp_path):
 def test_the_redis_user_set_expires_with_its_sessions_and_drops_dead_ids():
     from sessionstore.testing import make_record
 
-    from .test_servers import _unavailable, make_backend
+    from .test_servers import make_backend, set_up_or_skip
 
-    store = make_backend("redis", "users-ttl")
-    try:
-        store.setup()
-    except (BackendError, ConfigurationError) as exc:
-        _unavailable("redis", exc)
+    store = set_up_or_skip("redis", make_backend("redis", "users-ttl"))
     try:
         store.delete_all()
         late = make_record(expires_at=4_000_000_000.0)._replace(user="alice")
