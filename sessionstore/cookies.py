@@ -32,8 +32,13 @@ from .config import Settings
 from .ids import ID_PATTERN, is_valid_id
 
 SALT = "sessionstore.cookie"
-#: The shape of a signed id: id, base64 timestamp, base64 HMAC-SHA256 (43).
-_SIGNED_ID_RE = re.compile(ID_PATTERN + r"\.[A-Za-z0-9_-]{0,12}\.[A-Za-z0-9_-]{43}")
+#: The shape of a signed id: id, base64 timestamp, base64 HMAC-SHA256 (43
+#: characters; the last carries 4 bits and 2 unused ones, which must be zero:
+#: otherwise four spellings of one signature verify, and a tampered cookie
+#: is taken for the real one).
+_SIGNED_ID_RE = re.compile(
+    ID_PATTERN + r"\.[A-Za-z0-9_-]{0,12}\.[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]"
+)
 #: At most this many well-shaped cookies with our name are verified (each
 #: costs one HMAC); junk of the wrong shape is not counted.
 MAX_CANDIDATES = 16
