@@ -11,12 +11,14 @@ Store methods call (reads, writes, size limits) is its base class, in
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import commit as protocol
 from .backends.base import Record
 from .changes import ChangeLog
+from .config import MAX_SPAN
 from .errors import DamagedRecord
 from .ids import new_session_id
 from .payload import AppData, Binding, Decoded
@@ -186,9 +188,15 @@ class Session(SessionData):
             when = when.timestamp()
         elif isinstance(when, bool) or not isinstance(when, (int, float)):
             raise TypeError("set_expiry() takes epoch seconds or an aware datetime")
+        if not math.isfinite(when):
+            raise ValueError(f"expiry {when} is not a time")
         now = self._manager.clock()
         if when <= now:
             raise ValueError(f"expiry {when} is in the past; use destroy() to end a session")
+        if when - now > MAX_SPAN:
+            # Refused now, in the app's code: an infinite or far-off time
+            # would be stored and then fail the cookie (a 500 after a commit).
+            raise ValueError(f"expiry {when} is more than 100 years away")
         self._load()
         self._expiry = float(when)
         self._expiry_changed = True

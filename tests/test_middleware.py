@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from operator import attrgetter
 
@@ -438,6 +439,11 @@ def test_set_expiry_validates_and_makes_a_persistent_cookie(client, clock):
             session.set_expiry("tomorrow")
         with pytest.raises(TypeError):
             session.set_expiry(True)  # a bool is not epoch seconds
+        # Refused before anything is stored: each would fail the cookie
+        # after the commit (a 500 for a write that was made).
+        for far in (math.inf, math.nan, clock.now + 101 * 365 * 86400, 1e300):
+            with pytest.raises(ValueError):
+                session.set_expiry(far)
         session.set_expiry(datetime.fromtimestamp(clock.now, timezone.utc) + timedelta(hours=2))
 
     _, response = client.run(probe)
@@ -498,3 +504,10 @@ def test_a_request_leaves_no_reference_cycle_behind(tmp_path, backend):
     finally:
         gc.enable()
         app.close()
+
+
+def test_the_furthest_expiry_allowed_still_makes_a_cookie(client, clock):
+    far = clock.now + 100 * 365 * 86400
+    _, response = client.run(lambda s: (s.store("a").set("k", 1), s.set_expiry(far)))
+    assert response.status_int == 200
+    assert f"Max-Age={100 * 365 * 86400}" in response.headers["Set-Cookie"]
