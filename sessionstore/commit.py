@@ -312,7 +312,8 @@ def written(session: Session, now: float) -> None:
         try:
             removed = manager.backend.delete_expired(now, limit=CLEANUP_BATCH)
         except (BackendError, BusyRetry):
-            log.exception("expired-session cleanup failed")
+            # (This request's own commit is done: it still answers 200.)
+            log.exception("session %s: expired-session cleanup failed", session.id)
         else:
             manager.counters.add("cleanup_deleted", removed)
             log.info("removed %d expired sessions", removed)

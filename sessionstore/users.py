@@ -121,5 +121,10 @@ def destroy_all_of(
         deleted = backend.delete_many([r.session_id for r in doomed])
         destroyed += min(live, deleted)
     else:
-        log.warning("user %s kept getting new sessions while being logged out", user)
+        left = [r.session_id for r in backend.user_sessions(user) if r.session_id != keep]
+        log.warning(
+            "user %s kept getting new sessions while being logged out; still there: %s",
+            user,
+            ", ".join(left) or "none",
+        )
     return destroyed

@@ -163,3 +163,21 @@ def test_each_warning_and_error_names_the_session(tmp_path, caplog):
     assert len(records) >= 3
     for record in records:
         assert session_id in record.getMessage(), record.getMessage()
+
+
+def test_a_failed_cleanup_is_logged_naming_the_session_and_the_write_stands(caplog):
+    """A request that draws cleanup after its commit: a failing purge is
+    logged with the request's session id, and the 200 stays true."""
+    from sessionstore import BackendError
+    from sessionstore.backends.memory import MemoryBackend
+
+    class PurgeFails(MemoryBackend):
+        def delete_expired(self, now, limit=None):
+            raise BackendError("the purge failed")
+
+    site = Site(backend=PurgeFails(), cleanup_probability=1)
+    with caplog.at_level("WARNING", "sessionstore"):
+        assert site.run(write).status_int == 200
+    [session_id] = site.mw.backend.get_all()
+    [record] = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert "cleanup failed" in record.getMessage() and session_id in record.getMessage()

@@ -95,6 +95,29 @@ def test_destroy_user_keeps_one_and_ends_the_rest_at_once(site):
     assert site.mw.sessions_of("alice") == []
 
 
+def test_logins_that_outrun_a_logout_are_logged_by_session_id(caplog):
+    """Every round of destroy_user() finds a new login (a device logging in
+    again each time): it stops after its rounds and the warning names the
+    session still there."""
+    from sessionstore.backends.memory import MemoryBackend
+
+    class LoginEachRound(MemoryBackend):
+        def delete_many(self, session_ids):
+            deleted = super().delete_many(session_ids)
+            rounds.append(site.run(f"device {len(rounds)}", login("alice"))[0])
+            return deleted
+
+    rounds: list[str] = []
+    site = Site((LoginEachRound(), None), Clock())
+    site.run("laptop", login("alice"))
+    with caplog.at_level("WARNING", "sessionstore"):
+        site.mw.destroy_user("alice")
+    [record] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "kept getting new sessions" in record.getMessage()
+    assert rounds[-1] in record.getMessage()
+    site.mw.close()
+
+
 def test_destroy_user_counts_the_live_sessions_it_ended(site):
     site.run("old laptop", login("alice"))
     site.clock.advance(2 * 86400)  # expired, perhaps still stored
