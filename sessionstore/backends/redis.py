@@ -7,7 +7,8 @@ user, ``u`` (the user).  Each user with sessions has a set at
 ``<prefix>user:<user>`` of their session ids, changed by the same script as
 the hash (so in the same atomic step) and expiring no sooner than the last of
 its sessions; an id whose session expired by TTL is dropped from the set the
-next time the set is read (``user_sessions``).  Invariants: ``v`` is
+next time the set is read (``user_sessions``) or by the next ``purge``,
+whichever comes first.  Invariants: ``v`` is
 present in every session hash and only ever grows; the key expires by itself
 ``EXPIRY_GRACE`` seconds after its session does (the middleware never loads an
 expired session; the grace leaves ``purge`` something to count).  Only hashes
@@ -113,6 +114,20 @@ end
 return 1
 """
 
+# KEYS[1] a user's set; ARGV[1] the prefix.  Drops the ids whose session key
+# is gone (expired by TTL), in one atomic step: an id is never dropped while
+# its key exists.  Returns how many were dropped.
+_PRUNE = """
+local dropped = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+        redis.call('SREM', KEYS[1], id)
+        dropped = dropped + 1
+    end
+end
+return dropped
+"""
+
 
 def _as_url(key: str, value: object) -> str:
     if not isinstance(value, str) or urlsplit(value).scheme not in ("redis", "rediss", "unix"):
@@ -178,6 +193,7 @@ class RedisBackend(Backend):
             retry=Retry(NoBackoff(), 0),  # our retries know which commands are safe
         )
         self._cas = self._client.register_script(_CAS)
+        self._prune = self._client.register_script(_PRUNE)
         self._local = threading.local()
         self._server_clock = ServerClock(self._server_time)
         self._wire = wire
@@ -419,7 +435,21 @@ class RedisBackend(Backend):
                 return pipe.execute()
 
             deleted += sum(int(done) == 1 for done in self._call(purge))
+        self._prune_user_sets()
         return deleted
+
+    def _prune_user_sets(self) -> None:
+        """Drop from every user's set the ids whose session expired by TTL."""
+        pattern = _glob_escaped(self.prefix + "user:") + "*"
+        cursor = 0
+        while True:
+            cursor, keys = self._call(
+                lambda c=cursor: self._client.scan(c, match=pattern, count=_BATCH, _type="set")
+            )
+            for key in keys:
+                self._call(lambda k=key: self._prune(keys=[k], args=[self.prefix]))
+            if cursor == 0:
+                return
 
     def count(self) -> int:
         return sum(len(keys) for keys in self._session_keys())
