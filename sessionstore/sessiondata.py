@@ -116,6 +116,10 @@ class SessionData:
         return True
 
     def _clear(self, app: str) -> None:
+        if not self._loaded:
+            self._load()
+        if self._record is None and self._new_id is None:
+            return  # no session: nothing to empty, and none is started for it
         values = self._writable(app)
         self._size -= sum(len(key) + len(data) for key, data in values.items())
         values.clear()

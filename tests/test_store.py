@@ -202,6 +202,23 @@ def test_unpicklable_first_write_creates_no_session(client):
     assert client.backend.count() == 0
 
 
+def test_emptying_a_store_without_a_session_creates_none(client):
+    """empty() with no session has nothing to empty: like a delete of a
+    missing key, it starts no session (no record, no cookie)."""
+
+    def probe(session):
+        session.store("a").empty()
+        session.store("b").flush()
+        return session.id
+
+    session_id, response = client.run(probe)
+    assert session_id is None and "Set-Cookie" not in response.headers
+    assert client.backend.count() == 0
+    client.run(lambda s: s.store("a").set("k", 1))
+    client.run(lambda s: s.store("a").empty())  # with a session: emptied
+    assert client.run(lambda s: dict(s.store("a").items()))[0] == {}
+
+
 def test_values_are_snapshots_and_come_back_as_copies(client):
     def write(session):
         value = {"items": [1]}
