@@ -450,6 +450,54 @@ def test_a_write_after_the_headers_that_cannot_commit_aborts_the_body(pair):
     assert [r for r in mw.backend.get_all().values() if not r.is_tombstone] == []
 
 
+def test_a_lost_update_after_the_headers_is_merged_and_logged_even_under_error(pair, caplog):
+    """SPEC 6: once the headers are out, a conflict can no longer be a 409.
+    Under on_conflict = error the write is merged (the later commit wins),
+    the client gets its whole 200, and the lost update is logged and counted."""
+    site = _start(pair)
+    mw = site.mw
+
+    def app(environ, start_response):
+        session = environ["session"]
+        items = session.store("a").get("items")
+
+        def body():
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"first"
+            other = mw._manager.payloads  # another request commits meanwhile:
+            record = mw.backend.get(session.id)
+            apps, expiry, binding, _ = other.decode(record)
+            apps = {**apps, "a": {"items": pickle.dumps(["other"])}}
+            payload = other.dumps(
+                apps, expiry, record.session_id, record.created_at, record.expires_at, binding
+            )
+            changed = record._replace(version=record.version + 1, payload=payload)
+            assert mw.backend.compare_and_swap(session.id, record.version, changed)
+            session.store("a").set("items", [*items, "late"])  # read, then set
+            yield b"last"
+
+        return body()
+
+    inner = SessionMiddleware(app, secret=SECRET, backend=mw.backend, on_conflict="error")
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "HTTP_COOKIE": f"session={site.web.cookies['session']}",
+        "wsgi.url_scheme": "http",
+    }
+    with caplog.at_level(logging.WARNING, "sessionstore"):
+        body = inner(environ, lambda status, headers, exc_info=None: None)
+        received = list(body)
+        consume(body)
+    assert received == [b"first", b"last"]
+    [record] = [r for r in mw.backend.get_all().values() if not r.is_tombstone]
+    stored = pickle.loads(mw._manager.payloads.loads(record)[0]["a"]["items"])
+    assert stored == ["start", "late"]  # the later commit won
+    assert inner.stats()["lost_updates"] == 1
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "'a'" in warning and "'items'" in warning
+
+
 # -- payloads bound to their record, on every backend ---------------------------------
 
 

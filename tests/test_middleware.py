@@ -321,6 +321,61 @@ def test_cookie_attributes_default(client):
     assert response.headers["Cache-Control"] == "no-store"
 
 
+@pytest.mark.parametrize(
+    "settings, present, absent",
+    [
+        ({"cookie_path": "/app"}, ["Path=/app"], ["Path=/"]),
+        ({"cookie_domain": "example.com"}, ["Domain=example.com"], []),
+        ({"httponly": False}, [], ["HttpOnly"]),
+        ({"samesite": "Strict"}, ["SameSite=Strict"], ["SameSite=Lax"]),
+        ({"cookie_name": "sid"}, [], []),
+    ],
+    ids=["path", "domain", "httponly-off", "samesite-strict", "name"],
+)
+def test_cookie_settings_reach_the_header(clock, settings, present, absent):
+    client = SessionClient(clock=clock, **settings)
+    url = "http://example.com/app/x"
+    _, response = client.run(write, url=url, extra_environ={"HTTP_HOST": "example.com"})
+    parts = [p.strip() for p in response.headers["Set-Cookie"].split(";")]
+    assert parts[0].startswith(settings.get("cookie_name", "session") + "=")
+    for part in present:
+        assert part in parts
+    for part in absent:
+        assert part not in parts
+    # The browser sends it back where it applies: the same session is read.
+    assert client.run(lambda s: s.store("a").get("k"), url=url)[0] == "v"
+
+
+def test_environ_key_names_where_the_app_finds_the_session(clock):
+    from sessionstore import SessionMiddleware
+
+    def app(environ, start_response):
+        seen.append(("session" in environ, environ["my.session"].store("a").get("k", None)))
+        start_response("200 OK", [])
+        return [b""]
+
+    seen: list = []
+    mw = SessionMiddleware(app, secret="x" * 40, backend="memory", environ_key="my.session")
+    TestApp(mw).get("/")
+    assert seen == [(False, None)]
+
+
+def test_the_default_backends_and_files(tmp_path, monkeypatch):
+    from sessionstore import SessionMiddleware
+    from sessionstore.backends.picklefile import PickleBackend
+    from sessionstore.backends.sqlite import SqliteBackend
+
+    monkeypatch.chdir(tmp_path)
+    mw = SessionMiddleware(lambda e, s: [], secret="x" * 40)
+    assert isinstance(mw.backend, SqliteBackend)
+    assert (tmp_path / "sessions.db").exists()
+    mw.close()
+    pickled = SessionMiddleware(lambda e, s: [], secret="x" * 40, backend="pickle")
+    assert isinstance(pickled.backend, PickleBackend)
+    assert pickled.backend.filename == str(tmp_path / "sessions.dat")
+    pickled.close()
+
+
 def test_secure_auto_under_https(client):
     _, response = client.run(write, extra_environ={"wsgi.url_scheme": "https"})
     assert "secure" in response.headers["Set-Cookie"].lower().split("; ")
