@@ -13,7 +13,8 @@ What a lost swap can reveal, and what happens then:
   under this request (a logout, a login elsewhere).  Its changes are never
   written back under the dead id: :class:`SessionEnded` (a 409 that clears
   the cookie), except for a ``regenerate()`` that lost to another
-  ``regenerate()`` (a double-clicked login): it keeps its own new id;
+  ``regenerate()`` (a double-clicked login): it keeps its own new id
+  (:mod:`sessionstore.regeneration`);
 * a key this request read and then overwrote was changed in between: a lost
   update, logged (``merge``) or refused (``error``, before the headers);
 * keys checked by ``set_values()`` changed since ``using()``: refused;
@@ -43,8 +44,6 @@ log = logging.getLogger("sessionstore")
 MAX_ATTEMPTS = 50
 #: Expired sessions removed by one request that draws cleanup, at most.
 CLEANUP_BATCH = 100
-#: How long the id retired by ``regenerate()`` keeps its tombstone (seconds).
-TOMBSTONE_LIFETIME = 60.0
 
 
 class SessionEnded(ConcurrentUpdate):
@@ -152,54 +151,6 @@ def insert(session: Session, now: float) -> None:
             return
         session._new_id = None  # taken: astronomically unlikely, draw again
     raise BackendError("could not allocate an unused session id")
-
-
-def regenerate(session: Session) -> None:
-    """Move the stored session to a new id (with this request's changes) and
-    retire the old id at once, by compare-and-swap."""
-    manager = session._manager
-    old = session._record
-    assert old is not None
-    lock = manager.commit_lock(old.session_id)
-    try:
-        _regenerate(session)
-    finally:
-        lock.release()
-
-
-def _regenerate(session: Session) -> None:
-    manager = session._manager
-    backend = manager.backend
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        old = session._record
-        assert old is not None
-        now = manager.clock()
-        new = build(session, new_session_id(), 0, old.created_at, now)
-        if not backend.compare_and_swap(new.session_id, None, new):
-            continue  # id collision: astronomically unlikely, just draw again
-        tombstone = Record(
-            old.session_id, old.version + 1, old.created_at, now, now + TOMBSTONE_LIFETIME, b""
-        )
-        if backend.compare_and_swap(old.session_id, old.version, tombstone):
-            _regenerated(session, new)
-            return
-        manager.counters.add("retries")
-        backoff(attempt)  # then read: see backoff()
-        fresh = backend.get(old.session_id)
-        if fresh is not None and fresh.is_tombstone and not fresh.is_expired(now):
-            # Another regenerate() of this session won (a double-clicked
-            # login): keep our new id, holding what we read plus our changes.
-            _regenerated(session, new)
-            return
-        backend.compare_and_swap(new.session_id, new.version, None)
-        _catch_up(session, now, None, fresh)
-    raise BusyRetry(f"session {session.id}: regenerate kept losing to other requests")
-
-
-def _regenerated(session: Session, record: Record) -> None:
-    session._manager.counters.add("regenerated")
-    session._send_cookie = True
-    _committed(session, record)
 
 
 def _committed(session: Session, record: Record) -> None:

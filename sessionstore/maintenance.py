@@ -20,9 +20,10 @@ next compaction or index refresh replace it).
 When the secret is known, every record's payload is verified with the payload
 codec: a record that fails (bad signature, unreadable) is reported by
 ``check`` and left out by ``salvage``; without the secret records are checked
-for their envelope only and copied as they are.  The empty record that
-``regenerate()`` leaves under a retired id for a minute is no session: it is
-neither counted, verified nor copied.
+for their envelope only and copied as they are.  The tombstone that
+``regenerate()`` leaves under a retired id for a minute
+(:mod:`sessionstore.regeneration`) is no session: it is neither counted,
+verified nor copied.
 """
 
 from __future__ import annotations

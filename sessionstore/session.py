@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import commit as protocol
+from . import regeneration
 from .backends.base import Record
 from .changes import ChangeLog
 from .config import MAX_SPAN
@@ -54,6 +55,7 @@ class Session(SessionData):
         "_binding",
         "_binding_changed",
         "_loading",  # the id being loaded, for log lines (set only then)
+        "_retired",
     )
 
     def __init__(self, manager: SessionManager, environ: dict[str, Any]) -> None:
@@ -84,6 +86,8 @@ class Session(SessionData):
         self._binding: Binding | None = None
         self._binding_changed = False
         self._size = 0  # what it weighs (sessionstore.sessiondata)
+        #: The tombstone the cookie named, if any (sessionstore.regeneration).
+        self._retired: Record | None = None
 
     # -- public API -----------------------------------------------------------
 
@@ -209,10 +213,14 @@ class Session(SessionData):
         """
         self._load()
         if self._record is None:
-            if self._new_id is not None:
+            if self._retired is not None:
+                # Its cookie named an id another regenerate() retired just
+                # now (the other click of a double-clicked login won).
+                regeneration.inherit(self, self._retired)
+            elif self._new_id is not None:
                 self._new_id = new_session_id()  # nothing stored yet: just redraw
             return
-        protocol.regenerate(self)
+        regeneration.regenerate(self)
 
     def destroy(self) -> None:
         """Delete the session and every store in it; the cookie is cleared."""
@@ -260,8 +268,10 @@ class Session(SessionData):
             except DamagedRecord as exc:
                 self._damaged(exc)
                 continue
-            # (An empty payload is a regenerate tombstone: no session.)
-            if record is None or not record.payload or record.expires_at <= now:
+            if record is None or record.expires_at <= now:
+                continue
+            if record.is_tombstone:  # an id regenerate() retired: no session
+                self._retired = self._retired or record  # (see regenerate())
                 continue
             try:
                 decoded = manager.payloads.decode(record)
@@ -341,6 +351,7 @@ class Session(SessionData):
         self._is_new = False
         self._new_id = None
         self._send_cookie = False
+        self._retired = None
 
     def _end(self) -> None:
         """The session is gone (destroyed here or elsewhere): clear the cookie."""

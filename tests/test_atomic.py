@@ -340,6 +340,88 @@ def test_a_double_clicked_login_stays_logged_in_with_the_cart(pair):
     assert site.stored("a") == {}
 
 
+def _login(who):
+    def step(session, _):
+        before = session.store("a").dump()  # what the login request sees first
+        session.regenerate()
+        session.store("user").set("name", who)
+        return before
+
+    return step
+
+
+def _browser_with(site, header):
+    """A browser holding the cookie that ``header`` sets."""
+    browser = TestApp(site.mw)
+    browser.set_cookie("session", header.split(";")[0].split("=", 1)[1])
+    return browser
+
+
+def test_a_second_click_handled_after_the_first_login_keeps_the_cart(pair):
+    """The two clicks of a double-clicked login carry the pre-login cookie,
+    but the second is only handled once the first has retired that id: it
+    sees no session, and its login starts from what the session held."""
+    site = _start(pair)
+    old_cookie = site.web.cookies["session"]
+    site.steps["/login-a"] = _login("a")
+    site.steps["/login-b"] = _login("b")
+    first = site.get("/login-a")
+    second = TestApp(site.mw).get(
+        "/login-b", headers={"Cookie": f"session={old_cookie}"}, expect_errors=True
+    )
+    assert (first.status_int, second.status_int) == (200, 200)
+    assert site.results["/login-b"] == {}  # (the old id is dead: no session)
+    for response, who in ((first, "a"), (second, "b")):
+        site.web = _browser_with(site, response.headers["Set-Cookie"])
+        assert site.stored("a") == {"items": ["start"]}
+        assert site.stored("user") == {"name": who}
+    site.web = TestApp(site.mw)
+    site.web.set_cookie("session", old_cookie)
+    assert site.stored("a") == {} and site.stored("user") == {}
+
+
+def test_what_a_retired_id_passes_on_is_its_data_never_its_user(pair):
+    """A session bound to a user, regenerated (say, at a change of
+    privileges): a request with the old cookie that calls regenerate() gets
+    the data, not the binding."""
+    site = _start(pair)
+    site.steps["/bind"] = lambda s, _: s.bind_user("alice")
+    assert site.get("/bind").status_int == 200
+    old_cookie = site.web.cookies["session"]
+    site.steps["/regenerate"] = lambda s, _: s.regenerate()
+    assert site.get("/regenerate").status_int == 200
+    site.steps["/again"] = lambda s, _: (s.regenerate(), s.user, s.store("a").dump())[1:]
+    replay = TestApp(site.mw).get("/again", headers={"Cookie": f"session={old_cookie}"})
+    assert replay.status_int == 200
+    assert site.results["/again"] == (None, {"items": ["start"]})
+    assert [s.session_id for s in site.mw.sessions_of("alice")] == [
+        site.web.cookies["session"].split(".")[0]
+    ]
+
+
+def test_a_login_that_loses_to_another_keeps_what_was_acknowledged_meanwhile(pair):
+    """A login reads the session; an append is acknowledged, then another
+    click's login retires the id; this login's swap loses.  Its new session
+    holds the append too (it had read the session before it)."""
+    site = _start(pair)
+    site.steps["/append"] = lambda s, _: s.store("a").update("items", append("meanwhile"), [])
+    site.steps["/login-b"] = _login("b")
+
+    def a(session, run_b):
+        session.store("a").get("items")
+        assert run_b("/append").status_int == 200
+        assert run_b("/login-b").status_int == 200
+        session.regenerate()
+        session.store("user").set("name", "a")
+
+    site.steps["/login-a"] = a
+    response = site.get("/login-a")
+    assert response.status_int == 200
+    site.web = _browser_with(site, response.headers["Set-Cookie"])
+    assert site.stored("a") == {"items": ["start", "meanwhile"]}
+    assert site.stored("user") == {"name": "a"}
+
+
 # -- writes while the body iterates, and after write() -------------------------------
 
 

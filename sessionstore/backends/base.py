@@ -71,10 +71,17 @@ class Record(NamedTuple):
     @property
     def is_tombstone(self) -> bool:
         """A marker left for a short while under an id that ``regenerate()``
-        retired (an empty payload: a real one never is).  It is "no session"
-        to everyone; a concurrent ``regenerate()`` of the same session reads
-        it to tell a login that won from a logout."""
-        return not self.payload
+        retired (an empty payload, or :data:`RETIRED` and what the session
+        held when retired: a real payload starts with its MAC).  It is "no
+        session" to everyone; a concurrent ``regenerate()`` of the same
+        session reads it to tell a login that won from a logout, and starts
+        from what it holds."""
+        return not self.payload or self.payload.startswith(RETIRED)
+
+
+#: How the payload of a tombstone that keeps the retired session's data
+#: starts (:attr:`Record.is_tombstone`).
+RETIRED = b"sessionstore retired\n"
 
 
 def checked_record(
