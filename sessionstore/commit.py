@@ -184,7 +184,13 @@ def _catch_up(
             old.session_id,
             sorted(session._log.apps) or "its expiry",
         )
-        session._end()
+        if fresh is not None and fresh.is_tombstone and not fresh.is_expired(now):
+            # Moved to a new id by a login: the browser has, or is getting,
+            # that cookie from the login's response; clearing the cookie here
+            # could log it out if this response arrived last.
+            session._reset()
+        else:
+            session._end()
         manager.counters.add("conflicts")
         raise SessionEnded(old.session_id)
     decoded = manager.payloads.decode(fresh)

@@ -357,6 +357,28 @@ def _browser_with(site, header):
     return browser
 
 
+def test_a_write_racing_a_login_is_a_409_that_leaves_the_cookie_alone(pair):
+    """The write is dropped (SPEC 6), but its response must not clear the
+    cookie: arriving after the login's response, it would log the browser
+    out of the session the login just made."""
+    site = _start(pair)
+    site.steps["/login-b"] = _login("b")
+    cookies = {}
+
+    def a(session, run_b):
+        session.store("a").update("items", append("a"), [])
+        response = run_b("/login-b")
+        assert response.status_int == 200
+        cookies["login"] = response.headers["Set-Cookie"]
+
+    site.steps["/a"] = a
+    response = site.get("/a")
+    assert response.status_int == 409
+    assert "Set-Cookie" not in response.headers
+    site.web = _browser_with(site, cookies["login"])
+    assert site.stored("a") == {"items": ["start"]}
+
+
 def test_a_second_click_handled_after_the_first_login_keeps_the_cart(pair):
     """The two clicks of a double-clicked login carry the pre-login cookie,
     but the second is only handled once the first has retired that id: it
