@@ -138,6 +138,22 @@ def build(
 
 def insert(session: Session, now: float) -> None:
     """Store a new session under the id drawn at its first write."""
+    retired = session._retired
+    if retired is not None:
+        # The cookie names an id a login retired while this request was on
+        # its way (sessionstore.regeneration).  A new session's cookie would
+        # replace the login's if this response arrived last: the browser
+        # would be logged out.  So these writes are dropped, like any racing
+        # a login, with a 409 that leaves the cookie alone.
+        log.warning(
+            "session %s moved to a new id by another request; dropping this "
+            "request's changes to %s",
+            retired.session_id,
+            sorted(session._log.apps) or "its expiry",
+        )
+        session._reset()
+        session._manager.counters.add("conflicts")
+        raise SessionEnded(retired.session_id)
     backend = session._manager.backend
     for _ in range(3):
         session_id = session._new_id or new_session_id()

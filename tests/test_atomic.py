@@ -379,6 +379,25 @@ def test_a_write_racing_a_login_is_a_409_that_leaves_the_cookie_alone(pair):
     assert site.stored("a") == {"items": ["start"]}
 
 
+def test_a_write_sent_before_a_login_and_handled_after_it_leaves_the_cookie_alone(pair):
+    """A request still on its way with the pre-login cookie finds the id
+    retired.  Starting a new session would send a cookie that, arriving
+    last, logs the browser out: its writes are a 409 instead, cookie kept."""
+    site = _start(pair)
+    old_cookie = site.web.cookies["session"]
+    site.steps["/login"] = _login("a")
+    login = site.get("/login")
+    site.steps["/late"] = lambda s, _: s.store("a").update("items", append("late"), [])
+    late = TestApp(site.mw).get(
+        "/late", headers={"Cookie": f"session={old_cookie}"}, expect_errors=True
+    )
+    assert late.status_int == 409 and "Set-Cookie" not in late.headers
+    live = [r for r in site.mw.backend.get_all().values() if not r.is_tombstone]
+    assert len(live) == 1  # the login's session, and no other
+    site.web = _browser_with(site, login.headers["Set-Cookie"])
+    assert site.stored("a") == {"items": ["start"]}
+
+
 def test_a_second_click_handled_after_the_first_login_keeps_the_cart(pair):
     """The two clicks of a double-clicked login carry the pre-login cookie,
     but the second is only handled once the first has retired that id: it
