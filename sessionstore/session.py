@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import commit as protocol
 from . import regeneration
-from .backends.base import Record
+from .backends.base import RETIRED, Record
 from .changes import ChangeLog
 from .config import MAX_SPAN
 from .errors import DamagedRecord
@@ -270,7 +270,9 @@ class Session(SessionData):
                 continue
             if record is None or record.expires_at <= now:
                 continue
-            if record.is_tombstone:  # an id regenerate() retired: no session
+            payload = record.payload
+            if not payload or payload.startswith(RETIRED):  # (is_tombstone, inline)
+                # An id regenerate() retired: no session.
                 self._retired = self._retired or record  # (see regenerate())
                 continue
             try:
