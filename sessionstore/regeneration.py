@@ -5,17 +5,25 @@ dies at once: one compare-and-swap stores the new record, a second replaces
 the old record by a *tombstone*, "no session" to everyone, kept for
 :data:`TOMBSTONE_LIFETIME` seconds.
 
-A tombstone keeps what the session held when it was retired: its payload is
-:data:`~sessionstore.backends.base.RETIRED` followed by that data, signed and
-bound to the tombstone's id and times like any payload, without the user
-binding.  A double-clicked login reads it.  The click that lost, whether its
-swap of the old id failed or its request only loaded the session after the
-other click had retired it, starts its new session from that data plus its
-own changes.  So whichever response the browser keeps last, its session
-holds everything the session had before the login (SPEC 6).  The data is
-what the holder of the old cookie could read until the login, never what
-the login added, and no user binding; a tombstone is never loaded as a
-session, and only a ``regenerate()`` starts from it.
+The tombstone of a session not bound to a user (the usual login: before
+it, nobody is logged in) keeps what the session held when it was retired:
+its payload is :data:`~sessionstore.backends.base.RETIRED` followed by that
+data, signed like any payload for the tombstone's times and for the id
+``retired:<id>`` (so that, stripped of its prefix, it is no payload of the
+live id).  A double-clicked login reads it.  The click that lost starts its
+new session from that data plus its own changes, whether its swap of the
+old id failed or its request only loaded the session after the other click
+had retired it (then only within :data:`INHERIT_WINDOW` seconds, with a
+cookie as fresh as a live session needs, and when it was the request's only
+session cookie).  So whichever response the browser keeps last, its session
+holds everything the session had before the login (SPEC 6).
+
+What the old cookie can get that way is what its holder could read until
+the login, never what the login added.  The tombstone of a bound session
+(a logged-in user's, regenerated at a change of privileges) stays empty:
+a stolen logged-in cookie gets nothing from it, and a tombstone holds no
+user binding for ``destroy_user()`` to miss.  A tombstone is never loaded
+as a session; only a ``regenerate()`` starts from one.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ log = logging.getLogger("sessionstore")
 
 #: How long the id retired by ``regenerate()`` keeps its tombstone (seconds).
 TOMBSTONE_LIFETIME = 60.0
+#: How long after the retirement a request carrying the old cookie that calls
+#: ``regenerate()`` starts from the tombstone's data (the other click of a
+#: double-clicked login is on its way by then).
+INHERIT_WINDOW = 10.0
+#: Payloads kept in tombstones are signed for this prefix and the old id.
+_KEPT_FOR = "retired:"
 
 
 def regenerate(session: Session) -> None:
@@ -87,14 +101,18 @@ def inherit(session: Session, tombstone: Record) -> None:
     login won before this request loaded the session): a new session with
     what the retired one held plus this request's changes.  Without data in
     the tombstone, the request goes on without a session, as before."""
-    retired = _retired_data(session, tombstone)
+    manager = session._manager
+    now = manager.clock()
+    retired = None
+    if now - tombstone.accessed_at <= INHERIT_WINDOW:  # (accessed_at: when retired)
+        retired = _retired_data(session, tombstone)
+    if retired is not None and manager.deadline(tombstone.created_at, now, retired[1]) <= now:
+        retired = None  # past max_lifetime (or its explicit expiry) by now
     if retired is None:
         if session._new_id is not None:
             session._new_id = new_session_id()  # nothing stored yet: just redraw
         return
     _start_from(session, retired)
-    manager = session._manager
-    now = manager.clock()
     for _ in range(3):
         new = protocol.build(session, new_session_id(), 0, tombstone.created_at, now)
         if manager.backend.compare_and_swap(new.session_id, None, new):
@@ -104,12 +122,16 @@ def inherit(session: Session, tombstone: Record) -> None:
 
 
 def _tombstone(session: Session, old: Record, now: float) -> Record:
-    """The record that retires ``old``, holding its data (not its binding)."""
+    """The record that retires ``old``: holding its data if it was bound to
+    no user, empty if it was."""
     payloads = session._manager.payloads
-    apps, expiry, _, _ = payloads.decode(old)  # (what the session read: remembered)
     expires_at = now + TOMBSTONE_LIFETIME
-    data = payloads.dumps(apps, expiry, old.session_id, old.created_at, expires_at)
-    return Record(old.session_id, old.version + 1, old.created_at, now, expires_at, RETIRED + data)
+    apps, expiry, binding, _ = payloads.decode(old)  # (what the session read: remembered)
+    payload = b""
+    if binding is None and old.user is None:
+        kept_for = _KEPT_FOR + old.session_id
+        payload = RETIRED + payloads.dumps(apps, expiry, kept_for, old.created_at, expires_at)
+    return Record(old.session_id, old.version + 1, old.created_at, now, expires_at, payload)
 
 
 def _retired_data(session: Session, tombstone: Record) -> Decoded | None:
@@ -117,7 +139,9 @@ def _retired_data(session: Session, tombstone: Record) -> Decoded | None:
     an empty tombstone (or one that fails verification: logged)."""
     if not tombstone.payload.startswith(RETIRED):
         return None
-    kept = tombstone._replace(payload=tombstone.payload[len(RETIRED) :])
+    kept = tombstone._replace(
+        session_id=_KEPT_FOR + tombstone.session_id, payload=tombstone.payload[len(RETIRED) :]
+    )
     try:
         return session._manager.payloads.decode(kept)
     except DamagedRecord as exc:

@@ -258,6 +258,8 @@ class Session(SessionData):
         manager = self._manager
         now = manager.clock()
         live: list[tuple[CookieId, Record, Decoded]] = []
+        retired: Record | None = None  # a tombstone named (sessionstore.regeneration)
+        tombstones = 0
         for cookie in manager.cookies.read(header):
             session_id = cookie.session_id
             if live and any(session_id == found[0].session_id for found in live):
@@ -272,8 +274,11 @@ class Session(SessionData):
                 continue
             payload = record.payload
             if not payload or payload.startswith(RETIRED):  # (is_tombstone, inline)
-                # An id regenerate() retired: no session.
-                self._retired = self._retired or record  # (see regenerate())
+                # An id regenerate() retired: no session.  Remembered only if
+                # its cookie would have been good for the live session.
+                tombstones += 1
+                if now - cookie.signed_at <= manager.settings.signature_max_age:
+                    retired = record
                 continue
             try:
                 decoded = manager.payloads.decode(record)
@@ -298,6 +303,8 @@ class Session(SessionData):
             )
             self._clear_cookie = True
             return
+        if not live and tombstones == 1:
+            self._retired = retired  # (one cookie only: a planted one is not trusted)
         for cookie, record, decoded in live:
             self._cookie = cookie
             self._adopt(record, decoded)

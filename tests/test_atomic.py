@@ -16,7 +16,7 @@ from webtest import TestApp
 
 from sessionstore import ConcurrentUpdate, SessionMiddleware
 
-from .conftest import consume
+from .conftest import Clock, consume
 
 SECRET = "test-secret-for-interleaved-requests"
 
@@ -421,10 +421,10 @@ def test_a_second_click_handled_after_the_first_login_keeps_the_cart(pair):
     assert site.stored("a") == {} and site.stored("user") == {}
 
 
-def test_what_a_retired_id_passes_on_is_its_data_never_its_user(pair):
+def test_a_logged_in_session_regenerated_passes_nothing_to_its_old_cookie(pair):
     """A session bound to a user, regenerated (say, at a change of
-    privileges): a request with the old cookie that calls regenerate() gets
-    the data, not the binding."""
+    privileges): a request with the old (perhaps stolen) cookie that calls
+    regenerate() gets neither the data nor the user."""
     site = _start(pair)
     site.steps["/bind"] = lambda s, _: s.bind_user("alice")
     assert site.get("/bind").status_int == 200
@@ -434,10 +434,104 @@ def test_what_a_retired_id_passes_on_is_its_data_never_its_user(pair):
     site.steps["/again"] = lambda s, _: (s.regenerate(), s.user, s.store("a").dump())[1:]
     replay = TestApp(site.mw).get("/again", headers={"Cookie": f"session={old_cookie}"})
     assert replay.status_int == 200
-    assert site.results["/again"] == (None, {"items": ["start"]})
-    assert [s.session_id for s in site.mw.sessions_of("alice")] == [
-        site.web.cookies["session"].split(".")[0]
-    ]
+    assert site.results["/again"] == (None, {})
+    alices = [entry.session_id for entry in site.mw.sessions_of("alice")]
+    assert alices == [site.web.cookies["session"].split(".")[0]]  # only the regenerated one
+    assert site.stored("a") == {"items": ["start"]}
+
+
+def test_a_retired_cookie_passes_nothing_on_after_the_double_click_window(pair):
+    from sessionstore.regeneration import INHERIT_WINDOW
+
+    clock = Clock()
+    site = _start(pair, clock=clock)
+    old_cookie = site.web.cookies["session"]
+    site.steps["/login"] = _login("a")
+    assert site.get("/login").status_int == 200
+    clock.advance(INHERIT_WINDOW + 1)
+    site.steps["/again"] = lambda s, _: (s.regenerate(), s.store("a").dump())[1]
+    TestApp(site.mw).get("/again", headers={"Cookie": f"session={old_cookie}"})
+    assert site.results["/again"] == {}
+
+
+def _memory_site(**settings):
+    """An Interleaved site on the memory backend, its clock injected."""
+    clock = Clock()
+    site = Interleaved(("memory", None), clock=clock, **settings)
+    site.steps["/start"] = lambda s, _: s.store("a").set("items", ["start"])
+    site.steps["/login"] = _login("a")
+    site.steps["/again"] = lambda s, _: (s.regenerate(), s.store("a").dump())[1]
+    assert site.get("/start").status_int == 200
+    return site, clock
+
+
+def _again(site, *cookies):
+    header = "; ".join(f"session={cookie}" for cookie in cookies)
+    site.results.pop("/again", None)
+    TestApp(site.mw).get("/again", headers={"Cookie": header}, expect_errors=True)
+    return site.results.get("/again")
+
+
+def test_an_old_signature_inherits_nothing_from_a_tombstone():
+    """A cookie too old for the live session (a copy stolen long ago, while
+    the visitor's own cookie was re-signed since) is too old for the
+    tombstone of that session as well."""
+    site, clock = _memory_site(timeout=600)
+    stolen = site.web.cookies["session"]
+    for _ in range(5):  # the visitor comes back every 200 s: re-signed
+        clock.advance(200)
+        site.steps["/visit"] = lambda s, _: s.store("a").get("items")
+        assert site.get("/visit").status_int == 200
+    assert site.get("/login").status_int == 200
+    assert _again(site, stolen) == {}
+
+
+def test_a_tombstone_among_other_session_cookies_passes_nothing_on():
+    site, _ = _memory_site()
+    planted = site.web.cookies["session"]
+    assert site.get("/login").status_int == 200  # planted is now a tombstone
+    other, _ = TestApp(site.mw), None
+    site.web = other
+    assert site.get("/start").status_int == 200
+    live = other.cookies["session"]
+    site.web = TestApp(site.mw)
+    assert site.get("/start").status_int == 200
+    second = site.web.cookies["session"]
+    assert _again(site, planted, live, second) == {}  # two live ones: none trusted
+    assert site.get("/login").status_int == 200  # second retired too
+    assert _again(site, planted, second) == {}  # two tombstones: neither
+
+
+def test_a_tombstones_data_is_no_payload_of_the_live_id(caplog):
+    """Someone who can write to the store but lacks the secret strips the
+    tombstone's prefix to make it a live record again: it is refused."""
+    from sessionstore.backends.base import RETIRED
+
+    site, _ = _memory_site()
+    old_cookie = site.web.cookies["session"]
+    old_id = old_cookie.split(".")[0]
+    assert site.get("/login").status_int == 200
+    tombstone = site.mw.backend.get(old_id)
+    assert tombstone.payload.startswith(RETIRED)
+    revived = tombstone._replace(
+        version=tombstone.version + 1, payload=tombstone.payload[len(RETIRED) :]
+    )
+    assert site.mw.backend.compare_and_swap(old_id, tombstone.version, revived)
+    site.steps["/read"] = lambda s, _: (s.id, s.store("a").dump())
+    TestApp(site.mw).get("/read", headers={"Cookie": f"session={old_cookie}"})
+    assert site.results["/read"] == (None, {})
+    assert any("belongs to another session" in r.getMessage() for r in caplog.records)
+
+
+def test_a_tombstone_passes_nothing_on_past_the_sessions_max_lifetime():
+    site, clock = _memory_site(max_lifetime=100)
+    old_cookie = site.web.cookies["session"]
+    clock.advance(95)
+    assert site.get("/login").status_int == 200
+    clock.advance(6)  # inside the double-click window, past the lifetime
+    before = set(site.mw.backend.get_all())
+    assert _again(site, old_cookie) == {}
+    assert set(site.mw.backend.get_all()) == before  # nothing stored, expired or not
 
 
 def test_a_login_that_loses_to_another_keeps_what_was_acknowledged_meanwhile(pair):
