@@ -144,11 +144,16 @@ def test_destroy_and_purge(site):
 
 
 def test_migrate_to_another_backend(site, tmp_path):
+    # A third session, moved to a new id: its retired id is no session to copy.
+    login = TestApp(make_app(site["kind"], site["file"], timeout=3600))
+    login.get("/write", {"app": "shop", "key": "cart", "value": "cup"})
+    login.get("/regenerate")
+    login.app.close()
     target = tmp_path / "migrated.dat"
     out = cli(
         "--config", site["ini"], "migrate", "--to", "pickle", "--to-option", f"filename={target}"
     ).stdout
-    assert out == "copied 2 sessions to pickle\n"
+    assert out == "copied 3 sessions to pickle\n"
     shown = json.loads(
         cli(
             "--backend",
