@@ -72,27 +72,38 @@ def _regenerate(session: Session) -> None:
         old = session._record
         assert old is not None
         now = manager.clock()
-        new = protocol.build(session, new_session_id(), 0, old.created_at, now)
-        if not backend.compare_and_swap(new.session_id, None, new):
-            continue  # id collision: astronomically unlikely, just draw again
+        new = _inserted(session, old.created_at, now)
         if backend.compare_and_swap(old.session_id, old.version, _tombstone(session, old, now)):
             _regenerated(session, new)
             return
         manager.counters.add("retries")
-        protocol.backoff(attempt)  # then read: see backoff()
+        # Our new record goes first, then the wait, then the read: between
+        # the read and the next swap of the old id there is only one round
+        # trip (the next insert), where there were two.
+        backend.compare_and_swap(new.session_id, new.version, None)
+        protocol.backoff(attempt)
         fresh = backend.get(old.session_id)
         if fresh is not None and fresh.is_tombstone and not fresh.is_expired(now):
             # Another regenerate() of this session won (a double-clicked
-            # login): keep our new id, holding what the session had when the
-            # other retired it (what we read may be older) plus our changes.
+            # login): a new id of our own, holding what the session had when
+            # the other retired it (what we read may be older) plus our
+            # changes; from an empty tombstone, what we read plus our changes.
             retired = _retired_data(session, fresh)
             if retired is not None:
-                new = _rebuilt(session, retired, new, now)
-            _regenerated(session, new)
+                _start_from(session, retired)  # (an update() may raise: nothing stored)
+            _regenerated(session, _inserted(session, old.created_at, manager.clock()))
             return
-        backend.compare_and_swap(new.session_id, new.version, None)
         protocol._catch_up(session, now, None, fresh)
     raise BusyRetry(f"session {session.id}: regenerate kept losing to other requests")
+
+
+def _inserted(session: Session, created_at: float, now: float) -> Record:
+    """The session's view stored under a new id, not yet in any cookie."""
+    for _ in range(3):
+        new = protocol.build(session, new_session_id(), 0, created_at, now)
+        if session._manager.backend.compare_and_swap(new.session_id, None, new):
+            return new
+    raise BackendError("could not allocate an unused session id")
 
 
 def inherit(session: Session, tombstone: Record) -> None:
@@ -113,12 +124,7 @@ def inherit(session: Session, tombstone: Record) -> None:
             session._new_id = new_session_id()  # nothing stored yet: just redraw
         return
     _start_from(session, retired)
-    for _ in range(3):
-        new = protocol.build(session, new_session_id(), 0, tombstone.created_at, now)
-        if manager.backend.compare_and_swap(new.session_id, None, new):
-            _regenerated(session, new)
-            return
-    raise BackendError("could not allocate an unused session id")
+    _regenerated(session, _inserted(session, tombstone.created_at, now))
 
 
 def _tombstone(session: Session, old: Record, now: float) -> Record:
@@ -158,21 +164,6 @@ def _start_from(session: Session, retired: Decoded) -> None:
     session._apps = view
     if not session._expiry_changed:
         session._expiry = expiry
-
-
-def _rebuilt(session: Session, retired: Decoded, new: Record, now: float) -> Record:
-    """Our new record (nobody else knows its id yet) rebuilt on ``retired``."""
-    backend = session._manager.backend
-    try:
-        _start_from(session, retired)
-    except Exception:
-        backend.compare_and_swap(new.session_id, new.version, None)
-        session._discard()
-        raise
-    rebuilt = protocol.build(session, new.session_id, new.version, new.created_at, now)
-    if not backend.compare_and_swap(new.session_id, new.version, rebuilt):
-        raise BackendError(f"session {new.session_id} changed before its first response")
-    return rebuilt
 
 
 def _regenerated(session: Session, record: Record) -> None:

@@ -204,6 +204,42 @@ def test_regenerate_that_keeps_losing_answers_503_and_leaves_the_session_alive(c
     assert dumped == {"a": {"x": "before"}, "b": {"n": writes[-1]}}
 
 
+class InterruptedUndo(InterruptedInserts):
+    """``InterruptedInserts``, also running ``undo_hook`` once when a new id
+    is deleted again (regenerate() undoing its insert after a lost race)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undo_hook = None
+
+    def compare_and_swap(self, session_id, expected_version, record):
+        if record is None and session_id in self.inserted:
+            hook, self.undo_hook = self.undo_hook, None
+            if hook is not None:
+                hook()
+        return super().compare_and_swap(session_id, expected_version, record)
+
+
+def test_a_login_that_lost_reads_the_session_after_undoing_its_new_id(clock, attempts):
+    """regenerate() loses once; another commit lands while it undoes its
+    new id.  It reads the session after that, so its next try wins (read
+    before, it lost again, and steady updates starved logins on MariaDB)."""
+    client = SessionClient(InterruptedUndo(), clock=clock)
+    client.run(lambda s: s.store("a").set("n", 0))
+    other = SessionClient(client.backend, clock=clock, cookiejar=client.web.cookiejar)
+
+    def add_one():
+        _, response = other.run(lambda s: s.store("a").update("n", lambda n: n + 1))
+        assert response.status_int == 200
+
+    client.backend.hook = add_one  # after the first insert: the login loses
+    client.backend.undo_hook = add_one  # while it undoes that insert
+    _, response = client.run(lambda s: s.regenerate())
+    assert response.status_int == 200
+    assert attempts == [1]  # one lost race, then a win
+    assert client.run(lambda s: s.store("a").get("n"))[0] == 2
+
+
 class InterruptedUpdates(MemoryBackend):
     """The memory backend, running ``hook`` once right before an update
     (a compare-and-swap of an existing version)."""
