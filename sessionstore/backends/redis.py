@@ -17,7 +17,8 @@ sessions: anything else under the prefix is foreign and left alone by every
 management command.  The prefix must be non-empty (an empty one would make
 ``purge --all`` a ``FLUSHDB``).
 
-The compare-and-swap runs as one Lua script on the server, so it is atomic
+The compare-and-swap runs as one Lua script on the server
+(:mod:`~sessionstore.backends.redisscripts`), so it is atomic
 however many machines write.  Its outcome is settled by reading back when the
 reply is lost (:meth:`Backend.settle`); redis-py's own retries are off, since
 a blind resend of a swap that had applied would report it lost.  The script
@@ -50,6 +51,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BackendError, BusyRetry, ConfigurationError, DamagedRecord
+from . import redisscripts
 from .base import Backend, OutcomeUnknown, Record, ServerClock, checked_record
 
 try:
@@ -70,63 +72,6 @@ _SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{1,128}")
 _FIELDS = (b"v", b"c", b"a", b"e", b"p")
 #: A swap's fence for commands that take none (``add``, ``delete``).
 _NO_FENCE = 2**53
-
-# KEYS[1] the key; ARGV: expected version ('' = must be absent, '*' = any),
-# 'put' or 'del', the fence (server time in ms after which the swap is
-# refused: -1), the session id, the prefix of user sets, then for 'put':
-# version, created, accessed, expires, payload, the key's expiry time in
-# milliseconds, and the user ('' for none).  Returns 1 when the swap holds
-# (with '*', a 'del' returns how many keys it deleted, for ``delete``).
-_CAS = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if now_ms > tonumber(ARGV[3]) then
-    return -1
-end
-local current = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == '' then
-    if current then return 0 end
-elseif ARGV[1] ~= '*' and current ~= ARGV[1] then
-    return 0
-end
-local old_user = redis.call('HGET', KEYS[1], 'u')
-local user = ARGV[2] == 'put' and ARGV[12] or ''
-if old_user and old_user ~= user then
-    redis.call('SREM', ARGV[5] .. old_user, ARGV[4])
-end
-if ARGV[2] == 'del' then
-    local deleted = redis.call('DEL', KEYS[1])
-    if ARGV[1] == '*' then return deleted end
-    return 1
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'e', ARGV[9], 'p', ARGV[10])
-redis.call('PEXPIREAT', KEYS[1], ARGV[11])
-if user ~= '' then
-    local users = ARGV[5] .. user
-    redis.call('HSET', KEYS[1], 'u', user)
-    redis.call('SADD', users, ARGV[4])
-    local ttl = redis.call('PTTL', users)
-    if ttl < 0 or now_ms + ttl < tonumber(ARGV[11]) then
-        redis.call('PEXPIREAT', users, ARGV[11])
-    end
-end
-return 1
-"""
-
-# KEYS[1] a user's set; ARGV[1] the prefix.  Drops the ids whose session key
-# is gone (expired by TTL), in one atomic step: an id is never dropped while
-# its key exists.  Returns how many were dropped.
-_PRUNE = """
-local dropped = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-    if redis.call('EXISTS', ARGV[1] .. id) == 0 then
-        redis.call('SREM', KEYS[1], id)
-        dropped = dropped + 1
-    end
-end
-return dropped
-"""
 
 
 def _as_url(key: str, value: object) -> str:
@@ -192,8 +137,8 @@ class RedisBackend(Backend):
             socket_connect_timeout=wire,
             retry=Retry(NoBackoff(), 0),  # our retries know which commands are safe
         )
-        self._cas = self._client.register_script(_CAS)
-        self._prune = self._client.register_script(_PRUNE)
+        self._cas = self._client.register_script(redisscripts.CAS)
+        self._prune = self._client.register_script(redisscripts.PRUNE)
         self._local = threading.local()
         self._server_clock = ServerClock(self._server_time)
         self._wire = wire
