@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeGuard
 
 from .backends.base import Record
 from .changes import ChangeLog, changed_since
@@ -184,6 +184,12 @@ def _committed(session: Session, record: Record) -> None:
     written(session, record.accessed_at)
 
 
+def moved_by_login(record: Record | None, now: float) -> TypeGuard[Record]:
+    """Whether ``record`` is the fresh tombstone of an id ``regenerate()``
+    retired (:mod:`sessionstore.regeneration`)."""
+    return record is not None and record.is_tombstone and not record.is_expired(now)
+
+
 def _catch_up(
     session: Session, now: float, strict: Strict | None, fresh: Record | None = None
 ) -> None:
@@ -200,7 +206,7 @@ def _catch_up(
             old.session_id,
             sorted(session._log.apps) or "its expiry",
         )
-        if fresh is not None and fresh.is_tombstone and not fresh.is_expired(now):
+        if moved_by_login(fresh, now):
             # Moved to a new id by a login: the browser has, or is getting,
             # that cookie from the login's response; clearing the cookie here
             # could log it out if this response arrived last.

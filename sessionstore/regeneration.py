@@ -83,7 +83,7 @@ def _regenerate(session: Session) -> None:
         backend.compare_and_swap(new.session_id, new.version, None)
         protocol.backoff(attempt)
         fresh = backend.get(old.session_id)
-        if fresh is not None and fresh.is_tombstone and not fresh.is_expired(now):
+        if protocol.moved_by_login(fresh, now):
             # Another regenerate() of this session won (a double-clicked
             # login): a new id of our own, holding what the session had when
             # the other retired it (what we read may be older) plus our
@@ -106,25 +106,22 @@ def _inserted(session: Session, created_at: float, now: float) -> Record:
     raise BackendError("could not allocate an unused session id")
 
 
-def inherit(session: Session, tombstone: Record) -> None:
+def inherit(session: Session, tombstone: Record) -> bool:
     """``regenerate()`` in a request whose cookie named an id that another
     ``regenerate()`` retired moments ago (the other click of a double-clicked
     login won before this request loaded the session): a new session with
-    what the retired one held plus this request's changes.  Without data in
-    the tombstone, the request goes on without a session, as before."""
+    what the retired one held plus this request's changes.  False (nothing
+    done) when the tombstone has nothing to pass on."""
     manager = session._manager
     now = manager.clock()
-    retired = None
-    if now - tombstone.accessed_at <= INHERIT_WINDOW:  # (accessed_at: when retired)
-        retired = _retired_data(session, tombstone)
-    if retired is not None and manager.deadline(tombstone.created_at, now, retired[1]) <= now:
-        retired = None  # past max_lifetime (or its explicit expiry) by now
-    if retired is None:
-        if session._new_id is not None:
-            session._new_id = new_session_id()  # nothing stored yet: just redraw
-        return
+    if now - tombstone.accessed_at > INHERIT_WINDOW:  # (accessed_at: when retired)
+        return False
+    retired = _retired_data(session, tombstone)
+    if retired is None or manager.deadline(tombstone.created_at, now, retired[1]) <= now:
+        return False  # empty, or past max_lifetime (or its explicit expiry) by now
     _start_from(session, retired)
     _regenerated(session, _inserted(session, tombstone.created_at, now))
+    return True
 
 
 def _tombstone(session: Session, old: Record, now: float) -> Record:
@@ -132,11 +129,12 @@ def _tombstone(session: Session, old: Record, now: float) -> Record:
     no user, empty if it was."""
     payloads = session._manager.payloads
     expires_at = now + TOMBSTONE_LIFETIME
-    apps, expiry, binding, _ = payloads.decode(old)  # (what the session read: remembered)
     payload = b""
-    if binding is None and old.user is None:
-        kept_for = _KEPT_FOR + old.session_id
-        payload = RETIRED + payloads.dumps(apps, expiry, kept_for, old.created_at, expires_at)
+    if old.user is None:
+        apps, expiry, binding, _ = payloads.decode(old)  # (what the session read: remembered)
+        if binding is None:  # (the signed payload has the last word)
+            kept_for = _KEPT_FOR + old.session_id
+            payload = RETIRED + payloads.dumps(apps, expiry, kept_for, old.created_at, expires_at)
     return Record(old.session_id, old.version + 1, old.created_at, now, expires_at, payload)
 
 

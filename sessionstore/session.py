@@ -213,11 +213,11 @@ class Session(SessionData):
         """
         self._load()
         if self._record is None:
-            if self._retired is not None:
-                # Its cookie named an id another regenerate() retired just
-                # now (the other click of a double-clicked login won).
-                regeneration.inherit(self, self._retired)
-            elif self._new_id is not None:
+            # A cookie naming an id another regenerate() retired just now:
+            # the other click of a double-clicked login won.
+            if self._retired is not None and regeneration.inherit(self, self._retired):
+                return
+            if self._new_id is not None:
                 self._new_id = new_session_id()  # nothing stored yet: just redraw
             return
         regeneration.regenerate(self)
