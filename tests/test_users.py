@@ -217,12 +217,15 @@ def test_the_redis_user_set_expires_with_its_sessions_and_drops_dead_ids():
         client.delete(store._key(soon.session_id))  # as Redis does when a TTL runs out
         assert [r.session_id for r in store.user_sessions("alice")] == [late.session_id]
         assert client.smembers(users) == {late.session_id.encode()}
-        # Nobody reads the set: a purge drops the dead id all the same.
+        # Nobody reads the sets: a purge drops the dead ids all the same.
         again = make_record()._replace(user="alice")
-        assert store.compare_and_swap(again.session_id, None, again)
-        client.delete(store._key(again.session_id))
+        bobs = make_record()._replace(user="bob")
+        for record in (again, bobs):
+            assert store.compare_and_swap(record.session_id, None, record)
+            client.delete(store._key(record.session_id))
         assert store.delete_expired() == 0  # (no session was expired-but-stored)
         assert client.smembers(users) == {late.session_id.encode()}
+        assert not client.exists(f"{store.prefix}user:bob")  # (emptied: gone)
         assert store.delete(late.session_id) == 1
         assert not client.exists(users)
     finally:

@@ -391,8 +391,16 @@ class RedisBackend(Backend):
             cursor, keys = self._call(
                 lambda c=cursor: self._client.scan(c, match=pattern, count=_BATCH, _type="set")
             )
-            for key in keys:
-                self._call(lambda k=key: self._prune(keys=[k], args=[self.prefix]))
+            if keys:
+
+                def prune(batch: list[Any] = keys) -> list[Any]:
+                    # A batch of sets in one round trip, each pruned atomically.
+                    pipe = self._client.pipeline(transaction=False)
+                    for key in batch:
+                        self._prune(keys=[key], args=[self.prefix], client=pipe)
+                    return pipe.execute()
+
+                self._call(prune)
             if cursor == 0:
                 return
 
