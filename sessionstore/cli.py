@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import maintenance, users
-from .backends import backend_class, load_backend
+from .backends import load_backend
 from .backends.base import Record
 from .cliparser import build_parser
-from .clitarget import CommandError, Target, pairs
+from .clitarget import CommandError, Target, built, pairs
 from .errors import SessionStoreError
 from .ids import is_valid_id
 from .payload import AppData, dump_value, load_value
@@ -262,7 +262,7 @@ def cmd_check(args: argparse.Namespace, target: Target) -> None:
 
 def cmd_salvage(args: argparse.Namespace, target: Target) -> None:
     options = pairs(args.to_option, "--to-option")
-    destination = backend_class(args.to.strip()).from_options(options, busy_timeout=5.0)
+    destination = built(args.to, options)
     try:
         # Before the destination's set-up, which would open (and, for a
         # damaged pickle file, set aside) the very store being salvaged.

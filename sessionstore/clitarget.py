@@ -124,13 +124,19 @@ def pairs(values: Sequence[str], flag: str) -> dict[str, str]:
     return result
 
 
+def built(name: str, options: dict[str, str]) -> Backend:
+    """The backend ``name`` with ``options``, not set up yet (commands wait
+    up to 5 s for a busy store)."""
+    return backend_class(name.strip()).from_options(options, busy_timeout=5.0)
+
+
 def open_existing(name: str, options: dict[str, str]) -> Backend:
     """The backend of an existing store: a command never creates one.
 
     A store kept in a file (``filename``) or an SQL table must exist: a
     mistyped name is an error naming it, not a new empty store listing nothing.
     """
-    backend = backend_class(name.strip()).from_options(options, busy_timeout=5.0)
+    backend = built(name, options)
     if hasattr(backend, "sets_aside"):
         backend.sets_aside = False  # a damaged pickle file is reported, left as it is
     filename = getattr(backend, "filename", None)
@@ -168,7 +174,7 @@ class Target:
             raise CommandError("name a store with --config FILE.ini or --backend NAME")
         secret = secret or os.environ.get("SESSIONSTORE_SECRET")
         if args.command in ("check", "salvage"):  # they read the files themselves
-            self.backend = backend_class(name).from_options(options, busy_timeout=5.0)
+            self.backend = built(name, options)
         else:
             self.backend = open_existing(name, options)
         self.codec = PayloadCodec(as_secrets("secret", secret)) if secret else None
