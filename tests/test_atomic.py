@@ -457,11 +457,9 @@ def test_a_retired_cookie_passes_nothing_on_after_the_double_click_window(pair):
 def _memory_site(**settings):
     """An Interleaved site on the memory backend, its clock injected."""
     clock = Clock()
-    site = Interleaved(("memory", None), clock=clock, **settings)
-    site.steps["/start"] = lambda s, _: s.store("a").set("items", ["start"])
+    site = _start(lambda **kw: Interleaved(("memory", None), **kw), clock=clock, **settings)
     site.steps["/login"] = _login("a")
     site.steps["/again"] = lambda s, _: (s.regenerate(), s.store("a").dump())[1]
-    assert site.get("/start").status_int == 200
     return site, clock
 
 
